@@ -1,0 +1,528 @@
+"""Training as a generator of progress events, ending in a calibrated :class:`AnomalyDetector`.
+
+``train`` yields a :class:`TrainProgress` after every optimisation step, so any caller (a napari
+``thread_worker``, the CLI's progress bar, a notebook) can render progress and stop between
+steps. The generator's return value is the detector::
+
+    gen = train(images, TrainConfig(epochs=20))
+    for event in gen: ...
+    # or: detector = run_training(images, config)
+
+Robust training (``robust=True``) follows Beggel, Pfeiffer & Bischl (2019), "Robust anomaly
+detection in images using adversarial autoencoders" (arXiv:1901.06355): an adversarial
+autoencoder imposes a standard-normal prior on the latent code, and after a pretraining phase the
+training samples in the least likely latent regions (a one-class SVM with small ``nu``) are
+repeatedly given zero weight, so a few anomalies in the training set are not learned.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import errormaps
+from .density import LatentDensity
+from .detector import AnomalyDetector, provenance_base, window_origins
+from .images import ImageError, Preprocessing, random_patches, resize
+from .model import ModelConfig, build_model
+from .scoring import Calibration, ScoringConfig
+
+MODES = ("auto", "whole", "patch")
+LOSSES = ("mse", "ssim", "mix")
+#: In ``auto`` mode, images whose median longer side exceeds this many model sizes are treated
+#: as fields of view and trained on random patches.
+PATCH_MODE_FACTOR = 4
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; the defaults are what users get from the CLI and the widget.
+
+    Parameters
+    ----------
+    epochs : int
+        Passes over the training units.
+    batch_size : int
+        Units per optimisation step.
+    lr : float
+        Adam learning rate (decayed by a cosine schedule).
+    loss : {"mse", "ssim", "mix"}
+        Reconstruction loss.
+    seed : int
+        Seed for initialisation, data split, sampling and augmentation.
+    size : int
+        Model input side (whole-image mode) or patch side (patch mode); a multiple of 8.
+    mode : {"auto", "whole", "patch"}
+        ``whole``: each image is one cell crop, resized to ``size``. ``patch``: random patches
+        from large fields of view. ``auto`` picks from the image sizes.
+    preset : {"default", "seed"}
+        Network preset (see :mod:`.model`).
+    channels : {"rgb", "gray"} or None
+        Channel mode; None keeps colour when the images have it.
+    val_fraction : float
+        Fraction of images (whole mode) or of each image's rows (patch mode, few images) held out
+        for early stopping and threshold calibration.
+    patches_per_image : int
+        Patches drawn from each training image per epoch (patch mode).
+    augment : bool
+        Random flips and 90-degree rotations.
+    robust : bool
+        Adversarial autoencoder with iterative rejection of unlikely training samples.
+    reject_nu : float
+        One-class SVM ``nu``: the largest fraction of training samples rejected per round.
+    max_steps : int or None
+        Stop after this many steps in total (for quick tests and previews).
+    scoring : ScoringConfig
+        How maps become image errors; stored in the model.
+    """
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    loss: str = "mse"
+    seed: int = 0
+    size: int = 64
+    mode: str = "auto"
+    preset: str = "default"
+    channels: str | None = None
+    val_fraction: float = 0.1
+    patches_per_image: int = 64
+    augment: bool = True
+    robust: bool = False
+    reject_nu: float = 0.05
+    max_steps: int | None = None
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {LOSSES}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
+        if self.size < 16 or self.size % 8:
+            raise ValueError(f"size must be a multiple of 8 and at least 16, got {self.size}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        ModelConfig.from_preset(self.preset)  # validates the preset name
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (recorded in the model file)."""
+        d = asdict(self)
+        d["scoring"] = self.scoring.to_dict()
+        return d
+
+
+@dataclass
+class TrainProgress:
+    """One progress event.
+
+    Attributes
+    ----------
+    phase : str
+        ``"train"`` during optimisation, ``"finalize"`` while fitting density and calibration,
+        ``"done"`` at the end (``stopped`` tells whether the user stopped it early).
+    epoch, epochs : int
+        Current epoch (1-based) and total.
+    step, steps : int
+        Steps done so far and the planned total.
+    train_loss : float
+        Running mean training loss of the current epoch.
+    val_loss : float or None
+        Latest validation loss.
+    best_val_loss : float or None
+        Best validation loss so far (its checkpoint is kept).
+    elapsed, eta : float
+        Seconds since start and estimated seconds left.
+    stopped : bool
+        True when the stop flag ended training early.
+    rejected : int
+        Training samples currently rejected by robust training.
+    """
+
+    phase: str
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    train_loss: float
+    val_loss: float | None
+    best_val_loss: float | None
+    elapsed: float
+    eta: float
+    stopped: bool = False
+    rejected: int = 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Data preparation
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class _Data:
+    mode: str
+    train: np.ndarray | list[np.ndarray]   # whole: (N, S, S, C); patch: list of (H, W, C)
+    val: np.ndarray                        # (M, S, S, C) units
+    train_index: np.ndarray                # image index of each train unit (whole mode)
+    n_images: int
+    shapes: list[tuple[int, ...]]
+
+
+def choose_mode(shapes: Sequence[tuple[int, ...]], size: int) -> str:
+    """``"patch"`` when the images are much larger than the model size, else ``"whole"``."""
+    longest = float(np.median([max(s[0], s[1]) for s in shapes]))
+    return "patch" if longest > PATCH_MODE_FACTOR * size else "whole"
+
+
+def _prepare(images: Sequence[np.ndarray], cfg: TrainConfig, prep: Preprocessing,
+             names: Sequence[str], rng: np.random.Generator) -> _Data:
+    xs = [prep(img, name=names[i]) for i, img in enumerate(images)]
+    shapes = [tuple(img.shape) for img in images]
+    mode = cfg.mode if cfg.mode != "auto" else choose_mode(shapes, cfg.size)
+    n = len(xs)
+    if mode == "whole":
+        if n < 2:
+            raise ImageError("whole-image training needs at least 2 images "
+                             f"(got {n}); add images or use patch mode")
+        units = np.stack([resize(x, (cfg.size, cfg.size)) for x in xs]).astype(np.float32)
+        order = rng.permutation(n)
+        n_val = max(1, round(cfg.val_fraction * n))
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        return _Data("whole", units[train_idx], units[val_idx], train_idx, n, shapes)
+
+    small = [names[i] for i, x in enumerate(xs) if min(x.shape[:2]) < cfg.size]
+    if small:
+        raise ImageError(f"patch mode needs images of at least {cfg.size} px per side; "
+                         f"{small[0]} is smaller")
+    if n >= 10:
+        order = rng.permutation(n)
+        n_val = max(1, round(cfg.val_fraction * n))
+        val_imgs = [xs[i] for i in np.sort(order[:n_val])]
+        train_imgs = [xs[i] for i in np.sort(order[n_val:])]
+    else:
+        # Few large images: hold out a bottom strip of each one.
+        train_imgs, val_imgs = [], []
+        for x in xs:
+            h = x.shape[0]
+            strip = max(cfg.size, round(cfg.val_fraction * h))
+            if h - strip < cfg.size:
+                raise ImageError(f"images of {h} px height are too small to hold out "
+                                 f"{strip} rows for validation in patch mode; use a smaller size")
+            train_imgs.append(x[: h - strip])
+            val_imgs.append(x[h - strip:])
+    val_units = [v[r:r + cfg.size, q:q + cfg.size]
+                 for v in val_imgs for r, q in window_origins(*v.shape[:2], cfg.size)]
+    return _Data("patch", train_imgs, np.stack(val_units).astype(np.float32),
+                 np.arange(len(train_imgs)), n, shapes)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random flips and 90-degree rotations (the 8 symmetries of the square), per sample."""
+    kinds = torch.randint(0, 8, (x.shape[0],), generator=gen)
+    out = x.clone()
+    for k in range(1, 8):
+        sel = kinds == k
+        if not bool(sel.any()):
+            continue
+        v = x[sel]
+        if k >= 4:
+            v = v.flip(-1)
+        out[sel] = torch.rot90(v, k % 4, dims=(-2, -1))
+    return out
+
+
+def _tensor(batch: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+# ------------------------------------------------------------------------------------------------
+# Robust training pieces
+# ------------------------------------------------------------------------------------------------
+class _Discriminator(nn.Module):
+    """Tells latent codes from samples of the standard-normal prior."""
+
+    def __init__(self, dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2),
+                                 nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.flatten(1))
+
+
+def _reject(codes: np.ndarray, nu: float, seed: int) -> np.ndarray:
+    """Indices of the training codes a one-class SVM puts outside the normal region."""
+    from sklearn.decomposition import PCA
+    from sklearn.svm import OneClassSVM
+
+    z = (codes - codes.mean(0)) / (codes.std(0) + 1e-8)
+    k = max(1, min(16, z.shape[0] - 1, z.shape[1]))
+    q = PCA(n_components=k, whiten=True, random_state=seed).fit_transform(z)
+    svm = OneClassSVM(nu=nu, gamma="scale").fit(q)
+    return np.flatnonzero(svm.decision_function(q) < 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
+          stop: Callable[[], bool] | None = None, names: Sequence[str] | None = None
+          ) -> Generator[TrainProgress, None, AnomalyDetector]:
+    """Train a detector on normal images, yielding progress after every step.
+
+    Parameters
+    ----------
+    images : sequence of np.ndarray
+        Normal 2-D images (any dtype; grayscale, RGB or RGBA).
+    config : TrainConfig, optional
+        Settings (defaults if None).
+    stop : callable, optional
+        Polled between steps; when it returns True training ends early, keeping the best
+        checkpoint so far, and a usable detector is still returned.
+    names : sequence of str, optional
+        Image names for error messages and provenance.
+
+    Yields
+    ------
+    TrainProgress
+
+    Returns
+    -------
+    AnomalyDetector
+        The trained, calibrated detector (the generator's return value).
+
+    Raises
+    ------
+    ImageError
+        For invalid images, or too few of them.
+    """
+    cfg = config or TrainConfig()
+    if len(images) == 0:
+        raise ImageError("no training images given")
+    names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    prep = Preprocessing.fit([np.asarray(im) for im in images], channels=cfg.channels)
+    data = _prepare(images, cfg, prep, names, rng)
+    in_ch = 3 if prep.channels == "rgb" else 1
+    mcfg = ModelConfig.from_preset(cfg.preset, in_channels=in_ch)
+    net = build_model(mcfg)
+
+    n_units = (len(data.train) if data.mode == "whole"
+               else len(data.train) * cfg.patches_per_image)
+    steps_per_epoch = max(1, math.ceil(n_units / cfg.batch_size))
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
+                                                pct_start=0.15)
+    weights = np.ones(n_units if data.mode == "whole" else 0, dtype=np.float32)
+    disc = d_opt = None
+    if cfg.robust:
+        with torch.no_grad():
+            code_dim = net.encode(_tensor(data.val[:1])).numel()
+        disc = _Discriminator(code_dim)
+        d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr * 0.5)
+    bce = nn.BCEWithLogitsLoss()
+    pretrain_epochs = max(1, epochs // 3)
+
+    best_state = copy.deepcopy(net.state_dict())
+    best_val: float | None = None
+    val_loss: float | None = None
+    step = 0
+    stopped = False
+    val_tensor = _tensor(data.val)
+    rejected_units: np.ndarray = np.zeros(0, dtype=np.int64)
+    epochs_run = 0
+
+    for epoch in range(1, epochs + 1):
+        net.train()
+        if data.mode == "whole":
+            order = rng.permutation(n_units)
+        else:
+            order = np.arange(n_units)
+        running, seen = 0.0, 0
+        for b in range(steps_per_epoch):
+            if step >= total_steps:
+                break
+            if stop is not None and stop():
+                stopped = True
+                break
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            if data.mode == "whole":
+                x = _tensor(data.train[idx])
+                w = torch.from_numpy(weights[idx])
+            else:
+                src = rng.integers(0, len(data.train), size=len(idx))
+                x = _tensor(np.concatenate([random_patches(data.train[i], cfg.size, 1, rng)
+                                            for i in src]))
+                w = None
+            if cfg.augment:
+                x = _augment(x, gen).contiguous(memory_format=torch.channels_last)
+            z = net.encode(x)
+            y = net.decode(z)
+            loss = errormaps.reconstruction_loss(x, y, cfg.loss, w)
+            total = loss
+            if disc is not None and d_opt is not None:
+                total = loss + 0.01 * bce(disc(z), torch.ones(len(z), 1))
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            sched.step()
+            if disc is not None and d_opt is not None:
+                prior = torch.randn(z.shape, generator=gen)
+                d_loss = (bce(disc(prior), torch.ones(len(z), 1))
+                          + bce(disc(z.detach()), torch.zeros(len(z), 1)))
+                d_opt.zero_grad(set_to_none=True)
+                d_loss.backward()
+                d_opt.step()
+            step += 1
+            running += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            elapsed = time.perf_counter() - t0
+            yield TrainProgress("train", epoch, epochs, step, total_steps, running / seen,
+                                val_loss, best_val, elapsed,
+                                elapsed / step * (total_steps - step), False,
+                                len(rejected_units))
+        if seen:
+            epochs_run = epoch
+            val_loss = _evaluate(net, val_tensor, cfg.loss)
+            if best_val is None or val_loss < best_val:
+                best_val = val_loss
+                best_state = copy.deepcopy(net.state_dict())
+            if cfg.robust and data.mode == "whole" and epoch >= pretrain_epochs:
+                codes = _codes(net, data.train)
+                rejected_units = _reject(codes, cfg.reject_nu, cfg.seed)
+                weights[:] = 1.0
+                weights[rejected_units] = 0.0
+        if stopped or step >= total_steps:
+            break
+
+    net.load_state_dict(best_state)
+    net.eval()
+    elapsed = time.perf_counter() - t0
+    yield TrainProgress("finalize", epochs_run, epochs, step, total_steps,
+                        running / max(seen, 1), val_loss, best_val, elapsed, 0.0, stopped,
+                        len(rejected_units))
+
+    provenance = provenance_base(cfg.seed)
+    provenance.update({
+        "n_images": data.n_images,
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "image_shapes": _shape_summary(data.shapes),
+        "names": names[:1000],
+        "epochs_run": epochs_run,
+        "steps": step,
+        "stopped_early": stopped,
+        "best_val_loss": best_val,
+        "train_seconds": round(elapsed, 2),
+        "train_config": cfg.to_dict(),
+    })
+    rejected_images = [int(data.train_index[i]) for i in rejected_units]
+    detector = _finalize(net, prep, data, cfg, provenance, rejected_units, rng)
+    detector.rejected = rejected_images
+    elapsed = time.perf_counter() - t0
+    detector.provenance["train_seconds"] = round(elapsed, 2)
+    yield TrainProgress("done", epochs_run, epochs, step, total_steps, running / max(seen, 1),
+                        val_loss, best_val, elapsed, 0.0, stopped, len(rejected_units))
+    return detector
+
+
+def _evaluate(net: nn.Module, val: torch.Tensor, loss: str) -> float:
+    net.eval()
+    total = 0.0
+    with torch.inference_mode():
+        for start in range(0, val.shape[0], 128):
+            x = val[start:start + 128]
+            total += float(errormaps.per_sample_error(x, net(x), loss).sum())
+    net.train()
+    return total / val.shape[0]
+
+
+def _codes(net: nn.Module, units: np.ndarray) -> np.ndarray:
+    net.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(units), 128):
+            out.append(net.encode(_tensor(units[start:start + 128])).flatten(1).numpy())
+    net.train()
+    return np.concatenate(out)
+
+
+def _shape_summary(shapes: Sequence[tuple[int, ...]]) -> dict[str, Any]:
+    hs = [s[0] for s in shapes]
+    ws = [s[1] for s in shapes]
+    return {"min": [min(hs), min(ws)], "max": [max(hs), max(ws)],
+            "median": [float(np.median(hs)), float(np.median(ws))],
+            "channels": sorted({s[2] if len(s) == 3 else 1 for s in shapes})}
+
+
+def _finalize(net: nn.Module, prep: Preprocessing, data: _Data, cfg: TrainConfig,
+              provenance: dict[str, Any], rejected: np.ndarray, rng: np.random.Generator
+              ) -> AnomalyDetector:
+    """Fit the latent density on training units and calibrate on held-out units."""
+    if data.mode == "whole":
+        keep = np.setdiff1d(np.arange(len(data.train)), rejected)
+        train_units = data.train[keep]
+    else:
+        per = max(1, 2000 // len(data.train))
+        train_units = np.concatenate([random_patches(x, cfg.size, per, rng) for x in data.train])
+    density = LatentDensity.fit(_codes(net, train_units), seed=cfg.seed)
+    # A provisional detector measures the held-out units; its calibration is replaced below.
+    placeholder = Calibration(np.zeros(1), np.zeros(1), np.ones(1))
+    det = AnomalyDetector(network=net, preprocessing=prep, mode=data.mode, size=cfg.size,
+                          scoring=cfg.scoring, density=density, calibration=placeholder,
+                          provenance=provenance)
+    if cfg.scoring.error == "mix":
+        # Put both maps on the scale of normals before mixing them.
+        probe = det.analyse_units(data.val)
+        provenance["map_scales"] = {"mse": float(np.median(probe["se_map"])) or 1.0,
+                                    "ssim": float(np.median(probe["ssim_map"])) or 1.0}
+    res = det.analyse_units(data.val)
+    det.calibration = Calibration(res["recon_error"], density.log_density(res["codes"]),
+                                  res["map_max"])
+    return det
+
+
+def run_training(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
+                 stop: Callable[[], bool] | None = None, names: Sequence[str] | None = None,
+                 callback: Callable[[TrainProgress], None] | None = None) -> AnomalyDetector:
+    """Run :func:`train` to the end and return the detector.
+
+    Parameters
+    ----------
+    images, config, stop, names
+        As for :func:`train`.
+    callback : callable, optional
+        Called with every progress event.
+
+    Returns
+    -------
+    AnomalyDetector
+    """
+    gen = train(images, config, stop=stop, names=names)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as done:
+            return done.value
+        if callback is not None:
+            callback(event)
