@@ -1,0 +1,326 @@
+"""``cell-anomaly``: train, score, evaluate and demo from a terminal.
+
+A thin layer over :mod:`napari_cell_anomaly.core`. Every error caused by bad input ends the
+program with one clear line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+import numpy as np
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .core.detector import AnomalyDetector
+
+EXIT_BAD_INPUT = 2
+CSV_COLUMNS = ("path", "score", "recon_error", "log_density", "is_anomaly", "percentile",
+               "threshold", "error")
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------------
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _check_writable_file(path: Path) -> None:
+    """Fail early, before any work, if ``path`` cannot be created."""
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise CliError(f"cannot write '{path}': folder '{parent}' does not exist")
+    if path.is_dir():
+        raise CliError(f"cannot write '{path}': it is a folder")
+    if not os.access(parent, os.W_OK):
+        raise CliError(f"cannot write '{path}': folder '{parent}' is not writable")
+
+
+def _prepare_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create folder '{path}': {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK):
+        raise CliError(f"cannot write into folder '{path}': permission denied")
+
+
+@contextmanager
+def atomic_text(path: Path) -> Iterator[TextIO]:
+    """Write a text file atomically: a temp file in the same folder, renamed when complete."""
+    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_tiff_atomic(path: Path, data: np.ndarray) -> None:
+    import tifffile
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tifffile.imwrite(tmp, data.astype(np.float32, copy=False), photometric="minisblack")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _load_inputs(inputs: Sequence[str]) -> tuple[list[np.ndarray], list[Path]]:
+    from .core.images import find_images, load_images
+
+    paths = find_images(inputs)
+    loaded = load_images(paths)
+    _report_failures(loaded.failures)
+    if not loaded.images:
+        raise CliError(f"none of the {len(paths)} image files could be used "
+                       f"(first problem: {loaded.failures[0][1]})")
+    return loaded.images, loaded.paths
+
+
+def _report_failures(failures: Sequence[tuple[Path, str]]) -> None:
+    if failures:
+        _say(f"skipped {len(failures)} unusable image file(s); first: {failures[0][1]}")
+
+
+def _detector(path: str) -> AnomalyDetector:
+    from .core.detector import AnomalyDetector
+
+    return AnomalyDetector.load(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Commands
+# ------------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model on normal images and save it."""
+    from tqdm import tqdm
+
+    from .core.training import TrainConfig, train
+
+    out = Path(args.out)
+    _check_writable_file(out)
+    if args.rejected_csv:
+        _check_writable_file(Path(args.rejected_csv))
+    defaults = TrainConfig()
+    config = TrainConfig(
+        epochs=args.epochs or defaults.epochs, size=args.size or defaults.size,
+        loss=args.loss or defaults.loss, preset=args.preset, seed=args.seed,
+        mode=args.mode, robust=args.robust,
+        batch_size=args.batch_size or defaults.batch_size,
+    )
+    images, paths = _load_inputs(args.inputs)
+    _say(f"training on {len(images)} images")
+    gen = train(images, config, names=[p.name for p in paths])
+    bar = tqdm(total=None, unit="step", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    try:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as done:
+                detector = done.value
+                break
+            if bar.total is None:
+                bar.total = ev.steps
+            bar.n = ev.step
+            val = f"{ev.val_loss:.5f}" if ev.val_loss is not None else "-"
+            bar.set_description(f"epoch {ev.epoch}/{ev.epochs} ({ev.phase})")
+            bar.set_postfix_str(f"loss {ev.train_loss:.5f} val {val}", refresh=False)
+            bar.refresh()
+    finally:
+        bar.close()
+    detector.save(out)
+    if args.rejected_csv:
+        with atomic_text(Path(args.rejected_csv)) as fh:
+            w = csv.writer(fh)
+            w.writerow(["path"])
+            for i in detector.rejected:
+                w.writerow([str(paths[i])])
+    _say(detector.summary())
+    _say(f"saved model to {out}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score images with a model: one CSV row per image, optional heatmaps."""
+    from .core.images import ImageError, find_images, read_image
+
+    csv_path = Path(args.csv)
+    _check_writable_file(csv_path)
+    heat_dir = Path(args.heatmaps) if args.heatmaps else None
+    if heat_dir is not None:
+        _prepare_dir(heat_dir)
+    detector = _detector(args.model)
+    paths = find_images(args.inputs)
+    failures: list[tuple[Path, str]] = []
+    n_flagged = n_ok = 0
+    show = not args.quiet and sys.stderr.isatty()
+    with atomic_text(csv_path) as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_COLUMNS)
+        for k, path in enumerate(paths, 1):
+            try:
+                result = detector.score(read_image(path), fpr=args.fpr, name=path.name)
+            except ImageError as err:
+                failures.append((path, str(err)))
+                writer.writerow([str(path), "", "", "", "", "", "", str(err)])
+                continue
+            row = result.as_row()
+            writer.writerow([str(path), f"{row['score']:.6g}", f"{row['recon_error']:.6g}",
+                             f"{row['log_density']:.6g}", row["is_anomaly"],
+                             f"{row['percentile']:.2f}", f"{result.threshold:.6g}", ""])
+            n_ok += 1
+            n_flagged += int(result.is_anomaly)
+            if heat_dir is not None:
+                _write_tiff_atomic(heat_dir / f"{path.stem}_anomaly_map.tif", result.error_map)
+            if show:
+                print(f"\rscored {k}/{len(paths)}", end="", file=sys.stderr, flush=True)
+    if show:
+        print(file=sys.stderr)
+    _report_failures(failures)
+    _say(f"scored {n_ok} images: {n_flagged} flagged anomalous at "
+         f"{100 * (args.fpr or 0.05):g}% false-alarm rate; results in {csv_path}")
+    return 0 if n_ok else EXIT_BAD_INPUT
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Print detection metrics on a normal and an anomalous folder as JSON."""
+    from .core.evaluation import evaluate
+
+    detector = _detector(args.model)
+    normal, _ = _load_inputs([args.normal])
+    anomalous, _ = _load_inputs([args.anomalous])
+    report = evaluate(detector, normal, anomalous, fpr=args.fpr)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the whole job on the project's own synthetic sample data."""
+    from .demo import run_demo
+
+    out = Path(args.out)
+    _prepare_dir(out)
+    summary = run_demo(out, quiet=args.quiet)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument parsing
+# ------------------------------------------------------------------------------------------------
+def _fpr(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cell-anomaly`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="cell-anomaly",
+        description="Find abnormal cells in microscopy images: train on normal cells, "
+                    "score new images with per-pixel error maps.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model on images of normal cells")
+    t.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS",
+                   help="image files, folders or glob patterns (PNG, TIFF, JPEG)")
+    t.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
+    t.add_argument("--epochs", type=_positive, help="training epochs (default: 30)")
+    t.add_argument("--size", type=_positive, help="model input size in pixels (default: 64)")
+    t.add_argument("--loss", choices=("mse", "ssim", "mix"), help="reconstruction loss")
+    t.add_argument("--preset", choices=("default", "seed"), default="default",
+                   help="network design (seed = the published Keras design)")
+    t.add_argument("--mode", choices=("auto", "whole", "patch"), default="auto",
+                   help="whole cell crops or patches of large fields (default: auto)")
+    t.add_argument("--robust", action="store_true",
+                   help="adversarial training that rejects likely anomalies in the training set")
+    t.add_argument("--rejected-csv", metavar="CSV",
+                   help="write the training images rejected by --robust to this CSV")
+    t.add_argument("--batch-size", type=_positive, help="batch size (default: 32)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("score", help="score images with a trained model")
+    s.add_argument("model", metavar="MODEL")
+    s.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS")
+    s.add_argument("--csv", required=True, metavar="OUT.csv", help="results table to write")
+    s.add_argument("--heatmaps", metavar="DIR", help="write float32 TIFF error maps here")
+    s.add_argument("--fpr", type=_fpr, help="target false-alarm rate (default: 0.05)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_score)
+
+    e = sub.add_parser("evaluate", help="AUROC/AUPRC on labelled folders, as JSON")
+    e.add_argument("model", metavar="MODEL")
+    e.add_argument("--normal", required=True, metavar="DIR")
+    e.add_argument("--anomalous", required=True, metavar="DIR")
+    e.add_argument("--fpr", type=_fpr, help="target false-alarm rate (default: 0.05)")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="train and score on built-in synthetic cells")
+    d.add_argument("--out", default="demo-output", metavar="DIR",
+                   help="output folder (default: ./demo-output)")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cell-anomaly`` command."""
+    from .core.images import ImageError
+    from .core.modelfile import ModelFileError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CliError, ImageError, ModelFileError, ValueError) as err:
+        _say(f"cell-anomaly: error: {str(err).splitlines()[0] if str(err) else err!r}")
+        return EXIT_BAD_INPUT
+    except OSError as err:
+        _say(f"cell-anomaly: error: {err.strerror or err}"
+             + (f": '{err.filename}'" if err.filename else ""))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _say("cell-anomaly: interrupted")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
