@@ -190,9 +190,9 @@ def _prepare(images: Sequence[np.ndarray], cfg: TrainConfig, prep: Preprocessing
     mode = cfg.mode if cfg.mode != "auto" else choose_mode(shapes, cfg.size)
     n = len(xs)
     if mode == "whole":
-        if n < 2:
-            raise ImageError("whole-image training needs at least 2 images "
-                             f"(got {n}); add images or use patch mode")
+        if n < 3:  # the latent density needs 2 training codes; 1 image is held out
+            raise ImageError("whole-image training needs at least 2 images to train on plus 1 "
+                             f"held out for calibration (got {n}); add images or use patch mode")
         units = np.stack([resize(x, (cfg.size, cfg.size)) for x in xs]).astype(np.float32)
         order = rng.permutation(n)
         n_val = max(1, round(cfg.val_fraction * n))
