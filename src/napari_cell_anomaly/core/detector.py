@@ -20,7 +20,7 @@ import torch
 
 from . import errormaps
 from .density import LatentDensity
-from .images import Preprocessing, resize
+from .images import ImageError, Preprocessing, resize
 from .model import Autoencoder, ModelConfig, build_model
 from .modelfile import ModelFileError, load_file, save_file
 from .scoring import DEFAULT_FPR, Calibration, ScoringConfig, reduce_map
@@ -232,6 +232,10 @@ class AnomalyDetector:
         x = self.preprocessing(image, name=name)
         if self.mode == "whole":
             return self._score_whole(x, fpr)
+        if min(x.shape[:2]) < self.size:
+            label = "image" if name == "image" else f"image {name!r}"
+            raise ImageError(f"{label} is {x.shape[0]}x{x.shape[1]} pixels; this patch-mode "
+                             f"model needs at least {self.size} pixels per side")
         return self._score_patch(x, fpr)
 
     def iter_scores(self, images: Iterable[np.ndarray], *, fpr: float | None = None,
