@@ -71,7 +71,9 @@ class LatentDensity:
         k = int(max(1, min(n_components, codes.shape[0] - 1, codes.shape[1])))
         pca = PCA(n_components=k, whiten=True, random_state=seed).fit(z)
         std = np.sqrt(np.maximum(pca.explained_variance_, 1e-12))
-        components = pca.components_ / std[:, None]
+        # C order (PCA's is Fortran): a model loaded from a file, whose arrays are C order,
+        # then gives bit-identical log-densities.
+        components = np.ascontiguousarray(pca.components_ / std[:, None])
         points = (z - pca.mean_) @ components.T
         n_splits = min(5, points.shape[0])
         if n_splits >= 2:
