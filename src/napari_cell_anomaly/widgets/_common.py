@@ -1,0 +1,286 @@
+"""Helpers shared by the widgets: layer inspection, plugin-made layers, worker lifetime.
+
+Nothing here computes anything about cells: it only moves arrays between napari layers and
+the core, and keeps background workers from outliving their viewer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Layer
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QWidget
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = [
+    "MAX_PIXELS",
+    "PLUGIN_KEY",
+    "JobControl",
+    "JobFailure",
+    "JobSlot",
+    "bind",
+    "find_own_layer",
+    "format_seconds",
+    "image_hw",
+    "is_own_layer",
+    "layer_key",
+    "layer_planes",
+    "report_error",
+    "same_layer",
+    "scoring_problem",
+    "watch_window_close",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Metadata key under which the plugin marks (and describes) the layers it makes.
+PLUGIN_KEY = "napari_cell_anomaly"
+
+#: Largest image (height x width) the Score widget accepts: the maps and the reconstruction it
+#: adds as layers take about 20 bytes per pixel.
+MAX_PIXELS = 50_000_000
+
+
+# ------------------------------------------------------------------------------------------
+# layers
+# ------------------------------------------------------------------------------------------
+def image_hw(layer: Image) -> tuple[int, ...]:
+    """The displayed (non-channel) shape of an image layer, e.g. ``(Z, H, W)``."""
+    return tuple(int(s) for s in layer.data.shape[: layer.ndim]) if not layer.multiscale \
+        else tuple(int(s) for s in layer.data[0].shape[: layer.ndim])
+
+
+def layer_key(layer: Layer) -> str:
+    """A stable identity for a layer.
+
+    Plugin widgets see layers through napari's ``PublicOnlyProxy``, a new wrapper object on
+    every access, so ``is`` and ``id()`` cannot be used to recognise a layer.
+    """
+    return str(layer.unique_id)
+
+
+def same_layer(a: Layer | None, b: Layer | None) -> bool:
+    """True if ``a`` and ``b`` are the same layer (through proxies or not)."""
+    return a is not None and b is not None and layer_key(a) == layer_key(b)
+
+
+def is_own_layer(layer: Layer) -> bool:
+    """True for layers this plugin made (anomaly maps, reconstructions, outlines)."""
+    return isinstance(layer.metadata.get(PLUGIN_KEY), dict)
+
+
+def find_own_layer(viewer: napari.Viewer, role: str, source: Layer) -> Layer | None:
+    """The layer with ``role`` the plugin made earlier for ``source``, if still in the viewer.
+
+    Matches the source layer's unique id first (survives renames), then its name (layers
+    made by an earlier widget or session).
+    """
+    source_id = layer_key(source)
+    by_name = None
+    for layer in viewer.layers:
+        meta = layer.metadata.get(PLUGIN_KEY)
+        if not isinstance(meta, dict) or meta.get("role") != role:
+            continue
+        if meta.get("source_id") == source_id:
+            return layer
+        if by_name is None and meta.get("source") == source.name:
+            by_name = layer
+    return by_name
+
+
+def layer_planes(layer: Image) -> Iterator[tuple[str, Any]]:
+    """Yield ``(name, plane)`` for every 2-D plane of an image layer.
+
+    A 2-D layer yields itself; a stack ``(Z, H, W)`` (or ``(Z, H, W, 3)`` RGB, or more leading
+    axes) yields one plane per index, named ``"<layer> [z]"``. Planes stay lazy (dask or zarr
+    data is only read by whoever calls ``np.asarray`` on them, i.e. the worker thread).
+    """
+    data = layer.data
+    lead = tuple(data.shape[: layer.ndim - 2])
+    if not lead:
+        yield layer.name, data
+        return
+    for index in np.ndindex(*lead):
+        label = ", ".join(str(i) for i in index)
+        yield f"{layer.name} [{label}]", data[index]
+
+
+def scoring_problem(layer: Layer) -> str | None:
+    """Why ``layer`` cannot be scored, as one sentence; None if it can."""
+    name = repr(layer.name)
+    if not isinstance(layer, Image):
+        return f"{name} is a {type(layer).__name__} layer, not an image"
+    if is_own_layer(layer):
+        role = layer.metadata[PLUGIN_KEY].get("role", "result")
+        return f"{name} is an {role} made by this plugin, not a microscopy image"
+    if layer.multiscale:
+        return (f"{name} is a multiscale (pyramid) image; open one resolution level as a "
+                "plain image to score it")
+    shape = image_hw(layer)
+    if len(shape) != 2:
+        kind = "3-D stack or volume" if len(shape) == 3 else f"{len(shape)}-D array"
+        return (f"{name} is a {kind} of shape {shape}; scoring needs 2-D images: split it "
+                "(right-click the layer > Split Stack) or project it first")
+    pixels = shape[0] * shape[1]
+    if pixels > MAX_PIXELS:
+        return (f"{name} is {shape[0]}x{shape[1]} pixels ({pixels / 1e6:.0f} Mpx); the plugin "
+                f"scores images up to {MAX_PIXELS / 1e6:.0f} Mpx: crop or downsample it")
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# messages
+# ------------------------------------------------------------------------------------------
+def format_seconds(seconds: float) -> str:
+    """``75.2`` -> ``"1:15"``; ``3725`` -> ``"1:02:05"``."""
+    s = max(0, round(float(seconds)))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def report_error(what: str, exc: BaseException) -> None:
+    """Show a worker's exception as one notification, never as a traceback dialog.
+
+    The core's input errors (``ImageError``, ``ValueError``, ``ModelFileError``) carry a
+    one-line message meant for users and are shown as is; anything else is unexpected, so its
+    traceback also goes to the log.
+    """
+    from ..core.modelfile import ModelFileError
+
+    if isinstance(exc, (ValueError, ModelFileError)):
+        show_error(f"{what}: {exc}")
+        return
+    logger.error("%s", what, exc_info=(type(exc), exc, exc.__traceback__))
+    show_error(f"{what}: unexpected {type(exc).__name__}: {exc}")
+
+
+# ------------------------------------------------------------------------------------------
+# worker lifetime
+# ------------------------------------------------------------------------------------------
+class JobFailure(Exception):
+    """An unexpected error inside a worker, re-raised under a type the worker reports.
+
+    superqt silently drops a ``RuntimeError`` raised in a worker (it takes it for "worker
+    deleted") without emitting ``errored`` or ``finished``, which would leave the widgets
+    believing the job still runs; torch raises ``RuntimeError`` for most of its errors.
+    """
+
+
+class JobControl:
+    """Flags shared between a widget (GUI thread) and its worker's generator.
+
+    ``stop`` asks the job to finish cleanly (training keeps its best checkpoint); ``abort`` asks
+    it to return at once, used when the viewer closes. :meth:`shutdown` sets both and waits
+    (bounded) until the worker thread has left the job, so closing a viewer never leaves
+    torch running against deleted widgets.
+    """
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.abort = threading.Event()
+        self.worker: Any = None
+
+    def running(self) -> bool:
+        """True while the worker thread is inside the job."""
+        return self.worker is not None and bool(self.worker.is_running)
+
+    def shutdown(self, *_: Any, timeout: float = 15.0) -> bool:
+        """Abort the job and wait up to ``timeout`` seconds; True if it has ended."""
+        self.stop.set()
+        self.abort.set()
+        worker = self.worker
+        if worker is None:
+            return True
+        worker.quit()
+        deadline = time.monotonic() + timeout
+        while worker.is_running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if worker.is_running:
+            logger.warning("napari-cell-anomaly: a worker did not stop within %.0f s", timeout)
+            return False
+        return True
+
+
+class JobSlot:
+    """The current :class:`JobControl` of a widget, as a plain (non-Qt) object.
+
+    Widgets connect ``destroyed`` signals to :meth:`shutdown`; since the slot holds no
+    reference to the widget, it is safe to call while Qt deletes the widget tree.
+    """
+
+    def __init__(self) -> None:
+        self.current = JobControl()
+
+    def shutdown(self, *_: Any) -> None:
+        """Abort the current job and wait (bounded) for its thread to end."""
+        self.current.shutdown()
+
+
+class _WindowWatcher(QObject):
+    """Connects the ``destroyed`` signal of a widget's top-level window to a shutdown slot.
+
+    The top-level window is only known once the widget is docked, so the watcher looks for it
+    whenever the widget is re-parented or shown.
+    """
+
+    def __init__(self, widget: QWidget, jobs: JobSlot) -> None:
+        super().__init__(widget)
+        self._jobs = jobs
+        self._watched: set[int] = set()
+        widget.installEventFilter(self)
+        widget.destroyed.connect(jobs.shutdown)
+        self._connect(widget)
+
+    def _connect(self, widget: QWidget) -> None:
+        top = widget
+        while top.parentWidget() is not None:
+            top = top.parentWidget()
+        if top is not widget and id(top) not in self._watched:
+            self._watched.add(id(top))
+            top.destroyed.connect(self._jobs.shutdown)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if event.type() in (QEvent.Type.ParentChange, QEvent.Type.Show) and isinstance(
+                obj, QWidget):
+            self._connect(obj)
+        return False
+
+
+def watch_window_close(widget: QWidget, jobs: JobSlot) -> None:
+    """Abort ``jobs`` (and wait for its thread) when the viewer window or the widget goes away.
+
+    Slots hold only the :class:`JobSlot`, so they are safe to run while Qt deletes widgets.
+    """
+    _WindowWatcher(widget, jobs)
+
+
+def bind(widget: QObject, signal: Any, slot: Any) -> None:
+    """Connect a non-Qt signal (psygnal or napari event) to a widget's method, until the
+    widget's C++ object is destroyed.
+
+    Qt drops connections to deleted widgets by itself; psygnal and napari only drop them when
+    the Python object dies, which may be later. Without this, closing a dock widget and then,
+    say, removing a layer would call into a deleted widget.
+    """
+    signal.connect(slot)
+    ref = weakref.WeakMethod(slot)
+
+    def _drop(*_: Any) -> None:
+        method = ref()
+        if method is not None:
+            with contextlib.suppress(Exception):
+                signal.disconnect(method)
+
+    widget.destroyed.connect(_drop)
