@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels
 from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 
 from napari_cell_anomaly._sample_data import anomalous_cells, normal_cells
 from napari_cell_anomaly.core.detector import AnomalyDetector
@@ -192,6 +193,13 @@ def test_train_then_score_workflow(make_napari_viewer, qtbot, notes, tmp_path):
     set_tiny(train)
     before = snapshot(viewer)
 
+    # The GUI must stay responsive while torch trains in the worker thread: a 20 ms timer
+    # keeps ticking (a frozen GUI would show a gap as long as the training).
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
+
     qtbot.mouseClick(train.train_button, Qt.MouseButton.LeftButton)
     state = train.state
     assert state.status is Status.TRAINING
@@ -206,6 +214,11 @@ def test_train_then_score_workflow(make_napari_viewer, qtbot, notes, tmp_path):
     qtbot.waitUntil(lambda: len(train._train_x) >= 2, timeout=TRAIN_TIMEOUT)
     assert "elapsed" in train.status_label.text() and "left" in train.status_label.text()
     _wait_idle(qtbot, state, TRAIN_TIMEOUT)
+    timer.stop()
+    gaps = np.diff(ticks)
+    print(f"GUI timer during training: {len(ticks)} ticks, median gap "
+          f"{1000 * np.median(gaps):.0f} ms, longest {1000 * gaps.max():.0f} ms")
+    assert gaps.max() < 2.0
 
     detector = state.trained
     assert isinstance(detector, AnomalyDetector) and state.detector is detector
@@ -405,6 +418,24 @@ def test_score_without_a_model(make_napari_viewer, notes):
     viewer.layers.selection.select_only(viewer.layers["cells with anomalies"])
     assert score.start_scoring() is False
     assert any("No model" in e for e in _errors(notes))
+    assert snapshot(viewer) == before
+
+
+def test_core_training_error_is_one_notification(make_napari_viewer, qtbot, notes):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    layer = viewer.add_image(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8), name="one")
+    _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train anomaly model")
+    train.select_layers([layer])
+    set_tiny(train, mode="whole")  # whole-image mode needs at least 2 images
+    before = snapshot(viewer)
+    assert train.start_training()
+    _wait_idle(qtbot, train.state, TRAIN_TIMEOUT)
+    errors = _errors(notes)
+    assert len(errors) == 1 and errors[0].startswith("Training failed: ")
+    assert "at least 2 images" in errors[0]
+    assert train.state.trained is None and train.train_button.isEnabled()
+    assert not train.save_button.isEnabled() and "failed" in train.status_label.text()
     assert snapshot(viewer) == before
 
 

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyqtgraph as pg
 from napari.layers import Image, Layer
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, QSize
 from qtpy.QtWidgets import QWidget
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ __all__ = [
     "JobControl",
     "JobFailure",
     "JobSlot",
+    "SmallPlot",
     "bind",
     "find_own_layer",
     "format_seconds",
@@ -226,6 +228,13 @@ class JobSlot:
     def shutdown(self, *_: Any) -> None:
         """Abort the current job and wait (bounded) for its thread to end."""
         self.current.shutdown()
+
+
+class SmallPlot(pg.PlotWidget):
+    """A pyqtgraph plot that asks for a dock-sized width (pyqtgraph's default is 640 px)."""
+
+    def sizeHint(self) -> QSize:
+        return QSize(320, 180)
 
 
 class _WindowWatcher(QObject):

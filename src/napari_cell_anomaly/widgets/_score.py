@@ -10,6 +10,7 @@ calibrated thresholds to the stored results without scoring again.
 from __future__ import annotations
 
 import csv
+import html
 import logging
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from ._common import (
     JobControl,
     JobFailure,
     JobSlot,
+    SmallPlot,
     bind,
     find_own_layer,
     is_own_layer,
@@ -76,7 +78,17 @@ HEATMAP = "anomaly map"
 RECONSTRUCTION = "reconstruction"
 OUTLINE = "anomalous region"
 
-COLUMNS = ("Layer", "Score", "Recon error", "Log-density", "Percentile", "Verdict")
+COLUMNS = ("Layer", "Score", "Error", "Log-dens.", "Pctl.", "Verdict")
+_COLUMN_SAMPLES = ("-0.000", "0.0000", "-0.000", "100", "anomalous")
+_COLUMN_TIPS = (
+    "The scored image layer (click a row to select it)",
+    "Combined anomaly score: the larger of the two robust z-scores below (higher = more "
+    "abnormal)",
+    "Reconstruction error of the image's most abnormal window",
+    "Log-density of the image's latent code under the training normals (lower = more unusual)",
+    "Percentile among the model's held-out normal images",
+    "Verdict at the chosen false-alarm rate",
+)
 _SOURCES = (("trained", "Trained in this session"), ("file", "Model file"),
             ("default", "Shipped default model"))
 _ANOMALY_COLOR = QColor(200, 60, 60, 140)
@@ -250,24 +262,35 @@ class ScoreWidget(QWidget):
         # -- results ------------------------------------------------------------------------
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        for col, tip in enumerate(_COLUMN_TIPS):
+            self.table.horizontalHeaderItem(col).setToolTip(tip)
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
+        self.table.setWordWrap(False)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        # Numbers get fixed, just-wide-enough columns; the layer name takes the rest (a dock
+        # is narrow, and ResizeToContents would squeeze the names to nothing).
         header = self.table.horizontalHeader()
+        header.setMinimumSectionSize(30)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for col in range(1, len(COLUMNS)):
-            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        metrics = self.table.fontMetrics()
+        for col, sample in enumerate(_COLUMN_SAMPLES, start=1):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
+            width = max(metrics.horizontalAdvance(COLUMNS[col]) + 18,
+                        metrics.horizontalAdvance(sample) + 10)
+            header.resizeSection(col, width)
         self.table.setMinimumHeight(110)
         self.table.setToolTip("Click a row to select that layer. Percentile: share of the "
                               "model's held-out normal images that score lower.")
-        layout.addWidget(self.table, 2)
+        layout.addWidget(self.table, 1)
         self.export_button = QPushButton("Export CSV…")
         layout.addWidget(self.export_button)
 
-        self.hist = pg.PlotWidget(background=None)
-        self.hist.setMinimumHeight(130)
+        self.hist = SmallPlot(background=None)
+        self.hist.setMinimumHeight(150)
         self.hist.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.hist.setLabel("bottom", "anomaly score")
         self.hist.setLabel("left", "images")
@@ -388,8 +411,9 @@ class ScoreWidget(QWidget):
             self.model_label.setText("<i>No model yet.</i> Train one with <b>Train anomaly "
                                      "model</b>, or load a model file.")
         else:
-            summary = detector.summary().replace("\n", "<br>")
-            self.model_label.setText(f"<b>{state.describe()}</b><br><small>{summary}</small>")
+            summary = html.escape(detector.summary()).replace("\n", "<br>")
+            self.model_label.setText(f"<b>{html.escape(state.describe())}</b><br>"
+                                     f"<small>{summary}</small>")
         self._update_threshold_label()
         self._update_histogram()
         self._update_buttons()
@@ -642,10 +666,11 @@ class ScoreWidget(QWidget):
             anomalous = self.is_anomalous(record)
             verdict = QTableWidgetItem("anomalous" if anomalous else "normal")
             verdict.setBackground(_ANOMALY_COLOR if anomalous else _NORMAL_COLOR)
-            cells = [name, _NumberItem(r.score, f"{r.score:.2f}"),
-                     _NumberItem(r.recon_error, f"{r.recon_error:.4g}"),
-                     _NumberItem(r.log_density, f"{r.log_density:.4g}"),
-                     _NumberItem(r.percentile, f"{r.percentile:.1f}"), verdict]
+            name.setToolTip(record.source.name)
+            cells = [name, _NumberItem(r.score, f"{r.score:.3g}"),
+                     _NumberItem(r.recon_error, f"{r.recon_error:.3g}"),
+                     _NumberItem(r.log_density, f"{r.log_density:.3g}"),
+                     _NumberItem(r.percentile, f"{r.percentile:.0f}"), verdict]
             for col, item in enumerate(cells):
                 table.setItem(row, col, item)
         table.setSortingEnabled(True)

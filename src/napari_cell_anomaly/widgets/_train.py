@@ -8,6 +8,7 @@ to the viewer's :class:`~._state.ModelState`, where the Score widget picks it up
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from ._common import (
     JobControl,
     JobFailure,
     JobSlot,
+    SmallPlot,
     bind,
     format_seconds,
     image_hw,
@@ -171,6 +173,7 @@ class TrainWidget(QWidget):
         row.addWidget(self.folder_button)
         form.addLayout(row)
         self.selection_label = QLabel()
+        self.selection_label.setTextFormat(Qt.TextFormat.PlainText)
         self.selection_label.setWordWrap(True)
         form.addWidget(self.selection_label)
         layout.addWidget(box)
@@ -224,7 +227,7 @@ class TrainWidget(QWidget):
         for key in MODES:
             self.mode.addItem(_MODE_LABELS.get(key, key), key)
         self.mode.setCurrentIndex(MODES.index(defaults.mode))
-        self.robust = QCheckBox("Robust: ignore outliers among the training images")
+        self.robust = QCheckBox("Robust training (ignore outliers)")
         self.robust.setChecked(defaults.robust)
         self.robust.setToolTip("Adversarial autoencoder that repeatedly gives zero weight to "
                                "the least likely training images (whole-image mode), for "
@@ -252,15 +255,16 @@ class TrainWidget(QWidget):
         self.progress.setFormat("")
         layout.addWidget(self.progress)
         self.status_label = QLabel("Pick normal images, then press Train.")
+        self.status_label.setTextFormat(Qt.TextFormat.PlainText)
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
 
-        self.plot = pg.PlotWidget(background=None)
+        self.plot = SmallPlot(background=None)
         self.plot.setMinimumHeight(150)
         self.plot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.plot.setLabel("bottom", "epoch")
         self.plot.setLabel("left", "loss")
-        self.plot.setLogMode(y=True)
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.plot.addLegend(offset=(-8, 8))
         self._train_curve = self.plot.plot([], [], pen=pg.mkPen("#4fc3f7", width=2),
@@ -280,6 +284,7 @@ class TrainWidget(QWidget):
                                     "in the Score widget, the CLI and Python.")
         layout.addWidget(self.save_button)
         self.rejected_label = QLabel("Rejected by robust training (click to show):")
+        self.rejected_label.setWordWrap(True)
         self.rejected_list = QListWidget()
         self.rejected_list.setMaximumHeight(90)
         layout.addWidget(self.rejected_label)
@@ -416,8 +421,9 @@ class TrainWidget(QWidget):
         else:
             self.train_button.setToolTip("")
         trained = self.state.trained
-        self.model_label.setText(f"<b>Trained model</b><br>{trained.summary()}".replace(
-            "\n", "<br>") if trained is not None else "")
+        self.model_label.setText(
+            "<b>Trained model</b><br><small>" + html.escape(trained.summary()).replace(
+                "\n", "<br>") + "</small>" if trained is not None else "")
 
     def start_training(self) -> bool:
         """Start training from the current choices; False (with a notification) if not."""
@@ -532,7 +538,7 @@ class TrainWidget(QWidget):
                 text = "Stopping after this step…"
             self.status_label.setText(text)
             self._train_x.append(event.step * epochs / steps)
-            self._train_y.append(max(event.train_loss, 1e-12))
+            self._train_y.append(float(event.train_loss))
         elif event.phase == "finalize":
             self.progress.setRange(0, 0)  # busy indicator: no steps to count
             self.status_label.setText(f"{format_seconds(event.elapsed)} elapsed: fitting the "
@@ -547,7 +553,7 @@ class TrainWidget(QWidget):
             self._last_val = event.val_loss
             x = float(event.epoch - 1 if event.phase == "train" else event.epoch)
             self._val_x.append(x)
-            self._val_y.append(max(event.val_loss, 1e-12))
+            self._val_y.append(float(event.val_loss))
             self._val_curve.setData(self._val_x, self._val_y)
         if event.phase == "train":
             self._train_curve.setData(self._train_x, self._train_y)
