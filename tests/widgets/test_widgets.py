@@ -20,7 +20,7 @@ from napari.utils.notifications import Notification, NotificationSeverity, notif
 from qtpy.QtCore import Qt, QTimer
 
 from napari_cell_anomaly._sample_data import anomalous_cells, normal_cells
-from napari_cell_anomaly.core.detector import AnomalyDetector
+from napari_cell_anomaly.core.detector import AnomalyDetector, default_model_path
 from napari_cell_anomaly.core.sample import make_cells
 from napari_cell_anomaly.core.training import TrainConfig, run_training
 from napari_cell_anomaly.widgets import ScoreWidget, Status, TrainWidget, get_state
@@ -186,7 +186,8 @@ def test_train_then_score_workflow(make_napari_viewer, qtbot, notes, tmp_path):
     train, score = _docks(viewer)
     assert isinstance(train, TrainWidget) and isinstance(score, ScoreWidget)
     assert train.state is score.state is get_state(viewer)
-    assert not score.score_button.isEnabled()  # no model yet
+    # Without a shipped default model there is nothing to score with yet.
+    assert score.score_button.isEnabled() == (default_model_path() is not None)
 
     train.name_filter.setText("normal")
     assert [ly.name for ly in train.selected_layers()] == ["normal cells"]
@@ -412,6 +413,7 @@ def test_score_without_a_model(make_napari_viewer, notes):
     viewer = make_napari_viewer()
     _open_samples(viewer)
     score = _score_dock(viewer)
+    get_state(viewer).set_active(None, "")  # no model (even if a default one is installed)
     before = snapshot(viewer)
     assert not score.score_button.isEnabled()
     assert "No model" in score.model_label.text()
@@ -437,6 +439,25 @@ def test_core_training_error_is_one_notification(make_napari_viewer, qtbot, note
     assert train.state.trained is None and train.train_button.isEnabled()
     assert not train.save_button.isEnabled() and "failed" in train.status_label.text()
     assert snapshot(viewer) == before
+
+
+def test_shipped_default_model_choice(make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    score = _score_dock(viewer)
+    state = get_state(viewer)
+    index = score.source_combo.findData("default")
+    item = score.source_combo.model().item(index)
+    if default_model_path() is None:
+        assert not item.isEnabled() and state.detector is None
+        assert score.use_default_model() is False
+        assert any("No default model" in w for w in _warnings(notes))
+    else:  # installed: it is the initial model, and can be chosen again after another one
+        assert item.isEnabled() and state.source == "default"
+        state.set_active(None, "")
+        assert score.use_default_model() and state.source == "default"
+        assert score.source_combo.currentData() == "default"
+        assert "shipped default model" in score.model_label.text()
+        assert not _errors(notes)
 
 
 def test_train_without_images(make_napari_viewer, notes):
