@@ -264,12 +264,16 @@ def test_train_then_score_workflow(make_napari_viewer, qtbot, notes, tmp_path):
     assert score.table.item(0, 0).text() == "cells with anomalies"
     assert snapshot(viewer)[: len(before)] == before  # user layers untouched
 
-    # -- scoring again refreshes the same layers -----------------------------------------
+    # -- scoring again refreshes the same layers, keeping the user's display tweaks ---------
     names = [ly.name for ly in viewer.layers]
+    heat.opacity = 0.3
+    heat.contrast_limits = (0.0, 1e-3)
     qtbot.mouseClick(score.score_button, Qt.MouseButton.LeftButton)
     _wait_idle(qtbot, state, SCORE_TIMEOUT)
     assert [ly.name for ly in viewer.layers] == names
     assert viewer.layers["cells with anomalies anomaly map"] is heat
+    assert heat.opacity == pytest.approx(0.3)
+    np.testing.assert_allclose(heat.contrast_limits, detector.calibration.display_range())
     assert score.table.rowCount() == 1
 
     # -- clicking a row selects (and shows) the scored layer -----------------------------

@@ -540,12 +540,19 @@ class ScoreWidget(QWidget):
         layer = find_own_layer(self.viewer, role, source)
         metadata = kwargs.pop("metadata")
         geometry = self._geometry(source)
-        if layer is not None and layer._type_string == kind:
+        kind_ok = isinstance(layer, Labels if kind == "labels" else Image)
+        if layer is not None and (not kind_ok or (kind == "image"
+                                                  and layer.rgb != kwargs.get("rgb", False))):
+            self.viewer.layers.remove(layer)  # ours, but of another kind (e.g. new model)
+            layer = None
+        if layer is not None:
+            # Refresh in place: new pixels, geometry, calibrated contrast and results; the
+            # user's display tweaks (opacity, colormap, blending, visibility) are kept.
             layer.data = data
-            for key, value in {**geometry, **kwargs}.items():
-                if key in ("rgb", "visible"):
-                    continue
+            for key, value in geometry.items():
                 setattr(layer, key, value)
+            if "contrast_limits" in kwargs:
+                layer.contrast_limits = kwargs["contrast_limits"]
             layer.metadata = metadata
             layer.name = f"{source.name} {role}"
             return layer
