@@ -1,0 +1,310 @@
+"""Tests for ``napari_cell_anomaly.core.detector``.
+
+Detection quality is measured on the project's synthetic cells with planted anomalies, using
+the session-scoped ``cell_detector`` (see ``tests/conftest.py`` for why it is trained as it is).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cell_anomaly.core import detector as detector_mod
+from napari_cell_anomaly.core.detector import (
+    AnomalyDetector,
+    ScoreResult,
+    foreground_mask,
+    window_origins,
+)
+from napari_cell_anomaly.core.images import ImageError
+from napari_cell_anomaly.core.metrics import image_auroc, pixel_auroc
+from napari_cell_anomaly.core.modelfile import ModelFileError
+from napari_cell_anomaly.core.sample import make_field
+from napari_cell_anomaly.core.scoring import Calibration, ScoringConfig
+from napari_cell_anomaly.core.tiling import predict_tiled
+
+# -------------------------------------------------------------------------------------------
+# detection quality
+# -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="default scoring (mean squared error over the whole crop, background included, "
+           "fused with a latent density that barely separates these anomalies) gives image "
+           "AUROC ~0.7-0.85 even after full default training; see the foreground test below",
+)
+def test_default_detector_separates_planted_anomalies(cells, cell_results) -> None:
+    auroc = image_auroc(cells.test.labels, [r.score for r in cell_results])
+    assert auroc > 0.9
+
+
+def test_error_map_is_hotter_inside_planted_masks(cells, cell_results) -> None:
+    assert pixel_auroc(cells.test.masks, [r.error_map for r in cell_results]) > 0.9
+    # The per-image numbers are reported where the anomalies are.
+    anomalous = [r for r, lab in zip(cell_results, cells.test.labels, strict=True) if lab]
+    inside = np.mean([r.error_map[m].mean() for r, m in
+                      zip(anomalous, [m for m in cells.test.masks if m.any()], strict=True)])
+    outside = np.mean([r.error_map.mean() for r in cell_results])
+    assert inside > 3 * outside
+
+
+def _recalibrated(det: AnomalyDetector, scoring: ScoringConfig,
+                  normals: list[np.ndarray]) -> AnomalyDetector:
+    """The same trained network and density with another scoring, calibrated on ``normals``."""
+    new = AnomalyDetector(det.network, det.preprocessing, det.mode, det.size, scoring,
+                          det.density, det.calibration)
+    res = new.analyse_units(np.stack([new.preprocessing(im) for im in normals]))
+    new.calibration = Calibration(res["recon_error"], det.density.log_density(res["codes"]),
+                                  res["map_max"])
+    return new
+
+
+def test_foreground_scoring_separates_planted_anomalies(cell_detector, cells) -> None:
+    # The trained network does find the stains: restricting the image error to the cell
+    # (``ScoringConfig.foreground``), calibrated on fresh normals, separates them.
+    det = _recalibrated(cell_detector, ScoringConfig(reduce="p99", foreground=True),
+                        cells.normals.images)
+    scores = [det.score(im).score for im in cells.test.images]
+    assert image_auroc(cells.test.labels, scores) > 0.9
+
+
+# -------------------------------------------------------------------------------------------
+# result contract
+# -------------------------------------------------------------------------------------------
+
+
+def _check_result(res: ScoreResult, hw: tuple[int, int], channels: int) -> None:
+    assert res.error_map.shape == hw and res.ssim_map.shape == hw
+    assert res.reconstruction.shape == (*hw, channels)
+    for a in (res.error_map, res.ssim_map, res.reconstruction):
+        assert a.dtype == np.float32 and np.all(np.isfinite(a))
+    assert res.error_map.min() >= 0
+    assert 0.0 <= res.reconstruction.min() and res.reconstruction.max() <= 1.0
+    assert all(np.isfinite([res.score, res.recon_error, res.log_density, res.threshold]))
+    assert 0.0 <= res.percentile <= 100.0
+    assert res.is_anomaly == (res.score > res.threshold)
+    row = res.as_row()
+    assert row["score"] == res.score and row["is_anomaly"] in (0, 1)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (50, 70), (129, 33), (8, 8)])
+def test_whole_mode_maps_have_the_input_size(cell_detector, cells, hw) -> None:
+    from skimage.transform import resize
+
+    img = resize(cells.test.images[0], hw, preserve_range=True).astype(np.uint8)
+    _check_result(cell_detector.score(img), hw, 3)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (250, 270), (100, 391)])
+def test_patch_mode_maps_have_the_input_size(patch_detector, hw) -> None:
+    img, _ = make_field((400, 400), seed=5)
+    _check_result(patch_detector.score(img[: hw[0], : hw[1]]), hw, 3)
+
+
+def test_rgba_and_channels_first_inputs_score_like_rgb(cell_detector, cells) -> None:
+    rgb = cells.test.images[1]
+    rgba = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=-1)
+    ref = cell_detector.score(rgb)
+    assert cell_detector.score(rgba).score == ref.score
+    assert cell_detector.score(np.moveaxis(rgb, -1, 0)).score == ref.score
+
+
+def test_score_agrees_with_calibration(cell_detector, cell_results) -> None:
+    cal = cell_detector.calibration
+    for res in cell_results[:10]:
+        assert res.score == pytest.approx(float(cal.combine(res.recon_error, res.log_density)))
+        assert res.percentile == pytest.approx(float(cal.percentile(res.score)[0]))
+        assert res.threshold == cal.threshold(0.05)
+        crit = cal.criteria(0.05)
+        or_rule = res.recon_error > crit["recon_error"] or res.log_density < crit["log_density"]
+        assert res.is_anomaly == or_rule
+
+
+def test_fpr_changes_the_verdict_but_not_the_score(cell_detector, cells, cell_results) -> None:
+    cal = cell_detector.calibration
+    strict, loose = 0.01, 0.9
+    t_strict, t_loose = cal.threshold(strict), cal.threshold(loose)
+    assert t_strict > t_loose
+    # An image whose score lies between the two thresholds.
+    idx = next(i for i, r in enumerate(cell_results) if t_loose < r.score <= t_strict)
+    image = cells.test.images[idx]
+    a = cell_detector.score(image, fpr=strict)
+    b = cell_detector.score(image, fpr=loose)
+    assert a.score == b.score and a.recon_error == b.recon_error
+    assert a.log_density == b.log_density and a.percentile == b.percentile
+    assert np.array_equal(a.error_map, b.error_map)
+    assert (a.is_anomaly, b.is_anomaly) == (False, True)
+    assert (a.threshold, b.threshold) == (t_strict, t_loose)
+    # More tolerance for false alarms never turns fewer images anomalous.
+    flags = {f: sum(cell_detector.score(im, fpr=f).is_anomaly
+                    for im in cells.test.images[:20]) for f in (0.01, 0.1, 0.5)}
+    assert flags[0.01] <= flags[0.1] <= flags[0.5]
+    with pytest.raises(ValueError, match="false-alarm rate"):
+        cell_detector.score(image, fpr=1.0)
+
+
+def test_iter_scores_matches_score(cell_detector, cells) -> None:
+    images = cells.test.images[:4]
+    results = list(cell_detector.iter_scores(images, fpr=0.2))
+    assert [r.score for r in results] == [cell_detector.score(im).score for im in images]
+    assert all(r.threshold == cell_detector.calibration.threshold(0.2) for r in results)
+
+
+def test_summary_mentions_the_essentials(cell_detector) -> None:
+    text = cell_detector.summary()
+    assert "RGB" in text and "whole mode" in text and "64 px" in text
+    assert str(cell_detector.calibration.size) in text
+
+
+# -------------------------------------------------------------------------------------------
+# bad inputs
+# -------------------------------------------------------------------------------------------
+
+
+def _bad_inputs() -> list[tuple[str, np.ndarray, str]]:
+    good = make_field((96, 96), seed=1)[0]
+    nan = good.astype(np.float32)
+    nan[10, 10, 0] = np.nan
+    inf = good.astype(np.float32)
+    inf[5, 7, 2] = np.inf
+    return [
+        ("1x1", np.zeros((1, 1, 3), np.uint8), "1x1 pixels"),
+        ("1x1-gray", np.array([[7]], np.uint8), "1x1 pixels"),
+        ("nan", nan, "NaN or infinite"),
+        ("inf", inf, "NaN or infinite"),
+        ("constant", np.full((64, 64, 3), 200, np.uint8), "constant"),
+        ("stack", np.stack([good[..., 0]] * 5), "3-D stack"),
+        ("4-D", good[None], "4-D array"),
+        ("gray-to-rgb", good[..., 0], "expects RGB"),
+        ("strings", np.array([["x"] * 16] * 16), "dtype"),
+    ]
+
+
+@pytest.mark.parametrize("which", ["cell_detector", "patch_detector"])
+@pytest.mark.parametrize(("name", "image", "match"), _bad_inputs(),
+                         ids=[b[0] for b in _bad_inputs()])
+def test_bad_inputs_raise_one_line_image_error(request, which, name, image, match) -> None:
+    det = request.getfixturevalue(which)
+    with pytest.raises(ImageError, match=match) as err:
+        det.score(image, name="cell.png")
+    msg = str(err.value)
+    assert "\n" not in msg and len(msg) < 200
+    assert "cell.png" in msg
+
+
+def test_patch_mode_refuses_images_smaller_than_its_window(patch_detector) -> None:
+    small = make_field((96, 96), seed=2)[0][:40, :90]
+    with pytest.raises(ImageError, match=r"40x90 pixels.*at least 64") as err:
+        patch_detector.score(small, name="crop.tif")
+    assert "crop.tif" in str(err.value) and "\n" not in str(err.value)
+
+
+# -------------------------------------------------------------------------------------------
+# tiling
+# -------------------------------------------------------------------------------------------
+
+
+def test_tiled_scoring_equals_untiled(patch_detector, monkeypatch) -> None:
+    # 250 x 270 fits in one 512 tile (one network call) ...
+    img, _ = make_field((250, 270), n_cells=25, anomaly_fraction=0.3, seed=4)
+    one = patch_detector.score(img)
+    # ... and with 128-pixel tiles (margin 32, more than the ~28-pixel receptive field of the
+    # network plus the SSIM and smoothing windows) the image, padded to 256 x 272, is cut into
+    # 3 x 4 overlapping tiles (origins 0, 64, 128 down and 0, 64, 128, 144 across).
+    shapes: list[tuple[int, ...]] = []
+    hook = patch_detector.network.decoder.register_forward_pre_hook(
+        lambda _m, inputs: shapes.append(tuple(inputs[0].shape)))
+    monkeypatch.setattr(detector_mod, "TILE", 128)
+    try:
+        tiled = patch_detector.score(img)
+    finally:
+        hook.remove()
+    a = patch_detector.network.align
+    assert sum(s[0] for s in shapes) == 3 * 4
+    assert all(s[2:] == (128 // a, 128 // a) for s in shapes)
+    np.testing.assert_allclose(tiled.reconstruction, one.reconstruction, atol=2e-5)
+    np.testing.assert_allclose(tiled.error_map, one.error_map, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(tiled.ssim_map, one.ssim_map, atol=2e-5)
+    assert tiled.score == pytest.approx(one.score, rel=1e-4, abs=1e-5)
+    assert tiled.is_anomaly == one.is_anomaly
+
+
+def test_network_through_predict_tiled_equals_one_pass(patch_detector) -> None:
+    net = patch_detector.network
+    img, _ = make_field((200, 232), seed=6)
+    chw = np.ascontiguousarray(patch_detector.preprocessing(img).transpose(2, 0, 1))
+    with torch.inference_mode():
+        whole = net(torch.from_numpy(chw)[None].contiguous(
+            memory_format=torch.channels_last))[0].numpy()
+    tiled = predict_tiled(net, chw, tile=96, margin=32, align=net.align, batch_size=3)
+    np.testing.assert_allclose(tiled, whole, atol=2e-5)
+
+
+def test_window_origins_cover_the_image() -> None:
+    assert window_origins(64, 64, 64) == [(0, 0)]
+    origins = window_origins(150, 100, 64)
+    rows = sorted({r for r, _ in origins})
+    cols = sorted({c for _, c in origins})
+    assert rows == [0, 64, 86] and cols == [0, 36]
+    covered = np.zeros((150, 100), bool)
+    for r, c in origins:
+        covered[r:r + 64, c:c + 64] = True
+    assert covered.all()
+
+
+def test_foreground_mask_finds_the_cell(cells) -> None:
+    img = cells.train.images[0].astype(np.float32) / 255.0
+    mask = foreground_mask(img)
+    assert mask.shape == img.shape[:2]
+    assert not mask[0].any() and not mask[:, 0].any()  # black border is background
+    assert 0.2 < mask.mean() < 0.8
+    assert mask[32, 32] or mask[28:36, 28:36].any()
+
+
+# -------------------------------------------------------------------------------------------
+# persistence
+# -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["cell_detector", "patch_detector"])
+def test_saved_model_round_trips_to_identical_scores(request, which, tmp_path: Path,
+                                                     cells) -> None:
+    det = request.getfixturevalue(which)
+    path = tmp_path / "model.safetensors"
+    det.save(path)
+    back = AnomalyDetector.load(path)
+    assert back.mode == det.mode and back.size == det.size
+    assert back.preprocessing == det.preprocessing and back.scoring == det.scoring
+    assert back.network.config == det.network.config
+    assert back.rejected == det.rejected
+    assert back.summary() == det.summary()
+    images = ([*cells.test.images[:3]] if det.mode == "whole"
+              else [make_field((160, 200), seed=8)[0]])
+    for im in images:
+        a, b = det.score(im), back.score(im)
+        assert (a.score, a.recon_error, a.log_density, a.percentile, a.is_anomaly) == (
+            b.score, b.recon_error, b.log_density, b.percentile, b.is_anomaly)
+        assert np.array_equal(a.error_map, b.error_map)
+        assert np.array_equal(a.reconstruction, b.reconstruction)
+
+
+def test_tampered_model_file_is_refused(cell_detector, tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    cell_detector.save(path)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x01  # one bit of one stored number
+    tampered = tmp_path / "tampered.safetensors"
+    tampered.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="modified or corrupted") as err:
+        AnomalyDetector.load(tampered)
+    assert "\n" not in str(err.value)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(ModelFileError, match="truncated"):
+        AnomalyDetector.load(truncated)
+    with pytest.raises(ModelFileError):
+        AnomalyDetector.load(tmp_path / "missing.safetensors")

@@ -1,0 +1,122 @@
+"""Tests for ``napari_cell_anomaly.core.model``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from napari_cell_anomaly.core.model import PRESETS, Autoencoder, ModelConfig, build_model
+
+
+@pytest.fixture(scope="module", params=PRESETS)
+def preset_model(request: pytest.FixtureRequest) -> Autoencoder:
+    torch.manual_seed(0)
+    return build_model(ModelConfig.from_preset(request.param)).eval()
+
+
+def test_presets_build_with_expected_family() -> None:
+    default = build_model(ModelConfig.from_preset("default"))
+    seed = build_model(ModelConfig.from_preset("seed"))
+    assert default.config.preset == "default"
+    assert seed.config.preset == "seed"
+    # The seed preset is the published design: max-pooling and nearest upsampling.
+    assert any(isinstance(m, nn.MaxPool2d) for m in seed.modules())
+    assert any(isinstance(m, nn.Upsample) for m in seed.modules())
+    assert any(isinstance(m, nn.ConvTranspose2d) for m in default.modules())
+    assert seed.config.widths == (64, 32, 16)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("hw", [(8, 8), (16, 16), (24, 40), (64, 64), (72, 32)])
+def test_output_shape_equals_input_shape(preset_model: Autoencoder, in_channels: int,
+                                         hw: tuple[int, int]) -> None:
+    cfg = ModelConfig.from_preset(preset_model.config.preset, in_channels=in_channels)
+    net = build_model(cfg).eval()
+    assert hw[0] % net.align == 0 and hw[1] % net.align == 0
+    x = torch.rand(2, in_channels, *hw)
+    with torch.inference_mode():
+        y = net(x)
+    assert y.shape == x.shape
+    # Sigmoid output: a valid image in [0, 1].
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+
+
+@pytest.mark.parametrize("hw", [(16, 16), (32, 48)])
+def test_latent_shape(preset_model: Autoencoder, hw: tuple[int, int]) -> None:
+    cfg = preset_model.config
+    x = torch.rand(3, cfg.in_channels, *hw)
+    with torch.inference_mode():
+        z = preset_model.encode(x)
+        y = preset_model.decode(z)
+    a = preset_model.align
+    assert a == 2 ** len(cfg.widths) == cfg.align
+    assert z.shape == (3, cfg.latent_channels, hw[0] // a, hw[1] // a)
+    assert y.shape == x.shape
+
+
+def test_forward_is_decode_of_encode(preset_model: Autoencoder) -> None:
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(preset_model(x), preset_model.decode(preset_model.encode(x)))
+
+
+def test_build_model_is_channels_last_and_layout_does_not_change_results() -> None:
+    torch.manual_seed(0)
+    net = build_model(ModelConfig()).eval()
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    assert convs
+    for m in convs:
+        assert m.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        y_cl = net(x.contiguous(memory_format=torch.channels_last))
+        y_plain = net(x.contiguous())
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_cl, y_plain, rtol=1e-5, atol=1e-6)
+
+
+def test_flops_per_pixel_matches_hand_count_default() -> None:
+    # in 1 -> widths (2,) -> latent 1, so align = 2 ("full" = per input pixel, "half" = / 4):
+    #   enc conv3x3 1->2 (full):            2*9*1*2      = 36
+    #   enc conv3x3 s2 2->2 (half):         2*9*2*2 / 4  = 18
+    #   enc conv1x1 2->1 (half):            2*1*2*1 / 4  = 1
+    #   dec conv1x1 1->2 (half):            2*1*1*2 / 4  = 1
+    #   dec convT2x2 s2 2->2 (each full-res output reads 1 tap of 2 channels): 2*2*2 = 8
+    #   dec conv3x3 2->1 (full):            2*9*2*1      = 36
+    net = build_model(ModelConfig(preset="default", in_channels=1, widths=(2,),
+                                  latent_channels=1))
+    assert net.flops_per_pixel() == pytest.approx(36 + 18 + 1 + 1 + 8 + 36)
+
+
+def test_flops_per_pixel_matches_hand_count_seed() -> None:
+    # in 1 -> widths (2,) -> latent 1:
+    #   enc conv3x3 1->2 (full): 36; maxpool; enc conv1x1 2->1 (half): 1
+    #   dec conv1x1 1->2 (half): 1; dec conv3x3 2->2 (half, before upsampling): 72 / 4 = 18
+    #   upsample; dec conv3x3 2->1 (full): 36
+    net = build_model(ModelConfig(preset="seed", in_channels=1, widths=(2,), latent_channels=1))
+    assert net.flops_per_pixel() == pytest.approx(36 + 1 + 1 + 18 + 36)
+
+
+def test_flops_per_pixel_positive_and_scales_with_width(preset_model: Autoencoder) -> None:
+    f = preset_model.flops_per_pixel()
+    assert f > 0
+    cfg = preset_model.config
+    wider = build_model(ModelConfig(preset=cfg.preset, in_channels=cfg.in_channels,
+                                    widths=tuple(2 * w for w in cfg.widths),
+                                    latent_channels=cfg.latent_channels))
+    assert wider.flops_per_pixel() > f
+    # The count is analytic: it does not leave hooks behind.
+    assert not any(m._forward_hooks for m in preset_model.modules())
+
+
+def test_config_round_trip_and_validation() -> None:
+    for preset in PRESETS:
+        cfg = ModelConfig.from_preset(preset, in_channels=1)
+        assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="preset"):
+        ModelConfig(preset="unet")
+    with pytest.raises(ValueError, match="in_channels"):
+        ModelConfig(in_channels=2)
+    with pytest.raises(ValueError, match="positive"):
+        ModelConfig(widths=())

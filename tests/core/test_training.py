@@ -1,0 +1,237 @@
+"""Tests for ``napari_cell_anomaly.core.training``.
+
+Every training here is a few optimisation steps on tiny synthetic data: these tests check the
+loop's contract (events, stopping, determinism, modes, errors), not detection quality, which
+``test_detector.py`` checks on the shared, briefly trained detector.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cell_anomaly.core.detector import AnomalyDetector
+from napari_cell_anomaly.core.images import ImageError
+from napari_cell_anomaly.core.sample import make_cells
+from napari_cell_anomaly.core.training import (
+    PATCH_MODE_FACTOR,
+    TrainConfig,
+    TrainProgress,
+    choose_mode,
+    run_training,
+    train,
+)
+
+#: A tiny whole-mode set: 40 crops -> 4 held out, 36 trained -> 2 steps per epoch at batch 32.
+SMALL = make_cells(40, size=32, seed=11).images
+
+
+def _tiny(**kw: object) -> TrainConfig:
+    base: dict[str, object] = {"size": 32, "max_steps": 4, "epochs": 30}
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _run(images, config, stop=None) -> tuple[list[TrainProgress], AnomalyDetector]:
+    events: list[TrainProgress] = []
+    gen = train(images, config, stop=stop)
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as done:
+            return events, done.value
+
+
+def _assert_usable(det: AnomalyDetector, image: np.ndarray) -> None:
+    res = det.score(image)
+    assert np.isfinite(res.score) and np.isfinite(res.recon_error)
+    assert np.isfinite(res.log_density)
+    assert res.error_map.shape == image.shape[:2]
+    assert np.all(np.isfinite(res.error_map))
+
+
+def test_generator_yields_progress_and_returns_detector() -> None:
+    events, det = _run(SMALL, _tiny(max_steps=5))
+    assert isinstance(det, AnomalyDetector)
+    assert all(isinstance(e, TrainProgress) for e in events)
+    train_events = [e for e in events if e.phase == "train"]
+    assert [e.step for e in train_events] == [1, 2, 3, 4, 5]
+    assert all(e.steps == 5 for e in events)
+    assert [e.phase for e in events[-2:]] == ["finalize", "done"]
+    elapsed = [e.elapsed for e in events]
+    assert all(b >= a for a, b in itertools.pairwise(elapsed))
+    assert elapsed[0] > 0
+    assert all(e.eta >= 0 for e in events) and events[-1].eta == 0.0
+    assert all(np.isfinite(e.train_loss) and e.train_loss > 0 for e in train_events)
+    # 2 steps per epoch: epochs 1, 1, 2, 2, 3 of a planned 3.
+    assert [e.epoch for e in train_events] == [1, 1, 2, 2, 3]
+    assert all(e.epochs == 3 for e in events)
+    # A validation loss appears after the first epoch; the best one is kept.
+    assert train_events[0].val_loss is None and train_events[2].val_loss is not None
+    assert events[-1].best_val_loss == min(
+        e.val_loss for e in events if e.val_loss is not None)
+    assert not events[-1].stopped
+    assert det.mode == "whole" and det.size == 32
+    assert det.provenance["steps"] == 5 and det.provenance["n_images"] == len(SMALL)
+    assert det.provenance["n_train"] + det.provenance["n_val"] == len(SMALL)
+    assert det.calibration.size == det.provenance["n_val"]
+    _assert_usable(det, make_cells(1, size=32, seed=99).images[0])
+
+
+def test_run_training_reports_the_same_events() -> None:
+    seen: list[TrainProgress] = []
+    det = run_training(SMALL, _tiny(max_steps=2), callback=seen.append)
+    assert isinstance(det, AnomalyDetector)
+    assert [e.phase for e in seen] == ["train", "train", "finalize", "done"]
+
+
+def test_loss_decreases_with_training() -> None:
+    events, _ = _run(SMALL, _tiny(max_steps=12, augment=False))
+    losses = [e.train_loss for e in events if e.phase == "train"]
+    assert np.mean(losses[-4:]) < np.mean(losses[:2])
+
+
+@pytest.mark.parametrize("stop_after", [0, 3])
+def test_stop_flag_ends_early_with_a_usable_detector(stop_after: int) -> None:
+    polls = {"n": 0}
+
+    def stop() -> bool:
+        polls["n"] += 1
+        return polls["n"] > stop_after
+
+    events, det = _run(SMALL, _tiny(max_steps=20), stop=stop)
+    train_events = [e for e in events if e.phase == "train"]
+    assert len(train_events) == stop_after
+    assert events[-1].phase == "done" and events[-1].stopped
+    assert det.provenance["stopped_early"] is True
+    assert det.provenance["steps"] == stop_after
+    _assert_usable(det, make_cells(1, size=48, anomaly_fraction=1.0, seed=5).images[0])
+
+
+def test_same_seed_and_data_give_identical_models() -> None:
+    image = make_cells(1, size=32, anomaly_fraction=1.0, seed=7).images[0]
+    runs = [run_training(SMALL, _tiny(max_steps=4, seed=3)) for _ in range(2)]
+    a, b = (r.network.state_dict() for r in runs)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert runs[0].density.bandwidth == runs[1].density.bandwidth
+    assert np.array_equal(runs[0].density.points, runs[1].density.points)
+    assert np.array_equal(runs[0].calibration.scores, runs[1].calibration.scores)
+    ra, rb = (r.score(image) for r in runs)
+    assert ra.score == rb.score and ra.log_density == rb.log_density
+    assert np.array_equal(ra.error_map, rb.error_map)
+    # A different seed gives a different model (the test above is not vacuous).
+    other = run_training(SMALL, _tiny(max_steps=4, seed=4))
+    assert not torch.equal(other.network.state_dict()["encoder.0.weight"],
+                           a["encoder.0.weight"])
+
+
+def test_patch_mode_is_chosen_for_large_images(patch_detector: AnomalyDetector,
+                                               field_images: list[np.ndarray]) -> None:
+    assert choose_mode([im.shape for im in field_images], 64) == "patch"
+    assert choose_mode([(PATCH_MODE_FACTOR * 64, 100, 3)], 64) == "whole"
+    assert choose_mode([(PATCH_MODE_FACTOR * 64 + 1, 100, 3)], 64) == "patch"
+    assert patch_detector.mode == "patch"
+    assert patch_detector.provenance["train_config"]["mode"] == "auto"
+    # Few large images: a bottom strip of each one is held out for calibration.
+    assert patch_detector.calibration.size > 0
+    image = field_images[0][:200, :300]
+    _assert_usable(patch_detector, image)
+    assert patch_detector.score(image).reconstruction.shape == (200, 300, 3)
+
+
+def test_whole_mode_resizes_any_image_sizes() -> None:
+    mixed = [np.asarray(im) for im in make_cells(12, size=40, seed=1).images]
+    mixed += [np.asarray(im) for im in make_cells(12, size=24, seed=2).images]
+    det = run_training(mixed, _tiny(max_steps=2))
+    assert det.mode == "whole"
+    _assert_usable(det, make_cells(1, size=56, seed=3).images[0])
+
+
+def test_grayscale_training_and_channel_choice() -> None:
+    gray = [im.mean(-1).astype(np.uint16) * 40 for im in SMALL]
+    det = run_training(gray, _tiny(max_steps=2))
+    assert det.channels == "gray" and det.network.config.in_channels == 1
+    _assert_usable(det, gray[0])
+    # An RGB image is converted to luminosity by a grayscale model.
+    _assert_usable(det, SMALL[0])
+    forced = run_training(SMALL, _tiny(max_steps=2, channels="gray"))
+    assert forced.channels == "gray"
+
+
+def test_no_images_raise_image_error() -> None:
+    with pytest.raises(ImageError, match="no training images"):
+        run_training([], _tiny())
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_too_few_images_raise_image_error(n: int) -> None:
+    with pytest.raises(ImageError, match="at least") as err:
+        run_training(SMALL[:n], _tiny(mode="whole"))
+    assert "\n" not in str(err.value)
+
+
+def _with_nan() -> list[np.ndarray]:
+    images = [im.astype(np.float32) for im in SMALL[:8]]
+    images[5][3, 4, 1] = np.nan
+    return images
+
+
+@pytest.mark.parametrize(
+    ("images", "match"),
+    [
+        (_with_nan(), "image 5.*NaN"),
+        ([*SMALL[:6], np.full((32, 32, 3), 7, np.uint8)], "image 6.*constant"),
+        ([*SMALL[:6], np.zeros((4, 32, 3), np.uint8)], "image 6.*4x32"),
+        ([*SMALL[:6], np.zeros((5, 32, 32), np.uint8)], "image 6.*3-D stack"),
+        ([*SMALL[:6], SMALL[0][..., 0]], "image 6.*grayscale"),
+        ([*SMALL[:6], np.array([["a"] * 32] * 32)], "image 6.*dtype"),
+    ],
+    ids=["nan", "constant", "too-small", "stack", "gray-among-rgb", "strings"],
+)
+def test_bad_images_raise_image_error(images: list[np.ndarray], match: str) -> None:
+    with pytest.raises(ImageError, match=match) as err:
+        run_training(images, _tiny())
+    assert "\n" not in str(err.value)
+
+
+def test_patch_mode_rejects_images_smaller_than_the_patch() -> None:
+    with pytest.raises(ImageError, match="at least 32 px") as err:
+        run_training([*SMALL[:4], SMALL[0][:20]], _tiny(mode="patch"))
+    assert "image 4" in str(err.value)
+
+
+def test_robust_training_rejects_valid_training_indices() -> None:
+    # 10 % contamination with planted anomalies, which robust training should tend to reject.
+    data = make_cells(40, size=32, anomaly_fraction=0.1, seed=12)
+    events, det = _run(data.images, _tiny(robust=True, max_steps=6, reject_nu=0.1))
+    assert isinstance(det, AnomalyDetector)
+    rej = det.rejected
+    assert isinstance(rej, list) and all(isinstance(i, int) for i in rej)
+    assert len(set(rej)) == len(rej)
+    assert all(0 <= i < len(data.images) for i in rej)
+    # Rejection happens among the training images: the calibration images are never rejected.
+    assert len(rej) <= det.provenance["n_train"]
+    assert events[-1].rejected == len(rej)
+    assert len(rej) > 0  # nu = 0.1 marks some training samples as outside the normal region
+    assert det.density.points.shape[0] == det.provenance["n_train"] - len(rej)
+    _assert_usable(det, data.images[0])
+
+
+def test_train_config_validation() -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(loss="l1")
+    with pytest.raises(ValueError, match="multiple of 8"):
+        TrainConfig(size=60)
+    with pytest.raises(ValueError, match="mode"):
+        TrainConfig(mode="tiles")
+    with pytest.raises(ValueError, match="preset"):
+        TrainConfig(preset="resnet")
+    with pytest.raises(ValueError, match="val_fraction"):
+        TrainConfig(val_fraction=0.5)
