@@ -12,6 +12,8 @@ from napari_cell_anomaly.core.scoring import (
     Calibration,
     ScoringConfig,
     reduce_map,
+    tail_probability,
+    upper_quantile,
 )
 
 FPRS = (0.01, 0.05, 0.1, 0.25, 0.5)
@@ -170,3 +172,34 @@ def test_scoring_config_validation_and_round_trip() -> None:
         ScoringConfig(reduce="median")
     with pytest.raises(ValueError, match="sigma"):
         ScoringConfig(sigma=-1.0)
+
+
+def test_tail_extrapolation_goes_beyond_the_sample_and_inverts() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.exponential(1.0, 50)
+    # Inside the sample: empirical; beyond it: above the maximum, growing as p shrinks.
+    assert upper_quantile(values, 0.1) <= values.max()
+    far = [upper_quantile(values, p) for p in (1e-2, 1e-3, 1e-4)]
+    assert far[0] >= values.max() and far[0] < far[1] < far[2]
+    # The exponential tail of an exponential sample grows by about ln(10) per decade.
+    assert 1.0 < far[2] - far[1] < 4.0
+    for p in (1e-3, 1e-4):
+        assert tail_probability(values, upper_quantile(values, p)) == pytest.approx(p, rel=1e-6)
+
+
+def test_window_adjustment_keeps_the_per_image_false_alarm_rate() -> None:
+    # Simulate images made of 16 normal windows each; the worst window decides.
+    rng = np.random.default_rng(4)
+    cal_windows = rng.normal(0.0, 1.0, 400)
+    cal = Calibration(cal_windows, np.zeros(400), np.ones(400))
+    n_windows, n_images = 16, 2000
+    worst = cal.combine(rng.normal(0.0, 1.0, (n_images, n_windows)).max(1), 0.0)
+    fpr = 0.05
+    adjusted = np.array([cal.window_adjusted(w, n_windows)[0] for w in worst])
+    raw_rate = float(np.mean(worst > cal.threshold(fpr)))
+    rate = float(np.mean(adjusted > cal.threshold(fpr)))
+    assert raw_rate > 0.3  # without the adjustment most normal images would be flagged
+    assert rate < 2 * fpr
+    pct = [cal.window_adjusted(w, n_windows)[1] for w in sorted(worst[:50])]
+    assert all(a <= b for a, b in itertools.pairwise(pct))
+    assert cal.pixel_threshold(fpr, n_windows) >= cal.pixel_threshold(fpr)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import errormaps
-from .density import LatentDensity
+from .density import LatentDensity, LocalLatentDensity, density_from_arrays
 from .images import ImageError, Preprocessing, resize
 from .model import Autoencoder, ModelConfig, build_model
 from .modelfile import ModelFileError, load_file, save_file
@@ -56,6 +56,11 @@ class ScoreResult:
         ``(H, W)`` float32 smoothed ``1 - SSIM`` map.
     reconstruction : np.ndarray
         ``(H, W, C)`` float32 reconstruction in the normalised [0, 1] space.
+    n_windows : int
+        Model-size windows the image was judged on (1 in whole mode). In patch mode the
+        image's numbers are those of its worst window and its score is adjusted for the
+        number of windows (see :meth:`Calibration.window_adjusted`); pass ``n_windows`` to
+        :meth:`Calibration.pixel_threshold` for the above-threshold region.
     """
 
     score: float
@@ -67,6 +72,7 @@ class ScoreResult:
     error_map: np.ndarray
     ssim_map: np.ndarray
     reconstruction: np.ndarray
+    n_windows: int = 1
 
     def as_row(self) -> dict[str, float | int]:
         """The numbers of this result, as written to a CSV row."""
@@ -91,8 +97,8 @@ class AnomalyDetector:
         Model input side in pixels (resize target in whole mode; window in patch mode).
     scoring : ScoringConfig
         How maps become image errors.
-    density : LatentDensity
-        Density of training normals' latent codes.
+    density : LatentDensity or LocalLatentDensity
+        Density of training normals' latent codes (kind named by ``scoring.density``).
     calibration : Calibration
         Held-out normals' statistics; all thresholds derive from it.
     provenance : dict
@@ -106,7 +112,7 @@ class AnomalyDetector:
     mode: str
     size: int
     scoring: ScoringConfig
-    density: LatentDensity
+    density: LatentDensity | LocalLatentDensity
     calibration: Calibration
     provenance: dict[str, Any] = field(default_factory=dict)
     rejected: list[int] = field(default_factory=list)
@@ -146,14 +152,18 @@ class AnomalyDetector:
         return t.contiguous(memory_format=torch.channels_last)
 
     def _maps(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Smoothed squared-error and 1-SSIM maps, ``(N, 1, H, W)`` each."""
+        """Smoothed squared-error (RGB, or L*a*b* for ``error="lab"``) and 1-SSIM maps,
+        ``(N, 1, H, W)`` each."""
         sigma = self.scoring.sigma
-        se = errormaps.gaussian_blur(errormaps.squared_error_map(x, y), sigma)
+        if self.scoring.error == "lab":
+            se = errormaps.gaussian_blur(errormaps.lab_error_map(x, y), sigma)
+        else:
+            se = errormaps.gaussian_blur(errormaps.squared_error_map(x, y), sigma)
         dssim = errormaps.gaussian_blur(1.0 - errormaps.ssim_map(x, y), sigma)
         return se, dssim
 
     def _primary(self, se: np.ndarray, dssim: np.ndarray) -> np.ndarray:
-        if self.scoring.error == "mse":
+        if self.scoring.error in ("mse", "lab"):
             return se
         if self.scoring.error == "ssim":
             return dssim
@@ -167,7 +177,7 @@ class AnomalyDetector:
         """Object mask ``(H, W)`` of a preprocessed image, or None when not restricting."""
         if not self.scoring.foreground:
             return None
-        return foreground_mask(x)
+        return foreground_mask(x, erode=self.scoring.erode)
 
     def analyse_units(self, units: np.ndarray) -> dict[str, np.ndarray]:
         """Run the network on model-size units and measure them.
@@ -245,16 +255,20 @@ class AnomalyDetector:
             yield self.score(image, fpr=fpr, name=names[i] if names else f"image {i}")
 
     def _finish(self, err: float, logd: float, fpr: float, error_map: np.ndarray,
-                ssim_map: np.ndarray, recon: np.ndarray) -> ScoreResult:
+                ssim_map: np.ndarray, recon: np.ndarray, n_windows: int = 1) -> ScoreResult:
         cal = self.calibration
         score = float(cal.combine(err, logd))
+        if n_windows > 1:
+            score, percentile = cal.window_adjusted(score, n_windows)
+        else:
+            percentile = float(cal.percentile(score)[0])
         threshold = cal.threshold(fpr)
         return ScoreResult(
             score=score, recon_error=float(err), log_density=float(logd),
-            percentile=float(cal.percentile(score)[0]), is_anomaly=bool(score > threshold),
+            percentile=percentile, is_anomaly=bool(score > threshold),
             threshold=threshold, error_map=error_map.astype(np.float32, copy=False),
             ssim_map=ssim_map.astype(np.float32, copy=False),
-            reconstruction=recon.astype(np.float32, copy=False),
+            reconstruction=recon.astype(np.float32, copy=False), n_windows=n_windows,
         )
 
     def _score_whole(self, x: np.ndarray, fpr: float) -> ScoreResult:
@@ -298,7 +312,8 @@ class AnomalyDetector:
         errs_a, logds_a = np.asarray(errs), np.concatenate(logds)
         scores = self.calibration.combine(errs_a, logds_a)
         worst = int(np.argmax(scores))
-        return self._finish(errs_a[worst], logds_a[worst], fpr, error_map, out[c + 1], recon)
+        return self._finish(errs_a[worst], logds_a[worst], fpr, error_map, out[c + 1], recon,
+                            n_windows=len(windows))
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -339,7 +354,8 @@ class AnomalyDetector:
                 preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
                 mode=str(meta["mode"]), size=int(meta["size"]),
                 scoring=ScoringConfig.from_dict(meta["scoring"]),
-                density=LatentDensity.from_arrays(tensors),
+                density=density_from_arrays(
+                    str(meta["scoring"].get("density", "kde")), tensors),
                 calibration=Calibration.from_arrays(tensors),
                 provenance=dict(meta.get("provenance", {})),
                 rejected=[int(i) for i in tensors.get("rejected", np.zeros(0, np.int64))],

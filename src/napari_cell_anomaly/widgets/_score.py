@@ -604,7 +604,7 @@ class ScoreWidget(QWidget):
         self._update_buttons()
 
     def _region(self, record: _Record) -> np.ndarray:
-        level = record.detector.calibration.pixel_threshold(self.fpr)
+        level = record.detector.calibration.pixel_threshold(self.fpr, record.result.n_windows)
         return (record.result.error_map > level).astype(np.uint8)
 
     def _apply_record(self, record: _Record) -> None:
@@ -621,7 +621,7 @@ class ScoreWidget(QWidget):
             "is_anomaly": anomalous,
             "fpr": fpr,
             "threshold": float(threshold),
-            "pixel_threshold": float(cal.pixel_threshold(fpr)),
+            "pixel_threshold": float(cal.pixel_threshold(fpr, result.n_windows)),
             "model": self.state.describe() if record.detector is self.state.detector
             else "an earlier model",
         }
