@@ -203,3 +203,12 @@ def test_window_adjustment_keeps_the_per_image_false_alarm_rate() -> None:
     pct = [cal.window_adjusted(w, n_windows)[1] for w in sorted(worst[:50])]
     assert all(a <= b for a, b in itertools.pairwise(pct))
     assert cal.pixel_threshold(fpr, n_windows) >= cal.pixel_threshold(fpr)
+
+
+def test_window_adjustment_keeps_far_tail_scores_distinct_and_ordered() -> None:
+    cal = Calibration(np.random.default_rng(5).normal(0.0, 1.0, 100), np.zeros(100),
+                      np.ones(100))
+    raw = [cal.combine(x, 0.0) for x in (50.0, 100.0, 400.0)]
+    adjusted = [cal.window_adjusted(float(r), 64)[0] for r in raw]
+    assert adjusted[0] < adjusted[1] < adjusted[2]
+    assert all(a <= r for a, r in zip(adjusted, raw, strict=True))

@@ -186,9 +186,15 @@ class Calibration:
         (float, float)
             The adjusted score and the image's percentile among normal images.
         """
+        n = max(1, int(n_windows))
         p_window = tail_probability(self.scores, window_score)
-        p_image = 1.0 - (1.0 - p_window) ** max(1, int(n_windows))
-        p_image = min(max(p_image, 1e-300), 1.0)
+        p_image = -np.expm1(n * np.log1p(-min(p_window, 1.0 - 1e-16)))
+        if p_image < 1.0 / self.size:
+            # Far tail: with an exponential tail the adjustment is a shift by beta * ln(n),
+            # computed directly so very high scores stay distinct instead of underflowing.
+            v, _, _, beta = _tail_model(self.scores)
+            return max(float(v[-1]), window_score - beta * float(np.log(n))), \
+                100.0 * (1.0 - p_image)
         return upper_quantile(self.scores, p_image), 100.0 * (1.0 - p_image)
 
     def criteria(self, fpr: float = DEFAULT_FPR) -> dict[str, float]:
