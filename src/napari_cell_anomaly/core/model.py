@@ -89,7 +89,11 @@ class _Parts:
 
 
 def _default_parts(cfg: ModelConfig) -> _Parts:
-    act = nn.ReLU
+    def act() -> nn.Module:
+        # In place: saves a full-size memory pass per layer (ReLU follows a conv whose
+        # output autograd does not need).
+        return nn.ReLU(inplace=True)
+
     w = cfg.widths
     enc: list[nn.Module] = [nn.Conv2d(cfg.in_channels, w[0], 3, padding=1), act()]
     prev = w[0]
