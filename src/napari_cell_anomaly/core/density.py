@@ -123,3 +123,141 @@ class LatentDensity:
             components=arrays[prefix + "components"], pca_mean=arrays[prefix + "pca_mean"],
             points=arrays[prefix + "points"], bandwidth=float(arrays[prefix + "bandwidth"][0]),
         )
+
+
+#: Latent density models a :class:`ScoringConfig` can name.
+DENSITY_KINDS = ("local", "kde")
+
+
+@dataclass
+class LocalLatentDensity:
+    """A Gaussian mixture over the code vectors at each position of the latent map.
+
+    The flattened bottleneck of a convolutional autoencoder mixes *where* with *what*: a small
+    unusual structure moves one position's code and barely moves a global density over whole
+    code maps. This model instead learns the distribution of single code vectors (one per
+    ``align x align`` block of the input) over all positions of the training normals, and an
+    image's log-density is that of its least likely position. It works unchanged for windows
+    of large fields.
+
+    Attributes
+    ----------
+    channels : int
+        Latent channels ``C`` (codes arrive flattened as ``(N, C * H * W)``, channel-major).
+    mean, scale : np.ndarray
+        ``(C,)`` standardization of code vectors.
+    weights : np.ndarray
+        ``(K,)`` mixture weights.
+    means : np.ndarray
+        ``(K, C)`` component means (standardized units).
+    precisions_chol : np.ndarray
+        ``(K, C, C)`` Cholesky factors of the component precision matrices.
+    """
+
+    channels: int
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    means: np.ndarray
+    precisions_chol: np.ndarray
+
+    @classmethod
+    def fit(cls, codes: np.ndarray, *, channels: int, n_components: int = 16,
+            max_vectors: int = 20000, seed: int = 0) -> LocalLatentDensity:
+        """Fit the mixture on training codes.
+
+        Parameters
+        ----------
+        codes : np.ndarray
+            ``(N, C * H * W)`` flattened (channel-major) latent code maps of training normals.
+        channels : int
+            ``C``.
+        n_components : int
+            Mixture components (capped by the number of code vectors).
+        max_vectors : int
+            Random subsample of code vectors used for the fit (keeps it to seconds).
+        seed : int
+            Seed for subsampling and initialisation.
+        """
+        from sklearn.mixture import GaussianMixture
+
+        v = _vectors(codes, channels)
+        if v.shape[0] < 2:
+            raise ValueError(f"need at least 2 latent code vectors, got {v.shape[0]}")
+        rng = np.random.default_rng(seed)
+        if v.shape[0] > max_vectors:
+            v = v[rng.choice(v.shape[0], max_vectors, replace=False)]
+        mean = v.mean(0)
+        scale = v.std(0)
+        scale = np.where(scale > 1e-8 * max(scale.max(), 1e-12), scale, 1.0)
+        z = (v - mean) / scale
+        k = int(max(1, min(n_components, z.shape[0] // 10 or 1)))
+        # k-means++ seeding (no threaded Lloyd iterations): bit-for-bit reproducible.
+        gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, max_iter=100,
+                              init_params="k-means++",
+                              random_state=seed).fit(z)
+        return cls(channels=int(channels), mean=mean, scale=scale, weights=gmm.weights_,
+                   means=gmm.means_, precisions_chol=gmm.precisions_cholesky_)
+
+    def position_log_density(self, codes: np.ndarray) -> np.ndarray:
+        """Log-density of every position's code vector, ``(N, H * W)``."""
+        codes = np.asarray(codes, dtype=np.float64)
+        n = codes.shape[0]
+        z = (_vectors(codes, self.channels) - self.mean) / self.scale
+        c = self.channels
+        logp = np.empty((z.shape[0], len(self.weights)))
+        for j, (mu, pc) in enumerate(zip(self.means, self.precisions_chol, strict=True)):
+            y = (z - mu) @ pc
+            log_det = float(np.log(np.diagonal(pc)).sum())
+            logp[:, j] = (-0.5 * (c * np.log(2 * np.pi) + (y * y).sum(1)) + log_det
+                          + np.log(self.weights[j]))
+        return logsumexp(logp, axis=1).reshape(n, -1)
+
+    def log_density(self, codes: np.ndarray) -> np.ndarray:
+        """Log-density of each image's least likely position, ``(N,)``; low = unusual."""
+        return self.position_log_density(codes).min(axis=1)
+
+    def to_arrays(self, prefix: str = "density.") -> dict[str, np.ndarray]:
+        """Arrays for a model file."""
+        return {
+            prefix + "local_channels": np.array([self.channels], dtype=np.int64),
+            prefix + "mean": self.mean, prefix + "scale": self.scale,
+            prefix + "weights": self.weights, prefix + "means": self.means,
+            prefix + "precisions_chol": self.precisions_chol,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray],
+                    prefix: str = "density.") -> LocalLatentDensity:
+        """Inverse of :meth:`to_arrays`."""
+        return cls(channels=int(arrays[prefix + "local_channels"][0]),
+                   mean=arrays[prefix + "mean"], scale=arrays[prefix + "scale"],
+                   weights=arrays[prefix + "weights"], means=arrays[prefix + "means"],
+                   precisions_chol=arrays[prefix + "precisions_chol"])
+
+
+def _vectors(codes: np.ndarray, channels: int) -> np.ndarray:
+    """``(N, C * P)`` channel-major codes -> ``(N * P, C)`` code vectors."""
+    codes = np.asarray(codes, dtype=np.float64)
+    if codes.ndim != 2 or codes.shape[1] % channels:
+        raise ValueError(f"codes of shape {codes.shape} do not hold {channels}-channel maps")
+    n = codes.shape[0]
+    return codes.reshape(n, channels, -1).transpose(0, 2, 1).reshape(-1, channels)
+
+
+def fit_density(kind: str, codes: np.ndarray, *, channels: int, seed: int = 0
+                ) -> LatentDensity | LocalLatentDensity:
+    """Fit the latent density model named ``kind`` (see :data:`DENSITY_KINDS`)."""
+    if kind == "local":
+        return LocalLatentDensity.fit(codes, channels=channels, seed=seed)
+    if kind == "kde":
+        return LatentDensity.fit(codes, seed=seed)
+    raise ValueError(f"unknown density {kind!r}; expected one of {DENSITY_KINDS}")
+
+
+def density_from_arrays(kind: str, arrays: dict[str, np.ndarray]
+                        ) -> LatentDensity | LocalLatentDensity:
+    """Rebuild a stored density of kind ``kind``."""
+    if kind == "local":
+        return LocalLatentDensity.from_arrays(arrays)
+    return LatentDensity.from_arrays(arrays)

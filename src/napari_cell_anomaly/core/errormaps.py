@@ -14,6 +14,10 @@ import torch.nn.functional as F
 SSIM_SIGMA = 1.5
 _C1 = 0.01**2
 _C2 = 0.03**2
+_RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
+                            [0.212671, 0.715160, 0.072169],
+                            [0.019334, 0.119193, 0.950227]])
+_WHITE_D65 = torch.tensor([0.95047, 1.0, 1.08883])
 
 
 @functools.lru_cache(maxsize=32)
@@ -54,6 +58,46 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def squared_error_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Squared error averaged over channels, ``(N, 1, H, W)``."""
     return ((x - y) ** 2).mean(dim=1, keepdim=True)
+
+
+def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
+    """CIE L*a*b* (D65, 2-degree observer) of sRGB images in [0, 1], divided by 100.
+
+    Matches :func:`skimage.color.rgb2lab` / 100. A single-channel image is treated as grey
+    (R = G = B), so only its lightness ``L*`` is returned, ``(N, 1, H, W)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, 3, H, W)`` or ``(N, 1, H, W)`` in [0, 1].
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, 3, H, W)`` (L*, a*, b*) / 100, or ``(N, 1, H, W)`` L* / 100.
+    """
+    x = x.clamp(0.0, 1.0)
+    lin = torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return torch.where(t > 0.008856, t.clamp_min(1e-12) ** (1.0 / 3.0),
+                           7.787 * t + 16.0 / 116.0)
+
+    if x.shape[1] == 1:
+        return (116.0 * f(lin) - 16.0) / 100.0
+    m = _RGB_TO_XYZ.to(x.dtype)
+    xyz = torch.einsum("ij,njhw->nihw", m, lin) / _WHITE_D65.to(x.dtype).view(1, 3, 1, 1)
+    fx, fy, fz = f(xyz[:, 0:1]), f(xyz[:, 1:2]), f(xyz[:, 2:3])
+    return torch.cat([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1) / 100.0
+
+
+def lab_error_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared error in CIE L*a*b* (perceptual colour space) averaged over channels.
+
+    Colour differences a viewer sees (a purple stain on a pink cell) weigh more than in RGB,
+    small luminance ripples less. ``(N, 1, H, W)``.
+    """
+    return squared_error_map(rgb_to_lab(x), rgb_to_lab(y))
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, sigma: float = SSIM_SIGMA) -> torch.Tensor:

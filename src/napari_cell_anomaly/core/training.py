@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import errormaps
-from .density import LatentDensity
+from .density import fit_density
 from .detector import AnomalyDetector, provenance_base, window_origins
 from .images import ImageError, Preprocessing, random_patches, resize
 from .model import ModelConfig, build_model
@@ -84,7 +84,7 @@ class TrainConfig:
         How maps become image errors; stored in the model.
     """
 
-    epochs: int = 30
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 2e-3
     loss: str = "mse"
@@ -485,7 +485,8 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: _Data, cfg: TrainConfig
     else:
         per = max(1, 2000 // len(data.train))
         train_units = np.concatenate([random_patches(x, cfg.size, per, rng) for x in data.train])
-    density = LatentDensity.fit(_codes(net, train_units), seed=cfg.seed)
+    density = fit_density(cfg.scoring.density, _codes(net, train_units),
+                          channels=net.config.latent_channels, seed=cfg.seed)
     # A provisional detector measures the held-out units; its calibration is replaced below.
     placeholder = Calibration(np.zeros(1), np.zeros(1), np.ones(1))
     det = AnomalyDetector(network=net, preprocessing=prep, mode=data.mode, size=cfg.size,
