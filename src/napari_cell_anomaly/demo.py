@@ -21,9 +21,9 @@ from .core.sample import make_cells
 from .core.training import TrainConfig, run_training
 from .figures import overview_figure
 
-N_TRAIN = 800
+N_TRAIN = 600
 N_TEST = 200
-EPOCHS = 12
+EPOCHS = 10
 
 
 def run_demo(out: Path, *, quiet: bool = False, n_train: int = N_TRAIN, n_test: int = N_TEST,
