@@ -108,10 +108,25 @@ def run_one(label: str, train_imgs: list[np.ndarray], val_imgs: list[np.ndarray]
     if cfg.robust:
         rej = np.asarray(det.rejected, dtype=int)
         n_clean = len(train_imgs) - n_contaminants
+        # The training/calibration split, as training.py makes it (whole mode).
+        n = len(train_imgs)
+        order = np.random.default_rng(cfg.seed).permutation(n)
+        cal_idx = order[:max(1, round(cfg.val_fraction * n))]
+        in_train = n_contaminants - int(np.count_nonzero(cal_idx >= n_clean))
         true_rej = int(np.count_nonzero(rej >= n_clean))
         m["rejected"] = {"n": int(rej.size), "contaminants": true_rej,
+                         "contaminants_in_train": in_train,
                          "precision": true_rej / rej.size if rej.size else None,
-                         "recall": true_rej / n_contaminants if n_contaminants else None}
+                         "recall": true_rej / in_train if in_train else None}
+        dropped = np.asarray(det.provenance.get("calibration_dropped_images", []), dtype=int)
+        cal_cont = int(np.count_nonzero(cal_idx >= n_clean))
+        m["calibration_dropped"] = {"n": int(dropped.size), "of": int(cal_idx.size),
+                                    "contaminants": int(np.count_nonzero(dropped >= n_clean)),
+                                    "contaminants_in_calibration": cal_cont}
+        print(f"[{label}] rejected {rej.size} training images, {true_rej} of them contaminants "
+              f"(of {in_train} in training); calibration dropped {dropped.size}/{cal_idx.size},"
+              f" {m['calibration_dropped']['contaminants']} contaminants (of {cal_cont})",
+              flush=True)
     print(f"[{label}] AUROC error {m['recon_error']['auroc']:.4f}  density "
           f"{m['latent_density']['auroc']:.4f}  combined {m['combined']['auroc']:.4f}  "
           f"TPR {m['at_5pct']['tpr']:.3f} FPR {m['at_5pct']['fpr']:.3f}  "
@@ -128,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contamination", default=None,
                     help="comma-separated fractions of train/Parasitized mixed into training "
                          "(plain and robust model each); e.g. 0,0.01,0.05,0.1")
+    ap.add_argument("--models", default="plain,robust",
+                    help="with --contamination: which of plain,robust to train")
     ap.add_argument("--epochs", type=int, default=None, help="override (default: TrainConfig)")
+    ap.add_argument("--prior-weight", type=float, default=None,
+                    help="robust models: TrainConfig.prior_weight (0: no adversarial prior)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "detection.json")
     ap.add_argument("--report", action="store_true",
                     help="write docs/benchmarks.md and figures in docs/images/")
@@ -173,10 +192,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  contamination {frac} needs {k} > {len(pool)} pool images; skipped")
                 continue
             imgs = train_u + pool[:k]
-            for robust in (False, True):
+            wanted = {m.strip() for m in args.models.split(",")}
+            for robust in [r for r in (False, True) if ("robust" if r else "plain") in wanted]:
                 name = f"{frac:g} {'robust' if robust else 'plain'}"
+                extra = ({"prior_weight": args.prior_weight}
+                         if robust and args.prior_weight is not None else {})
                 ev = run_one(name, imgs, val_imgs, labels,
-                             TrainConfig(robust=robust, **base), n_contaminants=k)
+                             TrainConfig(robust=robust, **base, **extra), n_contaminants=k)
                 report["contamination"][name] = ev["metrics"]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))

@@ -22,6 +22,7 @@ from napari_cell_anomaly.core.training import (
     TrainConfig,
     TrainProgress,
     choose_mode,
+    reject_outliers,
     run_training,
     train,
 )
@@ -211,7 +212,8 @@ def test_robust_training_rejects_valid_training_indices() -> None:
     # 10 % contamination with planted anomalies, which robust training should tend to reject.
     data = make_cells(40, size=32, anomaly_fraction=0.1, seed=12)
     # The KDE density keeps its training codes, so the exclusion of rejected ones is visible.
-    events, det = _run(data.images, _tiny(robust=True, max_steps=6, reject_nu=0.1,
+    # A low cut so that this short run certainly rejects some (contract test, not quality).
+    events, det = _run(data.images, _tiny(robust=True, max_steps=6, reject_nu=0.1, reject_z=0.5,
                                           scoring=ScoringConfig(density="kde")))
     assert isinstance(det, AnomalyDetector)
     rej = det.rejected
@@ -221,9 +223,37 @@ def test_robust_training_rejects_valid_training_indices() -> None:
     # Rejection happens among the training images: the calibration images are never rejected.
     assert len(rej) <= det.provenance["n_train"]
     assert events[-1].rejected == len(rej)
-    assert len(rej) > 0  # nu = 0.1 marks some training samples as outside the normal region
+    assert len(rej) > 0  # z = 0.5 flags some training samples; nu = 0.1 caps how many
+    assert len(rej) <= int(0.1 * det.provenance["n_train"])
     assert det.density.points.shape[0] == det.provenance["n_train"] - len(rej)
+    # Robust calibration drops held-out outliers by the same rule and says how many.
+    n_dropped = det.provenance["calibration_dropped"]
+    assert det.calibration.size == det.provenance["n_val"] - n_dropped
     _assert_usable(det, data.images[0])
+
+
+def test_robust_training_rejects_mostly_the_anomalous_training_images() -> None:
+    # 12 stained cells among 120; the plain autoencoder would learn to reconstruct them too.
+    data = make_cells(120, size=32, anomaly_fraction=0.1, seed=3)
+    det = run_training(data.images, TrainConfig(size=32, epochs=15, batch_size=16, robust=True))
+    rej = np.asarray(det.rejected, dtype=int)
+    labels = np.asarray(data.labels, dtype=bool)
+    assert rej.size >= 4
+    precision = labels[rej].mean()
+    assert precision >= 0.75, (precision, labels.mean())  # base rate 0.1
+    # Robust calibration does not throw away a large part of the held-out normals.
+    assert det.provenance["calibration_dropped"] <= 2
+
+
+def test_reject_outliers_uses_a_robust_log_scale_cut() -> None:
+    rng = np.random.default_rng(0)
+    errors = np.exp(rng.normal(0.0, 0.5, 500))  # log-normal normals: a long right tail
+    errors[:10] *= 20.0  # 10 outliers
+    rej = reject_outliers(errors, z=3.0, max_fraction=0.15)
+    assert set(range(10)) <= set(rej.tolist())
+    assert len(rej) <= 13  # at most a few normals beyond 3 robust SD of the log error
+    assert len(reject_outliers(errors, z=3.0, max_fraction=0.01)) == 5  # capped
+    assert len(reject_outliers(np.exp(rng.normal(0.0, 0.5, 500)), 3.0, 0.15)) <= 3
 
 
 def test_train_config_validation() -> None:
