@@ -214,6 +214,7 @@ def test_robust_training_rejects_valid_training_indices() -> None:
     # The KDE density keeps its training codes, so the exclusion of rejected ones is visible.
     # A low cut so that this short run certainly rejects some (contract test, not quality).
     events, det = _run(data.images, _tiny(robust=True, max_steps=6, reject_nu=0.1, reject_z=0.5,
+                                          calibration_z=0.5,
                                           scoring=ScoringConfig(density="kde")))
     assert isinstance(det, AnomalyDetector)
     rej = det.rejected
