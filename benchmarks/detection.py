@@ -309,13 +309,22 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     if report["contamination"]:
         lines += ["## Contaminated training sets", "",
-                  "| contamination / model | combined AUROC | error AUROC | rejected "
-                  "(true contaminants) |", "| --- | --- | --- | --- |"]
+                  "| contamination / model | combined AUROC | error AUROC | TPR @5% | FPR @5% | "
+                  "rejected (true contaminants) | precision | recall | calibration dropped |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, m in report["contamination"].items():
-            rej = m.get("rejected")
-            rtxt = f"{rej['n']} ({rej['contaminants']})" if rej else ""
+            rej, cal = m.get("rejected"), m.get("calibration_dropped")
+            rtxt = ctxt = " | |"
+            if rej:
+                p_ = "" if rej["precision"] is None else f"{rej['precision']:.2f}"
+                r_ = "" if rej["recall"] is None else f"{rej['recall']:.2f}"
+                rtxt = f"{rej['n']} ({rej['contaminants']}) | {p_} | {r_}"
+            if cal:
+                ctxt = (f"{cal['n']}/{cal['of']} ({cal['contaminants']} of "
+                        f"{cal['contaminants_in_calibration']})")
             lines.append(f"| {name} | {m['combined']['auroc']:.4f} | "
-                         f"{m['recon_error']['auroc']:.4f} | {rtxt} |")
+                         f"{m['recon_error']['auroc']:.4f} | {m['at_5pct']['tpr']:.3f} | "
+                         f"{m['at_5pct']['fpr']:.3f} | {rtxt} | {ctxt} |")
         lines.append("")
     lines += ["![ROC curves](images/malaria_roc.png)", "",
               "![Combined-score histograms](images/malaria_scores.png)", "",
