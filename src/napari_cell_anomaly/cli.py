@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mode", choices=("auto", "whole", "patch"), default="auto",
                    help="whole cell crops or patches of large fields (default: auto)")
     t.add_argument("--robust", action="store_true",
-                   help="adversarial training that rejects likely anomalies in the training set")
+                   help="reject likely anomalies from the training and calibration sets")
     t.add_argument("--rejected-csv", metavar="CSV",
                    help="write the training images rejected by --robust to this CSV")
     t.add_argument("--batch-size", type=_positive, help="batch size (default: 32)")

@@ -53,6 +53,9 @@ LOSSES = ("mse", "ssim", "mix")
 #: In ``auto`` mode, images whose median longer side exceeds this many model sizes are treated
 #: as fields of view and trained on random patches.
 PATCH_MODE_FACTOR = 4
+#: In patch mode an epoch draws at least this many patches, so that a few large fields of view
+#: (the usual napari case) still get enough optimisation steps.
+MIN_PATCHES_PER_EPOCH = 1024
 
 
 @dataclass
@@ -84,7 +87,8 @@ class TrainConfig:
         Fraction of images (whole mode) or of each image's rows (patch mode, few images) held out
         for early stopping and threshold calibration.
     patches_per_image : int
-        Patches drawn from each training image per epoch (patch mode).
+        Patches drawn from each training image per epoch (patch mode; at least
+        ``MIN_PATCHES_PER_EPOCH`` in all).
     augment : bool
         Random flips and 90-degree rotations.
     robust : bool
@@ -384,7 +388,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     net = build_model(mcfg)
 
     n_units = (len(data.train) if data.mode == "whole"
-               else len(data.train) * cfg.patches_per_image)
+               else max(len(data.train) * cfg.patches_per_image, MIN_PATCHES_PER_EPOCH))
     steps_per_epoch = max(1, math.ceil(n_units / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
