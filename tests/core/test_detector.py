@@ -205,7 +205,7 @@ def test_tiled_scoring_equals_untiled(patch_detector, monkeypatch) -> None:
     one = patch_detector.score(img)
     # ... and with 128-pixel tiles (margin 32, more than the ~28-pixel receptive field of the
     # network plus the SSIM and smoothing windows) the image, padded to 256 x 272, is cut into
-    # 3 x 4 overlapping tiles (origins 0, 64, 128 down and 0, 64, 128, 144 across).
+    # 3 x 4 overlapping tiles of at most 128 px (shrunk to the least side needing no more).
     shapes: list[tuple[int, ...]] = []
     hook = patch_detector.network.decoder.register_forward_pre_hook(
         lambda _m, inputs: shapes.append(tuple(inputs[0].shape)))
@@ -216,7 +216,7 @@ def test_tiled_scoring_equals_untiled(patch_detector, monkeypatch) -> None:
         hook.remove()
     a = patch_detector.network.align
     assert sum(s[0] for s in shapes) == 3 * 4
-    assert all(s[2:] == (128 // a, 128 // a) for s in shapes)
+    assert all(s[2] <= 128 // a and s[3] <= 128 // a for s in shapes)
     np.testing.assert_allclose(tiled.reconstruction, one.reconstruction, atol=2e-5)
     np.testing.assert_allclose(tiled.error_map, one.error_map, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(tiled.ssim_map, one.ssim_map, atol=2e-5)

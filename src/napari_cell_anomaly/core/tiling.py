@@ -112,6 +112,22 @@ def _axis_plan(length: int, tile: int, margin: int) -> list[tuple[int, int, int]
     return plan
 
 
+def _fit_tile(length: int, tile: int, margin: int, align: int) -> int:
+    """The smallest aligned tile side that covers ``length`` with as few tiles as ``tile``.
+
+    With a fixed tile side the last tile mostly overlaps its neighbour (a 2048 px side in
+    512 px tiles with 32 px margins computes 2560 px); shrinking every tile to the least side
+    that needs no more tiles computes close to ``length`` plus the margins.
+    """
+    if length <= tile:
+        return tile
+    inner = length - 2 * margin
+    n = -(-inner // (tile - 2 * margin))
+    side = -(-inner // n) + 2 * margin
+    side = -(-side // align) * align
+    return min(tile, max(side, 2 * margin + align))
+
+
 def _batches(n: int, batch_size: int) -> Iterator[range]:
     """Yield consecutive index ranges of at most ``batch_size`` covering ``range(n)``."""
     for first in range(0, n, batch_size):
@@ -192,9 +208,11 @@ def predict_tiled(
         )
     _, height, width = image.shape
     padded = _pad_to_multiple(image, align)
-    ys = _axis_plan(padded.shape[1], tile, margin)
-    xs = _axis_plan(padded.shape[2], tile, margin)
-    th, tw = min(tile, padded.shape[1]), min(tile, padded.shape[2])
+    tile_y = _fit_tile(padded.shape[1], tile, margin, align)
+    tile_x = _fit_tile(padded.shape[2], tile, margin, align)
+    ys = _axis_plan(padded.shape[1], tile_y, margin)
+    xs = _axis_plan(padded.shape[2], tile_x, margin)
+    th, tw = min(tile_y, padded.shape[1]), min(tile_x, padded.shape[2])
     tiles = [(y, x) for y in ys for x in xs]  # coordinates only, never pixel data
     total = len(tiles)
     out: np.ndarray | None = None
