@@ -7,7 +7,13 @@ import pytest
 from scipy.special import logsumexp
 from sklearn.neighbors import KernelDensity
 
-from napari_cell_anomaly.core.density import BANDWIDTH_GRID, LatentDensity
+from napari_cell_anomaly.core.density import (
+    BANDWIDTH_GRID,
+    LatentDensity,
+    LocalLatentDensity,
+    density_from_arrays,
+    fit_density,
+)
 
 
 def _codes(n: int, seed: int, dim: int = 24, rank: int = 6) -> np.ndarray:
@@ -113,3 +119,68 @@ def test_constant_columns_and_tiny_sets_are_handled() -> None:
 def test_fit_rejects_too_few_or_misshaped_codes(bad: np.ndarray) -> None:
     with pytest.raises(ValueError, match="at least 2 latent codes"):
         LatentDensity.fit(bad)
+
+
+# -------------------------------------------------------------------------------------------
+# LocalLatentDensity: a mixture over the code vectors of single latent positions
+# -------------------------------------------------------------------------------------------
+
+
+def _code_maps(n: int, seed: int, channels: int = 4, side: int = 4) -> np.ndarray:
+    """Flattened channel-major code maps ``(n, C * side * side)`` from two vector clusters."""
+    rng = np.random.default_rng(seed)
+    centers = np.array([[2.0, 0.0, -1.0, 0.5], [-2.0, 1.0, 1.0, -0.5]])[:, :channels]
+    pick = rng.integers(0, 2, (n, side * side))
+    vectors = centers[pick] + 0.2 * rng.normal(size=(n, side * side, channels))
+    return vectors.transpose(0, 2, 1).reshape(n, -1)  # (n, C, P) -> channel-major
+
+
+@pytest.fixture(scope="module")
+def local() -> LocalLatentDensity:
+    return LocalLatentDensity.fit(_code_maps(200, seed=0), channels=4, seed=0)
+
+
+def test_local_density_flags_the_one_unusual_position(local: LocalLatentDensity) -> None:
+    normal = _code_maps(20, seed=1)
+    odd = normal.copy().reshape(20, 4, 16)
+    odd[:, :, 5] = [0.0, -3.0, 4.0, 2.0]  # one position far from both clusters
+    odd = odd.reshape(20, -1)
+    per_pos = local.position_log_density(odd)
+    assert per_pos.shape == (20, 16)
+    assert np.all(per_pos.argmin(axis=1) == 5)
+    # An image's log-density is that of its least likely position.
+    np.testing.assert_allclose(local.log_density(odd), per_pos.min(axis=1))
+    assert local.log_density(normal).min() > local.log_density(odd).max()
+
+
+def test_local_density_matches_sklearn_mixture_scoring(local: LocalLatentDensity) -> None:
+    from sklearn.mixture import GaussianMixture
+
+    vectors = _code_maps(5, seed=2).reshape(5, 4, 16).transpose(0, 2, 1).reshape(-1, 4)
+    gmm = GaussianMixture(len(local.weights), covariance_type="full")
+    gmm.weights_, gmm.means_ = local.weights, local.means
+    gmm.precisions_cholesky_ = local.precisions_chol
+    expected = gmm.score_samples((vectors - local.mean) / local.scale).reshape(5, 16)
+    np.testing.assert_allclose(local.position_log_density(_code_maps(5, seed=2)), expected,
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_local_density_arrays_round_trip_exact(local: LocalLatentDensity) -> None:
+    arrays = local.to_arrays()
+    copied = {k: np.array(v, order="C") for k, v in arrays.items()}
+    for back in (LocalLatentDensity.from_arrays(arrays), density_from_arrays("local", copied)):
+        assert isinstance(back, LocalLatentDensity) and back.channels == 4
+        for q in _code_maps(10, seed=3):
+            assert np.array_equal(back.log_density(q[None]), local.log_density(q[None]))
+    assert isinstance(density_from_arrays("kde", LatentDensity.fit(
+        _codes(30, seed=9)).to_arrays()), LatentDensity)
+
+
+def test_fit_density_dispatches_and_validates() -> None:
+    maps = _code_maps(40, seed=4)
+    assert isinstance(fit_density("local", maps, channels=4), LocalLatentDensity)
+    assert isinstance(fit_density("kde", maps, channels=4), LatentDensity)
+    with pytest.raises(ValueError, match="unknown density"):
+        fit_density("gmm", maps, channels=4)
+    with pytest.raises(ValueError, match="4-channel"):
+        LocalLatentDensity.fit(maps[:, :-1], channels=4)
