@@ -146,11 +146,6 @@ class AnomalyDetector:
         return "\n".join(lines)
 
     # -- network passes -----------------------------------------------------------------------
-    def _to_tensor(self, batch: np.ndarray) -> torch.Tensor:
-        """``(N, H, W, C)`` float32 -> channels_last ``(N, C, H, W)`` tensor."""
-        t = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)
-        return t.contiguous(memory_format=torch.channels_last)
-
     def _maps(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Smoothed squared-error (RGB, or L*a*b* for ``error="lab"``) and 1-SSIM maps,
         ``(N, 1, H, W)`` each."""
@@ -197,7 +192,7 @@ class AnomalyDetector:
                                             ("codes", "recon", "se_map", "ssim_map")}
         with torch.inference_mode():
             for start in range(0, len(units), 64):
-                x = self._to_tensor(units[start:start + 64])
+                x = to_tensor(units[start:start + 64])
                 z = self.network.encode(x)
                 y = self.network.decode(z)
                 se, dssim = self._maps(x, y)
@@ -304,7 +299,7 @@ class AnomalyDetector:
             batch = windows[batch_start:batch_start + 64]
             crops = np.stack([x[r:r + self.size, q:q + self.size] for r, q in batch])
             with torch.inference_mode():
-                codes = net.encode(self._to_tensor(crops)).flatten(1).numpy()
+                codes = net.encode(to_tensor(crops)).flatten(1).numpy()
             logds.append(self.density.log_density(codes))
             for (r, q), crop in zip(batch, crops, strict=True):
                 m = error_map[r:r + self.size, q:q + self.size]
@@ -364,6 +359,12 @@ class AnomalyDetector:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelFileError(f"model file '{path}' is incompatible with this version: "
                                  f"{msg}") from None
+
+
+def to_tensor(batch: np.ndarray) -> torch.Tensor:
+    """``(N, H, W, C)`` images -> a float32 channels_last ``(N, C, H, W)`` tensor."""
+    t = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)
+    return t.contiguous(memory_format=torch.channels_last)
 
 
 def window_origins(h: int, w: int, size: int) -> list[tuple[int, int]]:

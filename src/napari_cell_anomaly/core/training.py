@@ -43,7 +43,7 @@ from torch import nn
 
 from . import errormaps
 from .density import fit_density
-from .detector import AnomalyDetector, provenance_base, window_origins
+from .detector import AnomalyDetector, provenance_base, to_tensor, window_origins
 from .images import ImageError, Preprocessing, random_patches, resize
 from .model import ModelConfig, build_model
 from .scoring import Calibration, ScoringConfig
@@ -274,10 +274,6 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def _tensor(batch: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)
-    return t.contiguous(memory_format=torch.channels_last)
-
 
 # ------------------------------------------------------------------------------------------------
 # Robust training pieces
@@ -402,7 +398,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     disc = d_opt = None
     if cfg.robust and cfg.prior_weight > 0:
         with torch.no_grad():
-            code_dim = net.encode(_tensor(data.val[:1])).numel()
+            code_dim = net.encode(to_tensor(data.val[:1])).numel()
         disc = _Discriminator(code_dim)
         d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr * 0.5)
     bce = nn.BCEWithLogitsLoss()
@@ -413,7 +409,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     val_loss: float | None = None
     step = 0
     stopped = False
-    val_tensor = _tensor(data.val)
+    val_tensor = to_tensor(data.val)
     rejected_units: np.ndarray = np.zeros(0, dtype=np.int64)
     epochs_run = 0
 
@@ -432,11 +428,11 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
                 break
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             if data.mode == "whole":
-                x = _tensor(data.train[idx])
+                x = to_tensor(data.train[idx])
                 w = torch.from_numpy(weights[idx])
             else:
                 src = rng.integers(0, len(data.train), size=len(idx))
-                x = _tensor(np.concatenate([random_patches(data.train[i], cfg.size, 1, rng)
+                x = to_tensor(np.concatenate([random_patches(data.train[i], cfg.size, 1, rng)
                                             for i in src]))
                 w = None
             if cfg.augment:
@@ -530,7 +526,7 @@ def _codes(net: nn.Module, units: np.ndarray) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for start in range(0, len(units), 128):
-            out.append(net.encode(_tensor(units[start:start + 128])).flatten(1).numpy())
+            out.append(net.encode(to_tensor(units[start:start + 128])).flatten(1).numpy())
     net.train()
     return np.concatenate(out)
 
