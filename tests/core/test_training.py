@@ -96,7 +96,7 @@ def test_loss_decreases_with_training() -> None:
     assert np.mean(losses[-4:]) < np.mean(losses[:2])
 
 
-@pytest.mark.parametrize("stop_after", [0, 3])
+@pytest.mark.parametrize("stop_after", [1, 3])
 def test_stop_flag_ends_early_with_a_usable_detector(stop_after: int) -> None:
     polls = {"n": 0}
 
@@ -270,3 +270,11 @@ def test_train_config_validation() -> None:
         TrainConfig(preset="resnet")
     with pytest.raises(ValueError, match="val_fraction"):
         TrainConfig(val_fraction=0.5)
+
+
+def test_stop_before_the_first_step_raises_instead_of_returning_an_untrained_model() -> None:
+    from napari_cell_anomaly.core.training import TrainingStopped
+
+    data = make_cells(12, size=32, seed=0)
+    with pytest.raises(TrainingStopped, match="before its first step"):
+        run_training(data.images, TrainConfig(size=32, epochs=1), stop=lambda: True)

@@ -58,6 +58,10 @@ PATCH_MODE_FACTOR = 4
 MIN_PATCHES_PER_EPOCH = 1024
 
 
+class TrainingStopped(ValueError):
+    """Training was stopped before its first step, so there is no model to return."""
+
+
 @dataclass
 class TrainConfig:
     """Training settings; the defaults are what users get from the CLI and the widget.
@@ -367,6 +371,8 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     ------
     ImageError
         For invalid images, or too few of them.
+    TrainingStopped
+        If ``stop`` ended training before its first step.
     """
     cfg = config or TrainConfig()
     if len(images) == 0:
@@ -479,6 +485,8 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         if stopped or step >= total_steps:
             break
 
+    if step == 0:
+        raise TrainingStopped("training was stopped before its first step; no model was made")
     net.load_state_dict(best_state)
     net.eval()
     elapsed = time.perf_counter() - t0
