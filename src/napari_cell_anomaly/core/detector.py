@@ -298,9 +298,7 @@ class AnomalyDetector:
         for batch_start in range(0, len(windows), 64):
             batch = windows[batch_start:batch_start + 64]
             crops = np.stack([x[r:r + self.size, q:q + self.size] for r, q in batch])
-            with torch.inference_mode():
-                codes = net.encode(to_tensor(crops)).flatten(1).numpy()
-            logds.append(self.density.log_density(codes))
+            logds.append(self.density.log_density(encode_units(net, crops)))
             for (r, q), crop in zip(batch, crops, strict=True):
                 m = error_map[r:r + self.size, q:q + self.size]
                 errs.append(reduce_map(m, self.scoring.reduce, self._foreground(crop)))
@@ -365,6 +363,17 @@ def to_tensor(batch: np.ndarray) -> torch.Tensor:
     """``(N, H, W, C)`` images -> a float32 channels_last ``(N, C, H, W)`` tensor."""
     t = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)
     return t.contiguous(memory_format=torch.channels_last)
+
+
+def encode_units(network: Autoencoder, units: np.ndarray, batch_size: int = 128
+                 ) -> np.ndarray:
+    """Flattened latent codes ``(N, D)`` of ``(N, size, size, C)`` images, in batches."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(units), batch_size):
+            out.append(network.encode(to_tensor(units[start:start + batch_size]))
+                       .flatten(1).numpy())
+    return np.concatenate(out)
 
 
 def window_origins(h: int, w: int, size: int) -> list[tuple[int, int]]:

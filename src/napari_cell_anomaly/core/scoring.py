@@ -115,7 +115,8 @@ def reduce_map(error_map: np.ndarray, how: str, mask: np.ndarray | None = None) 
     raise ValueError(f"unknown reduction {how!r}; expected one of {REDUCTIONS}")
 
 
-def _robust_location_scale(x: np.ndarray) -> tuple[float, float]:
+def robust_location_scale(x: np.ndarray) -> tuple[float, float]:
+    """Median and MAD-based scale (standard deviation, or a tiny floor, where MAD is 0)."""
     x = np.asarray(x, dtype=np.float64)
     center = float(np.median(x))
     mad = 1.4826 * float(np.median(np.abs(x - center)))
@@ -148,8 +149,8 @@ class Calibration:
         self.map_maxima = np.asarray(self.map_maxima, dtype=np.float64).ravel()
         if self.errors.size == 0 or self.errors.size != self.log_densities.size:
             raise ValueError("calibration needs the same, non-zero number of errors and densities")
-        self._err_loc, self._err_scale = _robust_location_scale(self.errors)
-        self._dens_loc, self._dens_scale = _robust_location_scale(self.log_densities)
+        self._err_loc, self._err_scale = robust_location_scale(self.errors)
+        self._dens_loc, self._dens_scale = robust_location_scale(self.log_densities)
         self.scores = self.combine(self.errors, self.log_densities)
 
     @property

@@ -43,10 +43,16 @@ from torch import nn
 
 from . import errormaps
 from .density import fit_density
-from .detector import AnomalyDetector, provenance_base, to_tensor, window_origins
+from .detector import (
+    AnomalyDetector,
+    encode_units,
+    provenance_base,
+    to_tensor,
+    window_origins,
+)
 from .images import ImageError, Preprocessing, random_patches, resize
-from .model import ModelConfig, build_model
-from .scoring import Calibration, ScoringConfig
+from .model import Autoencoder, ModelConfig, build_model
+from .scoring import Calibration, ScoringConfig, robust_location_scale
 
 MODES = ("auto", "whole", "patch")
 LOSSES = ("mse", "ssim", "mix")
@@ -311,10 +317,16 @@ def _unit_errors(det: AnomalyDetector, units: np.ndarray) -> np.ndarray:
     scoring time); for ``error="mix"`` the map scales are taken from ``units`` when the
     detector has none yet."""
     if det.scoring.error == "mix" and "map_scales" not in det.provenance:
-        probe = det.analyse_units(units)
-        det.provenance["map_scales"] = {"mse": float(np.median(probe["se_map"])) or 1.0,
-                                        "ssim": float(np.median(probe["ssim_map"])) or 1.0}
+        _set_map_scales(det, units)
     return det.analyse_units(units)["recon_error"]
+
+
+def _set_map_scales(det: AnomalyDetector, units: np.ndarray) -> None:
+    """Record the normals' typical squared-error and 1-SSIM levels, which ``error="mix"``
+    divides by to put both maps on one scale before mixing them."""
+    probe = det.analyse_units(units)
+    det.provenance["map_scales"] = {"mse": float(np.median(probe["se_map"])) or 1.0,
+                                    "ssim": float(np.median(probe["ssim_map"])) or 1.0}
 
 
 def reject_outliers(errors: np.ndarray, z: float, max_fraction: float) -> np.ndarray:
@@ -327,9 +339,7 @@ def reject_outliers(errors: np.ndarray, z: float, max_fraction: float) -> np.nda
     e = np.log(np.maximum(np.asarray(errors, dtype=np.float64), 1e-12))
     if e.size < 3:
         return np.zeros(0, dtype=np.int64)
-    med = float(np.median(e))
-    mad = 1.4826 * float(np.median(np.abs(e - med)))
-    scale = mad if mad > 0 else (float(e.std()) or 1.0)
+    med, scale = robust_location_scale(e)
     score = (e - med) / scale
     cand = np.flatnonzero(score > z)
     k = int(np.floor(max_fraction * e.size))
@@ -529,14 +539,11 @@ def _evaluate(net: nn.Module, val: torch.Tensor, loss: str) -> float:
     return total / val.shape[0]
 
 
-def _codes(net: nn.Module, units: np.ndarray) -> np.ndarray:
+def _codes(net: Autoencoder, units: np.ndarray) -> np.ndarray:
     net.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(units), 128):
-            out.append(net.encode(to_tensor(units[start:start + 128])).flatten(1).numpy())
+    codes = encode_units(net, units)
     net.train()
-    return np.concatenate(out)
+    return codes
 
 
 def _shape_summary(shapes: Sequence[tuple[int, ...]]) -> dict[str, Any]:
@@ -563,10 +570,7 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: _Data, cfg: TrainConfig
     det = _probe(net, prep, data.mode, cfg, provenance)
     det.density = density
     if cfg.scoring.error == "mix":
-        # Put both maps on the scale of normals before mixing them.
-        probe = det.analyse_units(data.val)
-        provenance["map_scales"] = {"mse": float(np.median(probe["se_map"])) or 1.0,
-                                    "ssim": float(np.median(probe["ssim_map"])) or 1.0}
+        _set_map_scales(det, data.val)
     res = det.analyse_units(data.val)
     keep = np.arange(len(data.val))
     if cfg.robust:
