@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.measure import label, regionprops
 
-from napari_cell_anomaly.core.sample import SampleSet, make_cells, make_field
+from napari_cell_anomaly.core.sample import SampleSet, make_cell_field, make_cells, make_field
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +250,27 @@ def test_field_all_infected_has_stains_in_every_cell():
 def test_make_field_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_field(**kwargs)
+
+
+def test_cell_field_labels_match_cells_and_stains():
+    field = make_cell_field((256, 256), n_cells=30, anomaly_fraction=0.3, seed=3)
+    ids = np.unique(field.labels)
+    ids = ids[ids > 0]
+    # every placed cell is visible, label ids are 1..n in placement order
+    assert np.array_equal(ids, np.arange(1, len(field.anomalous) + 1))
+    # stains lie inside cells, and only inside the cells flagged anomalous
+    stained = np.unique(field.labels[field.mask])
+    assert 0 not in stained
+    assert set(stained.tolist()) <= set(field.anomalous_ids.tolist())
+    assert field.anomalous.sum() == round(0.3 * len(field.anomalous))
+    # the plain field is the same picture
+    image, mask = make_field((256, 256), n_cells=30, anomaly_fraction=0.3, seed=3)
+    assert np.array_equal(image, field.image) and np.array_equal(mask, field.mask)
+
+
+def test_cell_field_radius_range_sets_cell_size():
+    small = make_cell_field((256, 256), n_cells=20, radius=(6.0, 7.0), seed=0)
+    areas = np.bincount(small.labels.ravel())[1:]
+    assert areas.max() < np.pi * 8.0**2
+    with pytest.raises(ValueError, match="radius"):
+        make_cell_field((256, 256), radius=(9.0, 3.0))

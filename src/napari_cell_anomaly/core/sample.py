@@ -5,7 +5,8 @@ and the tests that need pixel ground truth. Nothing here is real data.
 
 * :func:`make_cells` makes single-cell crops in the style of the NIH malaria crops: a pale
   pink/red cell with a lighter centre (central pallor) on a black background.
-* :func:`make_field` makes a field of view: many such cells on a light background.
+* :func:`make_field` makes a field of view: many such cells on a light background;
+  :func:`make_cell_field` also gives its instance labels and which cells are anomalous.
 
 Anomalous cells carry one to three parasite-like stains (dark purple dots or small ring
 forms); the returned masks are True exactly on those stain pixels. Both functions render
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-__all__ = ["SampleSet", "make_cells", "make_field"]
+__all__ = ["CellField", "SampleSet", "make_cell_field", "make_cells", "make_field"]
 
 # Mean RGB of a stained red blood cell and of a parasite stain (0..255).
 _CELL_RGB = np.array([209.0, 150.0, 149.0], dtype=np.float32)
@@ -311,6 +312,35 @@ def _place_cells(
     return placed
 
 
+@dataclass
+class CellField:
+    """A synthetic field of view with per-cell ground truth.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        ``uint8`` RGB ``(height, width, 3)`` field.
+    mask : numpy.ndarray
+        ``bool`` ``(height, width)``, True on the planted stain pixels.
+    labels : numpy.ndarray
+        ``int32`` ``(height, width)`` instance labels: cell ``i`` (1-based, in placement order)
+        covers the pixels where its coverage is at least one half and no later cell hides it;
+        0 is background.
+    anomalous : numpy.ndarray
+        ``bool`` ``(n_cells,)``: ``anomalous[i - 1]`` is True when cell ``i`` carries stains.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray
+    anomalous: np.ndarray
+
+    @property
+    def anomalous_ids(self) -> np.ndarray:
+        """Label values of the cells with planted anomalies."""
+        return np.flatnonzero(self.anomalous) + 1
+
+
 def make_field(
     shape: tuple[int, int] = (512, 512),
     *,
@@ -318,6 +348,31 @@ def make_field(
     anomaly_fraction: float = 0.2,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Make a thin-smear field of view with many red blood cells, some parasitized.
+
+    The same as :func:`make_cell_field` without the per-cell ground truth.
+
+    Returns
+    -------
+    image : numpy.ndarray
+        ``uint8`` RGB ``(height, width, 3)``: light background with noise and an uneven
+        illumination, cells with radius about 14-20 px (scaled with ``min(shape) / 512``).
+    mask : numpy.ndarray
+        ``bool`` ``(height, width)``, True on the planted stain pixels.
+    """
+    field = make_cell_field(shape, n_cells=n_cells, anomaly_fraction=anomaly_fraction,
+                            seed=seed)
+    return field.image, field.mask
+
+
+def make_cell_field(
+    shape: tuple[int, int] = (512, 512),
+    *,
+    n_cells: int = 60,
+    anomaly_fraction: float = 0.2,
+    seed: int = 0,
+    radius: tuple[float, float] | None = None,
+) -> CellField:
     """Make a thin-smear field of view with many red blood cells, some parasitized.
 
     Parameters
@@ -331,14 +386,13 @@ def make_field(
         Fraction of the placed cells that carry parasite-like stains.
     seed : int, optional
         Seed; the same arguments always give the same field.
+    radius : (float, float), optional
+        Range of cell radii in pixels; by default 14-20 px scaled with ``min(shape) / 512``
+        (at least 0.4 times).
 
     Returns
     -------
-    image : numpy.ndarray
-        ``uint8`` RGB ``(height, width, 3)``: light background with noise and an uneven
-        illumination, cells with radius about 14-20 px (scaled with ``min(shape) / 512``).
-    mask : numpy.ndarray
-        ``bool`` ``(height, width)``, True on the planted stain pixels.
+    CellField
     """
     try:
         h, w = (int(s) for s in shape)
@@ -348,6 +402,8 @@ def make_field(
         raise ValueError(f"shape must be at least 64 pixels per side; got {(h, w)}")
     if n_cells < 0:
         raise ValueError(f"n_cells must be >= 0; got {n_cells}")
+    if radius is not None and not 2.0 <= radius[0] <= radius[1]:
+        raise ValueError(f"radius must be (low, high) with 2 <= low <= high; got {radius!r}")
     rng = np.random.default_rng(seed)
 
     # Background: beige/grey, a gentle illumination gradient and vignetting.
@@ -358,14 +414,16 @@ def make_field(
     background = _BACKGROUND_RGB + rng.normal(0.0, 3.0, size=3).astype(np.float32)
     image = np.broadcast_to(background, (h, w, 3)).astype(np.float32)
     mask = np.zeros((h, w), dtype=bool)
+    labels = np.zeros((h, w), dtype=np.int32)
 
     scale = max(min(h, w) / 512.0, 0.4)
-    cells = _place_cells(rng, (h, w), int(n_cells), 14.0 * scale, 20.0 * scale)
+    r_min, r_max = radius if radius is not None else (14.0 * scale, 20.0 * scale)
+    cells = _place_cells(rng, (h, w), int(n_cells), r_min, r_max)
     n_bad = _n_anomalous(len(cells), anomaly_fraction)
     infected = np.zeros(len(cells), dtype=bool)
     infected[rng.permutation(len(cells))[:n_bad]] = True
 
-    for (cy, cx, r), bad in zip(cells, infected, strict=True):
+    for i, ((cy, cx, r), bad) in enumerate(zip(cells, infected, strict=True), start=1):
         pad = math.ceil(r * 1.2) + 3
         y0, y1 = max(0, int(cy) - pad), min(h, int(cy) + pad + 1)
         x0, x1 = max(0, int(cx) - pad), min(w, int(cx) + pad + 1)
@@ -375,9 +433,11 @@ def make_field(
         )
         window = image[y0:y1, x0:x1]
         window += alpha[..., None] * (colour - window)
-        mask[y0:y1, x0:x1] &= alpha < _MASK_LEVEL  # a later cell hides what it covers
+        covered = alpha >= _MASK_LEVEL
+        mask[y0:y1, x0:x1] &= ~covered  # a later cell hides what it covers
         mask[y0:y1, x0:x1] |= stain
+        labels[y0:y1, x0:x1][covered] = i
 
     image *= illum[..., None]
     image += np.float32(2.0) * rng.standard_normal(image.shape, dtype=np.float32)
-    return _to_uint8(image), mask
+    return CellField(image=_to_uint8(image), mask=mask, labels=labels, anomalous=infected)
