@@ -3,7 +3,9 @@
 An :class:`AnomalyDetector` scores 2-D images of any size. In ``whole`` mode (single-cell crops)
 each image is resized to the model size and scored as one unit. In ``patch`` mode (large fields
 of view) the network runs over the image at native resolution through overlapping tiles, and
-the image's numbers are those of its most anomalous ``size x size`` window.
+the image's numbers are those of its most anomalous ``size x size`` window. In ``cells`` mode
+the unit is one cell: a native-scale ``size x size`` window centred on it (see
+:mod:`.cellunits`), and :meth:`AnomalyDetector.score_cells` gives one row per cell.
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ import numpy as np
 import torch
 
 from . import errormaps
+from .cellscores import CellScores
+from .cellunits import (
+    CONTEXTS,
+    CellUnits,
+    cut_units,
+    readable,
+    reduction_masks,
+    take_cells,
+)
 from .density import LatentDensity, LocalLatentDensity, density_from_arrays
 from .images import ImageError, Preprocessing, resize
 from .model import Autoencoder, ModelConfig, build_model
@@ -26,7 +37,10 @@ from .modelfile import ModelFileError, load_file, save_file
 from .scoring import DEFAULT_FPR, Calibration, ScoringConfig, reduce_map
 from .tiling import predict_tiled
 
-MODES = ("whole", "patch")
+MODES = ("whole", "patch", "cells")
+#: A whole-mode model refuses images whose longer side exceeds this many times the median
+#: longer side of its training images: squeezed into the model size, a field would be a blur.
+WHOLE_MODE_MAX_FACTOR = 4
 #: Tile side for patch-mode inference; overlap margin discarded on each interior side.
 TILE = 512
 TILE_MARGIN = 32
@@ -105,6 +119,11 @@ class AnomalyDetector:
         Training data summary, settings, package versions, date, seed.
     rejected : list of int
         Indices of training images rejected by robust training.
+    context : {"isolate", "keep"}
+        Cells mode: what surrounds a cell in its window (see :mod:`.cellunits`).
+    segmentation : dict
+        Cells mode: keyword arguments of :func:`.cells.segment_cells` used when no labels
+        are given (the training fields' image kind, so scoring segments alike).
     """
 
     network: Autoencoder
@@ -116,10 +135,14 @@ class AnomalyDetector:
     calibration: Calibration
     provenance: dict[str, Any] = field(default_factory=dict)
     rejected: list[int] = field(default_factory=list)
+    context: str = "isolate"
+    segmentation: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
+        if self.context not in CONTEXTS:
+            raise ValueError(f"unknown context {self.context!r}; expected one of {CONTEXTS}")
         self.network.eval()
 
     # -- properties ---------------------------------------------------------------------------
@@ -146,14 +169,18 @@ class AnomalyDetector:
         return "\n".join(lines)
 
     # -- network passes -----------------------------------------------------------------------
-    def _maps(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _maps(self, x: torch.Tensor, y: torch.Tensor, with_ssim: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Smoothed squared-error (RGB, or L*a*b* for ``error="lab"``) and 1-SSIM maps,
-        ``(N, 1, H, W)`` each."""
+        ``(N, 1, H, W)`` each; without SSIM (zeros) when ``with_ssim`` is False and the
+        primary map does not need it."""
         sigma = self.scoring.sigma
         if self.scoring.error == "lab":
             se = errormaps.gaussian_blur(errormaps.lab_error_map(x, y), sigma)
         else:
             se = errormaps.gaussian_blur(errormaps.squared_error_map(x, y), sigma)
+        if not with_ssim and self.scoring.error in ("mse", "lab"):
+            return se, torch.zeros_like(se)
         dssim = errormaps.gaussian_blur(1.0 - errormaps.ssim_map(x, y), sigma)
         return se, dssim
 
@@ -174,13 +201,18 @@ class AnomalyDetector:
             return None
         return foreground_mask(x, erode=self.scoring.erode)
 
-    def analyse_units(self, units: np.ndarray) -> dict[str, np.ndarray]:
+    def analyse_units(self, units: np.ndarray, masks: Sequence[np.ndarray] | None = None,
+                      with_ssim: bool = True) -> dict[str, np.ndarray]:
         """Run the network on model-size units and measure them.
 
         Parameters
         ----------
         units : np.ndarray
             ``(N, size, size, C)`` preprocessed float32 images.
+        masks : sequence of np.ndarray, optional
+            ``(size, size)`` bool per unit: the pixels its error is reduced over (cells mode:
+            the cell's eroded mask). By default the object found by :func:`foreground_mask`
+            when the scoring restricts to the foreground, else every pixel.
 
         Returns
         -------
@@ -195,7 +227,7 @@ class AnomalyDetector:
                 x = to_tensor(units[start:start + 64])
                 z = self.network.encode(x)
                 y = self.network.decode(z)
-                se, dssim = self._maps(x, y)
+                se, dssim = self._maps(x, y, with_ssim)
                 out["codes"].append(z.flatten(1).numpy())
                 out["recon"].append(y.permute(0, 2, 3, 1).numpy())
                 out["se_map"].append(se[:, 0].numpy())
@@ -203,8 +235,9 @@ class AnomalyDetector:
         res = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
         res["error_map"] = self._primary(res["se_map"], res["ssim_map"]).astype(np.float32)
         errors, maxima = [], []
-        for x, m in zip(units, res["error_map"], strict=True):
-            errors.append(reduce_map(m, self.scoring.reduce, self._foreground(x)))
+        for i, (x, m) in enumerate(zip(units, res["error_map"], strict=True)):
+            region = masks[i] if masks is not None else self._foreground(x)
+            errors.append(reduce_map(m, self.scoring.reduce, region))
             maxima.append(float(m.max()))
         res["recon_error"] = np.asarray(errors)
         res["map_max"] = np.asarray(maxima)
@@ -234,14 +267,34 @@ class AnomalyDetector:
             If the image is not a valid 2-D image or its channels do not match the model.
         """
         fpr = DEFAULT_FPR if fpr is None else fpr
+        if self.mode == "cells":
+            return self._score_field_by_cells(image, fpr, name)
         x = self.preprocessing(image, name=name)
         if self.mode == "whole":
+            self._check_whole_scale(x.shape[:2], name)
             return self._score_whole(x, fpr)
         if min(x.shape[:2]) < self.size:
             label = "image" if name == "image" else f"image {name!r}"
             raise ImageError(f"{label} is {x.shape[0]}x{x.shape[1]} pixels; this patch-mode "
                              f"model needs at least {self.size} pixels per side")
         return self._score_patch(x, fpr)
+
+    def trained_side(self) -> float | None:
+        """Median longer side (pixels) of the training images, when recorded."""
+        median = self.provenance.get("image_shapes", {}).get("median")
+        return float(max(median[0], median[1])) if median else None
+
+    def _check_whole_scale(self, shape: tuple[int, ...], name: str) -> None:
+        """Refuse a field far larger than the crops a whole-mode model was trained on."""
+        side = self.trained_side()
+        if side is None or max(shape) <= WHOLE_MODE_MAX_FACTOR * side:
+            return
+        label = "the image" if name == "image" else f"image {name!r}"
+        raise ImageError(
+            f"{label} is {shape[0]}x{shape[1]} pixels but this whole-image model was trained "
+            f"on single-cell crops of about {side:.0f} px; squeezed into its {self.size} px "
+            "input it would be a blur: score it per cell (find cells or give labels) or train "
+            "a patch- or cells-mode model on such fields")
 
     def iter_scores(self, images: Iterable[np.ndarray], *, fpr: float | None = None,
                     names: Sequence[str] | None = None) -> Iterator[ScoreResult]:
@@ -308,6 +361,135 @@ class AnomalyDetector:
         return self._finish(errs_a[worst], logds_a[worst], fpr, error_map, out[c + 1], recon,
                             n_windows=len(windows))
 
+    # -- per cell -----------------------------------------------------------------------------
+    def score_cells(self, image: np.ndarray, labels: np.ndarray | None = None, *,
+                    fpr: float | None = None, name: str = "image",
+                    include_border: bool = False) -> CellScores:
+        """Score every cell of a field.
+
+        Parameters
+        ----------
+        image : np.ndarray
+            A 2-D field (as for :meth:`score`).
+        labels : np.ndarray, optional
+            ``(H, W)`` integer label image (0 = background, one value per cell), e.g. from
+            cellpose, StarDist or a hand annotation. None finds the cells with
+            :func:`.cells.segment_cells`.
+        fpr : float, optional
+            Target false-alarm rate per cell for the verdicts (default 5%).
+        name : str
+            Used in error messages.
+        include_border : bool
+            Judge the cells cut by the image edge too (by default they are scored and marked
+            but get no verdict).
+
+        Returns
+        -------
+        CellScores
+
+        Raises
+        ------
+        ImageError
+            For an invalid image, labels of another shape, no readable cells, or a patch-mode
+            model (its calibration is per window, not per cell).
+        """
+        return self._cells(image, labels, fpr, name, include_border)[0]
+
+    def _cells(self, image: np.ndarray, labels: np.ndarray | None, fpr: float | None,
+               name: str, include_border: bool
+               ) -> tuple[CellScores, CellUnits, list[np.ndarray], np.ndarray]:
+        """:meth:`score_cells`, also returning the units, their reconstructions and the
+        preprocessed field."""
+        from .cells import check_labels, measure_cells, segment_cells
+
+        if self.mode == "patch":
+            raise ImageError("this patch-mode model is calibrated on windows, not cells; "
+                             "train a cells-mode model (or a whole-image model on cell crops) "
+                             "to score cells")
+        fpr = DEFAULT_FPR if fpr is None else fpr
+        x = self.preprocessing(image, name=name)
+        label = "the image" if name == "image" else f"image {name!r}"
+        if labels is None:
+            labels = segment_cells(image, **self.segmentation)
+            if not labels.any():
+                raise ImageError(f"no cells found in {label}")
+        else:
+            labels = check_labels(labels, x.shape[:2], name=f"the labels of {label}")
+        table = measure_cells(labels)
+        ok = readable(table)
+        if not ok.any():
+            raise ImageError(f"every object in the labels of {label} is too small to be read "
+                             "as a cell")
+        table = take_cells(table, ok)
+        if self.mode == "cells":
+            units = cut_units(x, labels, table, self.size, self.network.align,
+                              context=self.context)
+        else:
+            units = _cell_crops(x, labels, table, self.size)
+        err, logd, maps, recons = self._measure_cell_units(units)
+        cal = self.calibration
+        scores = cal.combine(err, logd)
+        threshold = cal.threshold(fpr)
+        at_border = np.asarray(table.at_border, dtype=bool)
+        judged = np.ones_like(at_border) if include_border else ~at_border
+        cols = {
+            "label": np.asarray(table.label, dtype=np.int64),
+            "score": scores.astype(np.float64),
+            "recon_error": err.astype(np.float64),
+            "log_density": logd.astype(np.float64),
+            "percentile": cal.percentile(scores),
+            "is_anomaly": (scores > threshold) & judged,
+            "area": np.asarray(table.area, dtype=np.int64),
+            "centroid_y": np.asarray(table.centroid_y, dtype=np.float64),
+            "centroid_x": np.asarray(table.centroid_x, dtype=np.float64),
+            "at_border": at_border,
+        }
+        error_map = _paste_cells(maps, units, labels.shape)
+        result = CellScores(cols, labels, error_map, threshold, include_border,
+                            skipped=int((~ok).sum()))
+        return result, units, recons, x
+
+    def _measure_cell_units(self, units: CellUnits
+                            ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray],
+                                       list[np.ndarray]]:
+        """Error, log-density, error map and reconstruction of each cell unit (batched by
+        window side)."""
+        n = len(units)
+        err, logd = np.zeros(n), np.zeros(n)
+        maps: list[np.ndarray] = [np.zeros(0)] * n
+        recons: list[np.ndarray] = [np.zeros(0)] * n
+        region = (reduction_masks(units.masks, self.scoring.erode) if self.mode == "cells"
+                  else None)
+        for idx in units.groups().values():
+            for start in range(0, len(idx), 256):
+                part = idx[start:start + 256]
+                batch = np.stack([units.windows[i] for i in part])
+                res = self.analyse_units(batch, [region[i] for i in part]
+                                         if region is not None else None, with_ssim=False)
+                err[part] = res["recon_error"]
+                logd[part] = self.density.log_density(res["codes"])
+                for j, i in enumerate(part):
+                    maps[i] = res["error_map"][j]
+                    recons[i] = res["recon"][j]
+        return err, logd, maps, recons
+
+    def _score_field_by_cells(self, image: np.ndarray, fpr: float, name: str) -> ScoreResult:
+        """A cells-mode model's verdict on a whole field: its worst judged cell, adjusted for
+        the number of cells judged (as patch mode adjusts for windows)."""
+        cells, units, recons, x = self._cells(image, None, fpr, name, False)
+        worst = cells.worst()
+        if worst < 0:
+            label = "the image" if name == "image" else f"image {name!r}"
+            raise ImageError(f"every cell found in {label} touches the image edge, so none "
+                             "can be judged (a single-cell crop? score crops with a "
+                             "whole-image model)")
+        n = int(cells.judged().sum())
+        row = {k: v[worst] for k, v in cells.table.items()}
+        recon = _paste_cells(recons, units, x.shape[:2], base=x)
+        zeros = np.zeros(x.shape[:2], dtype=np.float32)
+        return self._finish(row["recon_error"], row["log_density"], fpr, cells.error_map,
+                            zeros, recon, n_windows=n)
+
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the detector to one safe file (atomic; see :mod:`.modelfile`)."""
@@ -324,6 +506,8 @@ class AnomalyDetector:
             "scoring": self.scoring.to_dict(),
             "provenance": self.provenance,
         }
+        if self.mode == "cells":
+            meta["cells"] = {"context": self.context, "segmentation": self.segmentation}
         save_file(path, tensors, meta)
 
     @classmethod
@@ -352,6 +536,8 @@ class AnomalyDetector:
                 calibration=Calibration.from_arrays(tensors),
                 provenance=dict(meta.get("provenance", {})),
                 rejected=[int(i) for i in tensors.get("rejected", np.zeros(0, np.int64))],
+                context=str(meta.get("cells", {}).get("context", "isolate")),
+                segmentation=dict(meta.get("cells", {}).get("segmentation", {})),
             )
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -440,3 +626,49 @@ def default_model_path() -> Path | None:
     here = Path(__file__).resolve().parent.parent / "models" / "default.safetensors"
     return here if here.is_file() else None
 
+
+
+def _cell_crops(x: np.ndarray, labels: np.ndarray, table: Any, size: int) -> CellUnits:
+    """Whole-mode units for the cells of a field: each cell's box, squared and padded by 10%,
+    with every pixel outside the cell set to 0 (the black background of cropped-cell
+    datasets), resized to the model size."""
+    h, w, c = x.shape
+    windows, masks, origins = [], [], []
+    for lab, box in zip(table.label, table.bbox, strict=True):
+        r0, c0, r1, c1 = (int(v) for v in box)
+        s = int(np.ceil(max(r1 - r0, c1 - c0) * 1.1)) + 2
+        top, left = (r0 + r1) // 2 - s // 2, (c0 + c1) // 2 - s // 2
+        crop = np.zeros((s, s, c), dtype=np.float32)
+        own = np.zeros((s, s), dtype=bool)
+        y0, y1, x0, x1 = max(top, 0), min(top + s, h), max(left, 0), min(left + s, w)
+        dst = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+        own[dst] = labels[y0:y1, x0:x1] == lab
+        crop[dst] = x[y0:y1, x0:x1]
+        crop[~own] = 0.0
+        windows.append(resize(crop, (size, size)))
+        masks.append(own)
+        origins.append((top, left))
+    return CellUnits(windows, masks, np.asarray(origins, dtype=np.int64).reshape(-1, 2))
+
+
+def _paste_cells(parts: Sequence[np.ndarray], units: CellUnits, shape: tuple[int, ...],
+                 base: np.ndarray | None = None) -> np.ndarray:
+    """Put each cell's ``(s, s[, C])`` map or image onto its own pixels of a field.
+
+    Units whose window side differs from the part's (whole-mode crops, resized) are resized
+    back first.
+    """
+    h, w = shape[:2]
+    first = parts[0] if len(parts) else np.zeros((1, 1))
+    extra = first.shape[2:]
+    out = (base.copy() if base is not None
+           else np.zeros((h, w, *extra), dtype=np.float32))
+    for part, own, (top, left) in zip(parts, units.masks, units.origins, strict=True):
+        s = own.shape[0]
+        if part.shape[0] != s:
+            part = resize(part, (s, s))
+        y0, y1, x0, x1 = max(top, 0), min(top + s, h), max(left, 0), min(left + s, w)
+        src = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+        sel = own[src]
+        out[y0:y1, x0:x1][sel] = part[src][sel]
+    return out

@@ -42,6 +42,15 @@ import torch
 from torch import nn
 
 from . import errormaps
+from .cellunits import (
+    CONTEXTS,
+    cut_units,
+    pool_cells,
+    readable,
+    reduction_masks,
+    take_cells,
+    window_side,
+)
 from .density import fit_density
 from .detector import (
     AnomalyDetector,
@@ -54,7 +63,9 @@ from .images import ImageError, Preprocessing, random_patches, resize
 from .model import Autoencoder, ModelConfig, build_model
 from .scoring import Calibration, ScoringConfig, robust_location_scale
 
-MODES = ("auto", "whole", "patch")
+MODES = ("auto", "whole", "patch", "cells")
+#: Modes whose training units are fixed-size arrays (one unit per image or per cell).
+UNIT_MODES = ("whole", "cells")
 LOSSES = ("mse", "ssim", "mix")
 #: In ``auto`` mode, images whose median longer side exceeds this many model sizes are treated
 #: as fields of view and trained on random patches.
@@ -86,9 +97,13 @@ class TrainConfig:
         Seed for initialisation, data split, sampling and augmentation.
     size : int
         Model input side (whole-image mode) or patch side (patch mode); a multiple of 8.
-    mode : {"auto", "whole", "patch"}
+    mode : {"auto", "whole", "patch", "cells"}
         ``whole``: each image is one cell crop, resized to ``size``. ``patch``: random patches
-        from large fields of view. ``auto`` picks from the image sizes.
+        from large fields of view. ``cells``: one native-scale window per cell of a field
+        (cells from the given label images, or found by :func:`.cells.segment_cells`); the
+        window side comes from the training cells' sizes and ``size`` is not used. ``auto``
+        picks ``cells`` when label images are given, else ``whole`` or ``patch`` from the
+        image sizes.
     preset : {"default", "seed"}
         Network preset (see :mod:`.model`).
     channels : {"rgb", "gray"} or None
@@ -116,6 +131,8 @@ class TrainConfig:
     prior_weight : float
         Robust training: weight of the adversarial standard-normal prior on the latent code
         (0 turns the adversarial autoencoder off, keeping the rejection).
+    context : {"isolate", "keep"}
+        Cells mode: what surrounds a cell in its window (see :mod:`.cellunits`).
     max_steps : int or None
         Stop after this many steps in total (for quick tests and previews).
     scoring : ScoringConfig
@@ -139,6 +156,7 @@ class TrainConfig:
     reject_nu: float = 0.15
     calibration_z: float = 4.0
     prior_weight: float = 0.0
+    context: str = "isolate"
     max_steps: int | None = None
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
@@ -155,6 +173,8 @@ class TrainConfig:
             raise ValueError(f"size must be a multiple of 8 and at least 16, got {self.size}")
         if not 0.0 < self.val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        if self.context not in CONTEXTS:
+            raise ValueError(f"unknown context {self.context!r}; expected one of {CONTEXTS}")
         if not 0.0 < self.reject_nu < 0.5:
             raise ValueError(f"reject_nu must be in (0, 0.5), got {self.reject_nu}")
         ModelConfig.from_preset(self.preset)  # validates the preset name
@@ -218,7 +238,11 @@ class _Data:
     train_index: np.ndarray                # image index of each train unit (whole mode)
     n_images: int
     shapes: list[tuple[int, ...]]
-    val_index: np.ndarray | None = None    # image index of each val unit (whole mode)
+    val_index: np.ndarray | None = None    # image index of each val unit (whole, cells)
+    size: int = 0                          # unit side (cells mode: from the cells' sizes)
+    train_masks: list[np.ndarray] | None = None  # cells mode: each unit's reduction mask
+    val_masks: list[np.ndarray] | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # provenance of the units
 
 
 def choose_mode(shapes: Sequence[tuple[int, ...]], size: int) -> str:
@@ -228,11 +252,19 @@ def choose_mode(shapes: Sequence[tuple[int, ...]], size: int) -> str:
 
 
 def _prepare(images: Sequence[np.ndarray], cfg: TrainConfig, prep: Preprocessing,
-             names: Sequence[str], rng: np.random.Generator) -> _Data:
+             names: Sequence[str], rng: np.random.Generator,
+             labels: Sequence[np.ndarray | None] | None = None, align: int = 8) -> _Data:
     xs = [prep(img, name=names[i]) for i, img in enumerate(images)]
-    shapes = [tuple(img.shape) for img in images]
-    mode = cfg.mode if cfg.mode != "auto" else choose_mode(shapes, cfg.size)
+    shapes = [tuple(np.shape(img)) for img in images]
+    if cfg.mode != "auto":
+        mode = cfg.mode
+    elif labels is not None and any(lab is not None for lab in labels):
+        mode = "cells"
+    else:
+        mode = choose_mode(shapes, cfg.size)
     n = len(xs)
+    if mode == "cells":
+        return _prepare_cells(images, xs, labels, cfg, names, rng, shapes, align)
     if mode == "whole":
         if n < 3:  # the latent density needs 2 training codes; 1 image is held out
             raise ImageError("whole-image training needs at least 2 images to train on plus 1 "
@@ -241,7 +273,8 @@ def _prepare(images: Sequence[np.ndarray], cfg: TrainConfig, prep: Preprocessing
         order = rng.permutation(n)
         n_val = max(1, round(cfg.val_fraction * n))
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-        return _Data("whole", units[train_idx], units[val_idx], train_idx, n, shapes, val_idx)
+        return _Data("whole", units[train_idx], units[val_idx], train_idx, n, shapes, val_idx,
+                     size=cfg.size)
 
     small = [names[i] for i, x in enumerate(xs) if min(x.shape[:2]) < cfg.size]
     if small:
@@ -266,7 +299,83 @@ def _prepare(images: Sequence[np.ndarray], cfg: TrainConfig, prep: Preprocessing
     val_units = [v[r:r + cfg.size, q:q + cfg.size]
                  for v in val_imgs for r, q in window_origins(*v.shape[:2], cfg.size)]
     return _Data("patch", train_imgs, np.stack(val_units).astype(np.float32),
-                 np.arange(len(train_imgs)), n, shapes)
+                 np.arange(len(train_imgs)), n, shapes, size=cfg.size)
+
+
+#: Cells mode holds out whole fields when there are at least this many; with fewer, the
+#: lowest cells (by row) of each field are held out instead.
+MIN_FIELDS_FOR_HOLDOUT = 3
+
+
+def _prepare_cells(images: Sequence[np.ndarray], xs: Sequence[np.ndarray],
+                   labels: Sequence[np.ndarray | None] | None, cfg: TrainConfig,
+                   names: Sequence[str], rng: np.random.Generator,
+                   shapes: list[tuple[int, ...]], align: int) -> _Data:
+    """Cells-mode units: a window per cell, fields split into training and held-out fields."""
+    from .cells import check_labels, image_kind, measure_cells, segment_cells
+
+    n = len(xs)
+    labels = list(labels) if labels is not None else [None] * n
+    if len(labels) != n:
+        raise ImageError(f"got {len(labels)} label images for {n} images")
+    kinds = [image_kind(images[i]) for i in range(n) if labels[i] is None]
+    segmentation = {"kind": max(set(kinds), key=kinds.count)} if kinds else {}
+    fields = []
+    for i, x in enumerate(xs):
+        if labels[i] is None:
+            lab = segment_cells(images[i], **segmentation)
+        else:
+            lab = check_labels(labels[i], x.shape[:2], name=f"the labels of {names[i]}")
+        table = measure_cells(lab)
+        use = readable(table) & ~np.asarray(table.at_border, dtype=bool)
+        fields.append((lab, table, use))
+    n_cells = [int(use.sum()) for _, _, use in fields]
+    if sum(n_cells) < 3:
+        raise ImageError(f"cells mode needs at least 3 whole cells (not cut by the image edge) "
+                         f"to train on; found {sum(n_cells)} in {n} image(s)")
+    all_cells = [take_cells(t, use) for _, t, use in fields]
+    side = window_side(pool_cells(all_cells), align)
+    units, masks, field_of, held = [], [], [], []
+    fields_with_cells = [i for i in range(n) if n_cells[i]]
+    by_field = len(fields_with_cells) >= MIN_FIELDS_FOR_HOLDOUT
+    if by_field:
+        order = rng.permutation(fields_with_cells)
+        n_val = max(1, round(cfg.val_fraction * len(order)))
+        val_fields = set(int(i) for i in order[:n_val])
+    for i, (lab, _, _) in enumerate(fields):
+        table = all_cells[i]
+        if not len(table):
+            continue
+        cu = cut_units(xs[i], lab, table, side, align, context=cfg.context)
+        fits = np.array([w.shape[0] == side for w in cu.windows])
+        if by_field:
+            is_val = np.full(len(cu), i in val_fields)
+        else:
+            cut = np.quantile(table.centroid_y, 1.0 - cfg.val_fraction)
+            is_val = np.asarray(table.centroid_y) >= cut
+            if is_val.all():
+                is_val[np.argmin(table.centroid_y)] = False
+        for j in np.flatnonzero(fits):
+            units.append(cu.windows[j])
+            masks.append(cu.masks[j])
+            field_of.append(i)
+            held.append(bool(is_val[j]))
+    held_a = np.asarray(held)
+    if held_a.all() or not held_a.any() or (~held_a).sum() < 2:
+        raise ImageError("cells mode needs cells to train on and cells held out for "
+                         f"calibration; got {(~held_a).sum()} and {held_a.sum()}: add fields")
+    arr = np.stack(units).astype(np.float32)
+    red = reduction_masks(masks, cfg.scoring.erode)
+    tr, va = np.flatnonzero(~held_a), np.flatnonzero(held_a)
+    field_a = np.asarray(field_of)
+    info = {"n_cells": len(units), "window_side": side,
+            "holdout": "fields" if by_field else "lowest cells of each field",
+            "n_fields_held_out": len(set(field_a[va].tolist())) if by_field else 0,
+            "cells_too_large": int(sum(n_cells) - len(units)),
+            "segmentation": segmentation,
+            "labels_given": int(sum(lab is not None for lab in labels))}
+    return _Data("cells", arr[tr], arr[va], field_a[tr], n, shapes, field_a[va], size=side,
+                 train_masks=[red[i] for i in tr], val_masks=[red[i] for i in va], info=info)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -301,24 +410,27 @@ class _Discriminator(nn.Module):
         return self.net(z.flatten(1))
 
 
-def _probe(net: nn.Module, prep: Preprocessing, mode: str, cfg: TrainConfig,
+def _probe(net: nn.Module, prep: Preprocessing, data: _Data, cfg: TrainConfig,
            provenance: dict[str, Any] | None = None) -> AnomalyDetector:
     """A detector around the current network, only for :meth:`AnomalyDetector.analyse_units`
     (its density and calibration are placeholders)."""
     placeholder = Calibration(np.zeros(1), np.zeros(1), np.ones(1))
-    det = AnomalyDetector(network=net, preprocessing=prep, mode=mode, size=cfg.size,
+    det = AnomalyDetector(network=net, preprocessing=prep, mode=data.mode, size=data.size,
                           scoring=cfg.scoring, density=cast(Any, None), calibration=placeholder,
-                          provenance=provenance if provenance is not None else {})
+                          provenance=provenance if provenance is not None else {},
+                          context=cfg.context,
+                          segmentation=dict(data.info.get("segmentation", {})))
     return det
 
 
-def _unit_errors(det: AnomalyDetector, units: np.ndarray) -> np.ndarray:
+def _unit_errors(det: AnomalyDetector, units: np.ndarray,
+                 masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """The detector's image error of each unit (scoring map, reduction and foreground as at
-    scoring time); for ``error="mix"`` the map scales are taken from ``units`` when the
-    detector has none yet."""
+    scoring time; ``masks`` as for :meth:`AnomalyDetector.analyse_units`); for
+    ``error="mix"`` the map scales are taken from ``units`` when the detector has none yet."""
     if det.scoring.error == "mix" and "map_scales" not in det.provenance:
         _set_map_scales(det, units)
-    return det.analyse_units(units)["recon_error"]
+    return det.analyse_units(units, masks)["recon_error"]
 
 
 def _set_map_scales(det: AnomalyDetector, units: np.ndarray) -> None:
@@ -352,6 +464,7 @@ def reject_outliers(errors: np.ndarray, z: float, max_fraction: float) -> np.nda
 # The loop
 # ------------------------------------------------------------------------------------------------
 def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
+          labels: Sequence[np.ndarray | None] | None = None,
           stop: Callable[[], bool] | None = None, names: Sequence[str] | None = None
           ) -> Generator[TrainProgress, None, AnomalyDetector]:
     """Train a detector on normal images, yielding progress after every step.
@@ -362,6 +475,10 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         Normal 2-D images (any dtype; grayscale, RGB or RGBA).
     config : TrainConfig, optional
         Settings (defaults if None).
+    labels : sequence of (np.ndarray or None), optional
+        Cells mode: one label image per image (0 = background, one value per normal cell;
+        only labelled objects are used), or None for an image whose cells are found by
+        :func:`.cells.segment_cells`. Giving labels makes ``mode="auto"`` choose cells mode.
     stop : callable, optional
         Polled between steps; when it returns True training ends early, keeping the best
         checkpoint so far, and a usable detector is still returned.
@@ -394,12 +511,12 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     gen = torch.Generator().manual_seed(cfg.seed)
 
     prep = Preprocessing.fit([np.asarray(im) for im in images], channels=cfg.channels)
-    data = _prepare(images, cfg, prep, names, rng)
     in_ch = 3 if prep.channels == "rgb" else 1
     mcfg = ModelConfig.from_preset(cfg.preset, in_channels=in_ch)
     net = build_model(mcfg)
+    data = _prepare(images, cfg, prep, names, rng, labels, net.align)
 
-    n_units = (len(data.train) if data.mode == "whole"
+    n_units = (len(data.train) if data.mode in UNIT_MODES
                else max(len(data.train) * cfg.patches_per_image, MIN_PATCHES_PER_EPOCH))
     steps_per_epoch = max(1, math.ceil(n_units / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
@@ -410,7 +527,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
                                                 pct_start=0.15)
-    weights = np.ones(n_units if data.mode == "whole" else 0, dtype=np.float32)
+    weights = np.ones(n_units if data.mode in UNIT_MODES else 0, dtype=np.float32)
     disc = d_opt = None
     if cfg.robust and cfg.prior_weight > 0:
         with torch.no_grad():
@@ -431,7 +548,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
 
     for epoch in range(1, epochs + 1):
         net.train()
-        if data.mode == "whole":
+        if data.mode in UNIT_MODES:
             order = rng.permutation(n_units)
         else:
             order = np.arange(n_units)
@@ -443,7 +560,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
                 stopped = True
                 break
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            if data.mode == "whole":
+            if data.mode in UNIT_MODES:
                 x = to_tensor(data.train[idx])
                 w = torch.from_numpy(weights[idx])
             else:
@@ -486,8 +603,9 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
             if best_val is None or val_loss < best_val:
                 best_val = val_loss
                 best_state = copy.deepcopy(net.state_dict())
-            if cfg.robust and data.mode == "whole" and epoch >= pretrain_epochs:
-                errors = _unit_errors(_probe(net, prep, data.mode, cfg), data.train)
+            if cfg.robust and data.mode in UNIT_MODES and epoch >= pretrain_epochs:
+                errors = _unit_errors(_probe(net, prep, data, cfg), data.train,
+                                      data.train_masks)
                 net.train()
                 rejected_units = reject_outliers(errors, cfg.reject_z, cfg.reject_nu)
                 weights[:] = 1.0
@@ -518,6 +636,8 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         "train_seconds": round(elapsed, 2),
         "train_config": cfg.to_dict(),
     })
+    if data.mode == "cells":
+        provenance["cells"] = data.info
     rejected_images = [int(data.train_index[i]) for i in rejected_units]
     detector = _finalize(net, prep, data, cfg, provenance, rejected_units, rng)
     detector.rejected = rejected_images
@@ -558,7 +678,7 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: _Data, cfg: TrainConfig
               provenance: dict[str, Any], rejected: np.ndarray, rng: np.random.Generator
               ) -> AnomalyDetector:
     """Fit the latent density on training units and calibrate on held-out units."""
-    if data.mode == "whole":
+    if data.mode in UNIT_MODES:
         keep = np.setdiff1d(np.arange(len(data.train)), rejected)
         train_units = data.train[keep]
     else:
@@ -567,11 +687,11 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: _Data, cfg: TrainConfig
     density = fit_density(cfg.scoring.density, _codes(net, train_units),
                           channels=net.config.latent_channels, seed=cfg.seed)
     # A provisional detector measures the held-out units; its calibration is replaced below.
-    det = _probe(net, prep, data.mode, cfg, provenance)
+    det = _probe(net, prep, data, cfg, provenance)
     det.density = density
     if cfg.scoring.error == "mix":
         _set_map_scales(det, data.val)
-    res = det.analyse_units(data.val)
+    res = det.analyse_units(data.val, data.val_masks)
     keep = np.arange(len(data.val))
     if cfg.robust:
         # Robust calibration: held-out units can be contaminated too; drop the outliers by
@@ -591,13 +711,14 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: _Data, cfg: TrainConfig
 
 
 def run_training(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
+                 labels: Sequence[np.ndarray | None] | None = None,
                  stop: Callable[[], bool] | None = None, names: Sequence[str] | None = None,
                  callback: Callable[[TrainProgress], None] | None = None) -> AnomalyDetector:
     """Run :func:`train` to the end and return the detector.
 
     Parameters
     ----------
-    images, config, stop, names
+    images, config, labels, stop, names
         As for :func:`train`.
     callback : callable, optional
         Called with every progress event.
@@ -606,7 +727,7 @@ def run_training(images: Sequence[np.ndarray], config: TrainConfig | None = None
     -------
     AnomalyDetector
     """
-    gen = train(images, config, stop=stop, names=names)
+    gen = train(images, config, labels=labels, stop=stop, names=names)
     while True:
         try:
             event = next(gen)

@@ -1,0 +1,73 @@
+"""Per-cell results of one field: a table with one row per cell, the label image and the heatmap.
+
+:class:`CellScores` is what :meth:`AnomalyDetector.score_cells` returns; the CLI writes its
+table as CSV rows and the napari widget puts it into a Labels layer's ``features``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: The table's columns, in order (``label`` is the cell's value in :attr:`CellScores.labels`).
+CELL_COLUMNS = ("label", "score", "recon_error", "log_density", "percentile",
+                "is_anomaly", "area", "centroid_y", "centroid_x", "at_border")
+
+
+@dataclass
+class CellScores:
+    """Everything the detector says about the cells of one field.
+
+    Attributes
+    ----------
+    table : dict of str to np.ndarray
+        The :data:`CELL_COLUMNS`, one row per cell, label ascending. ``score`` is the
+        combined score on the calibration scale (higher = more anomalous), ``percentile`` the
+        percent of calibration cells scoring lower, ``is_anomaly`` the verdict at
+        :attr:`threshold` (False for cells at the image edge unless ``include_border``).
+    labels : np.ndarray
+        ``(H, W)`` label image the cells come from (the user's, or the built-in segmentation's).
+    error_map : np.ndarray
+        ``(H, W)`` float32 heatmap: each scored cell's smoothed error map on its own pixels,
+        0 elsewhere.
+    threshold : float
+        Combined-score threshold behind ``table["is_anomaly"]``.
+    include_border : bool
+        Whether cells cut by the image edge take part in verdicts.
+    skipped : int
+        Objects in :attr:`labels` too small to be read as cells (not in the table).
+    """
+
+    table: dict[str, np.ndarray]
+    labels: np.ndarray
+    error_map: np.ndarray
+    threshold: float
+    include_border: bool = False
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return int(self.table["label"].size)
+
+    def judged(self, include_border: bool | None = None) -> np.ndarray:
+        """Bool ``(N,)``: the cells that take part in verdicts."""
+        border = self.include_border if include_border is None else include_border
+        return np.ones(len(self), dtype=bool) if border else ~self.table["at_border"]
+
+    def verdicts(self, threshold: float, include_border: bool | None = None) -> np.ndarray:
+        """Bool ``(N,)`` verdicts at another combined-score threshold (e.g.
+        ``detector.calibration.threshold(fpr)``), without rescoring."""
+        return (self.table["score"] > threshold) & self.judged(include_border)
+
+    def worst(self) -> int:
+        """Row of the highest-scoring judged cell (-1 when no cell is judged)."""
+        judged = self.judged()
+        if not judged.any():
+            return -1
+        scores = np.where(judged, self.table["score"], -np.inf)
+        return int(np.argmax(scores))
+
+    def rows(self) -> list[dict[str, float | int | bool]]:
+        """The table as a list of dicts (one per cell), plain Python numbers."""
+        cols = {k: self.table[k].tolist() for k in CELL_COLUMNS}
+        return [{k: cols[k][i] for k in CELL_COLUMNS} for i in range(len(self))]

@@ -1,0 +1,179 @@
+"""Per-cell units: native-scale windows centred on each cell of a field, with the cell's mask.
+
+In ``cells`` mode the autoencoder never sees a resized cell: absolute size and colour are signs
+of disease (macrocytes, microcytes, hypochromia), so every cell is cut out at the image's own
+scale, in a square window of a fixed side centred on the cell's bounding box. A cell larger
+than the window gets a larger window of its own (the network is fully convolutional).
+
+What surrounds the cell in its window is decided by ``context``:
+
+* ``"isolate"`` (the default): every pixel outside the cell's own mask, dilated by
+  :data:`MASK_MARGIN` pixels, is set to the field's background colour, so the unit shows one
+  cell on a plain background, whatever its neighbours do. Chosen by measurement
+  (``benchmarks/cells.py``): neighbours reaching into the window otherwise dominate both the
+  reconstruction error and the latent density.
+* ``"keep"``: the window as it is in the field, neighbours included.
+
+The error of a cell is reduced over its own mask eroded by the model's ``erode`` (see
+:func:`reduction_masks`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .cells import CellTable
+
+CONTEXTS = ("isolate", "keep")
+#: Pixels of context kept around a cell's mask in ``isolate`` mode (its soft rim).
+MASK_MARGIN = 2
+#: Objects with fewer pixels than this are too small to be read as cells.
+MIN_CELL_AREA = 12
+
+
+@dataclass
+class CellUnits:
+    """Windows cut around the cells of one field.
+
+    Attributes
+    ----------
+    windows : list of np.ndarray
+        ``(side, side, C)`` float32 windows, one per cell, in table order.
+    masks : list of np.ndarray
+        ``(side, side)`` bool: the cell's own pixels in its window.
+    origins : np.ndarray
+        ``(N, 2)`` int64 top-left corner of each window in field coordinates (may be negative
+        where the window reaches beyond the field).
+    """
+
+    windows: list[np.ndarray]
+    masks: list[np.ndarray]
+    origins: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def groups(self) -> dict[int, np.ndarray]:
+        """Indices of the units sharing each window side (for batching)."""
+        sides = np.array([w.shape[0] for w in self.windows], dtype=np.int64)
+        return {int(s): np.flatnonzero(sides == s) for s in np.unique(sides)}
+
+
+def align_up(n: float, align: int) -> int:
+    """Smallest multiple of ``align`` that is at least ``n``."""
+    return int(np.ceil(n / align) * align)
+
+
+def window_side(table: CellTable, align: int, *, quantile: float = 0.95,
+                margin: float = 1.25) -> int:
+    """Window side for a set of training cells: the ``quantile`` of their bounding-box
+    sides times ``margin`` (room for the rim and a little context), rounded up to ``align``.
+    """
+    if len(table) == 0:
+        raise ValueError("no cells to size the window from")
+    sides = np.maximum(table.bbox[:, 2] - table.bbox[:, 0], table.bbox[:, 3] - table.bbox[:, 1])
+    return max(2 * align, align_up(float(np.quantile(sides, quantile)) * margin, align))
+
+
+def background_colour(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Median colour ``(C,)`` of the pixels outside every cell (the border's median when the
+    cells cover nearly everything)."""
+    bg = labels == 0
+    if bg.sum() >= 64:
+        step = max(1, int(bg.sum() // 200_000))
+        return np.median(x[bg][::step], axis=0).astype(np.float32)
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+    return np.median(border, axis=0).astype(np.float32)
+
+
+def cut_units(x: np.ndarray, labels: np.ndarray, table: CellTable, side: int, align: int, *,
+              context: str = "isolate", fill: np.ndarray | None = None) -> CellUnits:
+    """Cut one window per cell.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        ``(H, W, C)`` preprocessed float32 field.
+    labels : np.ndarray
+        ``(H, W)`` integer labels of the same field.
+    table : CellTable
+        The cells to cut (from :func:`.cells.measure_cells`).
+    side : int
+        Window side; a cell whose box (plus margin) does not fit gets a larger window,
+        rounded up to ``align``.
+    align : int
+        The network's size alignment.
+    context : {"isolate", "keep"}
+        What surrounds the cell (module docstring).
+    fill : np.ndarray, optional
+        ``(C,)`` colour for pixels outside the field and, with ``isolate``, outside the cell;
+        the field's background colour by default.
+
+    Returns
+    -------
+    CellUnits
+    """
+    if context not in CONTEXTS:
+        raise ValueError(f"unknown context {context!r}; expected one of {CONTEXTS}")
+    h, w, c = x.shape
+    fill = background_colour(x, labels) if fill is None else np.asarray(fill, np.float32)
+    windows, masks, origins = [], [], []
+    grow = ndimage.generate_binary_structure(2, 1)
+    for lab, box in zip(table.label, table.bbox, strict=True):
+        r0, c0, r1, c1 = (int(v) for v in box)
+        need = max(r1 - r0, c1 - c0) + 2 * MASK_MARGIN + 2
+        s = side if need <= side else align_up(need, align)
+        top = (r0 + r1) // 2 - s // 2
+        left = (c0 + c1) // 2 - s // 2
+        win = np.empty((s, s, c), dtype=np.float32)
+        win[:] = fill
+        own = np.zeros((s, s), dtype=bool)
+        y0, y1 = max(top, 0), min(top + s, h)
+        x0, x1 = max(left, 0), min(left + s, w)
+        src = x[y0:y1, x0:x1]
+        lab_win = labels[y0:y1, x0:x1]
+        dst = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+        own[dst] = lab_win == lab
+        if context == "isolate":
+            keep = ndimage.binary_dilation(own, grow, iterations=MASK_MARGIN)[dst]
+            win[dst][keep] = src[keep]
+        else:
+            win[dst] = src
+        windows.append(win)
+        masks.append(own)
+        origins.append((top, left))
+    return CellUnits(windows, masks, np.asarray(origins, dtype=np.int64).reshape(-1, 2))
+
+
+def reduction_masks(masks: list[np.ndarray], erode: int) -> list[np.ndarray]:
+    """Each cell's mask eroded by ``erode`` pixels (the rim reconstructs imperfectly in every
+    cell); the uneroded mask where erosion would leave nothing."""
+    if erode <= 0:
+        return masks
+    out = []
+    for m in masks:
+        e = ndimage.binary_erosion(m, iterations=erode)
+        out.append(e if e.any() else m)
+    return out
+
+
+def readable(table: CellTable) -> np.ndarray:
+    """Bool ``(N,)``: cells large enough to be read (at least :data:`MIN_CELL_AREA` pixels)."""
+    return np.asarray(table.area) >= MIN_CELL_AREA
+
+
+def take_cells(table: CellTable, keep: np.ndarray) -> CellTable:
+    """The rows ``keep`` (bool mask or indices) of a cell table."""
+    return dataclasses.replace(table, **{f.name: getattr(table, f.name)[keep]
+                                         for f in dataclasses.fields(table)})
+
+
+def pool_cells(tables: Sequence[CellTable]) -> CellTable:
+    """The rows of several cell tables in one (labels are no longer unique)."""
+    return type(tables[0])(**{f.name: np.concatenate([getattr(t, f.name) for t in tables])
+                              for f in dataclasses.fields(tables[0])})
