@@ -5,58 +5,47 @@ napari ``thread_worker`` and renders each :class:`~..core.detector.ScoreResult` 
 anomaly map, optionally the reconstruction and an outline of the anomalous region), a table
 row and a point of the score histogram. The false-alarm-rate slider re-applies the model's
 calibrated thresholds to the stored results without scoring again.
+
+The dock only composes small pieces, each in its own module: the model choice
+(:mod:`._model_source`), the worker job and its events (:mod:`._score_job`), the result layers
+(:mod:`._layers`), the results table and CSV export (:mod:`._results_table`) and the
+histogram (:mod:`._histogram`).
 """
 
 from __future__ import annotations
 
-import csv
-import html
 import logging
-from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyqtgraph as pg
 from napari.layers import Image, Labels, Layer
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import DirectLabelColormap
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QButtonGroup,
     QCheckBox,
-    QComboBox,
     QFileDialog,
-    QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
     QRadioButton,
-    QSizePolicy,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 from superqt import QLabeledDoubleSlider
 
 from ..core.detector import AnomalyDetector, ScoreResult, default_model_path
-from ..core.modelfile import ModelFileError
 from ._common import (
     PLUGIN_KEY,
     JobControl,
-    JobFailure,
     JobSlot,
-    SmallPlot,
     bind,
-    find_own_layer,
     is_own_layer,
     layer_key,
     report_error,
@@ -64,6 +53,11 @@ from ._common import (
     scoring_problem,
     watch_window_close,
 )
+from ._histogram import ScoreHistogram
+from ._layers import HEATMAP, OUTLINE, RECONSTRUCTION, keep_selection, layer_meta, upsert
+from ._model_source import ModelSourceBox
+from ._results_table import ImageResultsTable, write_csv
+from ._score_job import Failed, Scored, score_job
 from ._state import ModelState, Status, get_state
 
 if TYPE_CHECKING:
@@ -72,44 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["ScoreWidget"]
 
 logger = logging.getLogger(__name__)
-
-#: Roles (and layer-name suffixes) of the layers the widget makes.
-HEATMAP = "anomaly map"
-RECONSTRUCTION = "reconstruction"
-OUTLINE = "anomalous region"
-
-COLUMNS = ("Layer", "Score", "Error", "Log-dens.", "Pctl.", "Verdict")
-_COLUMN_SAMPLES = ("-0.000", "0.0000", "-0.000", "100", "anomalous")
-_COLUMN_TIPS = (
-    "The scored image layer (click a row to select it)",
-    "Combined anomaly score: the larger of the two robust z-scores below (higher = more "
-    "abnormal)",
-    "Reconstruction error of the image's most abnormal window",
-    "Log-density of the image's latent code under the training normals (lower = more unusual)",
-    "Percentile among the model's held-out normal images",
-    "Verdict at the chosen false-alarm rate",
-)
-_SOURCES = (("trained", "Trained in this session"), ("file", "Model file"),
-            ("default", "Shipped default model"))
-_ANOMALY_COLOR = QColor(200, 60, 60, 140)
-_NORMAL_COLOR = QColor(60, 150, 90, 110)
-
-
-@dataclass
-class _Scored:
-    """Event: image ``index`` of the job was scored."""
-
-    index: int
-    result: ScoreResult
-
-
-@dataclass
-class _Failed:
-    """Event: image ``index`` could not be scored (a one-line reason from the core)."""
-
-    index: int
-    name: str
-    reason: str
 
 
 @dataclass
@@ -123,34 +79,9 @@ class _Record:
     outline: Labels | None = None
     reconstruction: Image | None = None
 
-
-def _score_job(detector: AnomalyDetector, items: Sequence[tuple[str, Any]], fpr: float
-               ) -> Generator[_Scored | _Failed, None, None]:
-    """Worker body: score each image; a bad image is reported and the rest still scored."""
-    try:
-        for index, (name, data) in enumerate(items):
-            try:
-                result = detector.score(np.asarray(data), fpr=fpr, name=name)
-            except ValueError as exc:  # ImageError (wrong channels, constant image, ...)
-                yield _Failed(index, name, str(exc))
-                continue
-            yield _Scored(index, result)
-    except RuntimeError as exc:
-        raise JobFailure(f"{type(exc).__name__}: {exc}") from exc
-
-
-class _NumberItem(QTableWidgetItem):
-    """A table cell showing formatted text but sorting by its number."""
-
-    def __init__(self, value: float, text: str) -> None:
-        super().__init__(text)
-        self.value = float(value)
-        self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-
-    def __lt__(self, other: QTableWidgetItem) -> bool:
-        if isinstance(other, _NumberItem):
-            return self.value < other.value
-        return super().__lt__(other)
+    @property
+    def key(self) -> str:
+        return layer_key(self.source)
 
 
 class ScoreWidget(QWidget):
@@ -169,11 +100,9 @@ class ScoreWidget(QWidget):
         self._jobs = JobSlot()
         self._records: list[_Record] = []
         self._job_layers: list[Layer] = []
-        self._job_failures: list[_Failed] = []
+        self._job_failures: list[Failed] = []
         self._job_done = 0
         self._job_detector: AnomalyDetector | None = None
-        self._file_model: tuple[AnomalyDetector, Path] | None = None
-        self._default_model: AnomalyDetector | None = None
         self._fpr_timer = QTimer(self)
         self._fpr_timer.setSingleShot(True)
         self._fpr_timer.setInterval(60)
@@ -183,27 +112,11 @@ class ScoreWidget(QWidget):
         layout.setContentsMargins(6, 6, 6, 6)
 
         # -- model --------------------------------------------------------------------------
-        box = QGroupBox("Model")
-        model_layout = QVBoxLayout(box)
-        row = QHBoxLayout()
-        self.source_combo = QComboBox()
-        for key, text in _SOURCES:
-            self.source_combo.addItem(text, key)
-        if default_model_path() is None:
-            item = self.source_combo.model().item(2)
-            item.setEnabled(False)
-            item.setToolTip("No default model is installed with this copy of the plugin.")
-        self.load_button = QPushButton("Load…")
-        self.load_button.setToolTip("Load a model file (.safetensors) saved by the Train "
-                                    "widget or the command line.")
-        row.addWidget(self.source_combo, 1)
-        row.addWidget(self.load_button)
-        model_layout.addLayout(row)
-        self.model_label = QLabel()
-        self.model_label.setWordWrap(True)
-        self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        model_layout.addWidget(self.model_label)
-        layout.addWidget(box)
+        self.model_box = ModelSourceBox(self.state)
+        self.source_combo = self.model_box.combo
+        self.load_button = self.model_box.load_button
+        self.model_label = self.model_box.label
+        layout.addWidget(self.model_box)
 
         # -- what to score ------------------------------------------------------------------
         row = QHBoxLayout()
@@ -260,60 +173,15 @@ class ScoreWidget(QWidget):
         layout.addWidget(self.threshold_label)
 
         # -- results ------------------------------------------------------------------------
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(COLUMNS))
-        for col, tip in enumerate(_COLUMN_TIPS):
-            self.table.horizontalHeaderItem(col).setToolTip(tip)
-        self.table.setSortingEnabled(True)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setWordWrap(False)
-        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
-        # Numbers get fixed, just-wide-enough columns; the layer name takes the rest (a dock
-        # is narrow, and ResizeToContents would squeeze the names to nothing).
-        header = self.table.horizontalHeader()
-        header.setMinimumSectionSize(30)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        metrics = self.table.fontMetrics()
-        for col, sample in enumerate(_COLUMN_SAMPLES, start=1):
-            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
-            width = max(metrics.horizontalAdvance(COLUMNS[col]) + 18,
-                        metrics.horizontalAdvance(sample) + 10)
-            header.resizeSection(col, width)
-        self.table.setMinimumHeight(110)
-        self.table.setToolTip("Click a row to select that layer. Percentile: share of the "
-                              "model's held-out normal images that score lower.")
+        self.table = ImageResultsTable()
         layout.addWidget(self.table, 1)
         self.export_button = QPushButton("Export CSV…")
         layout.addWidget(self.export_button)
-
-        self.hist = SmallPlot(background=None)
-        self.hist.setMinimumHeight(150)
-        self.hist.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.hist.setLabel("bottom", "anomaly score")
-        self.hist.setLabel("left", "images")
-        self.hist.addLegend(offset=(-8, 8))
-        self.hist.setMouseEnabled(x=True, y=False)
-        self._cal_curve = self.hist.plot([], [], stepMode="center", fillLevel=0,
-                                         brush=(160, 160, 160, 90),
-                                         pen=pg.mkPen((190, 190, 190), width=1),
-                                         name="held-out normals")
-        self._img_curve = self.hist.plot([], [], stepMode="center", fillLevel=0,
-                                         brush=(255, 140, 40, 120),
-                                         pen=pg.mkPen((255, 160, 60), width=2),
-                                         name="scored images")
-        self._threshold_line = pg.InfiniteLine(
-            angle=90, movable=False, pen=pg.mkPen((230, 60, 60), width=2,
-                                                  style=Qt.PenStyle.DashLine),
-            label="threshold", labelOpts={"position": 0.9, "color": (230, 90, 90)})
-        self.hist.addItem(self._threshold_line)
+        self.hist = ScoreHistogram("images")
+        self._threshold_line = self.hist.threshold_line
         layout.addWidget(self.hist, 1)
 
         # -- connections --------------------------------------------------------------------
-        self.source_combo.activated.connect(self._on_source_chosen)
-        self.load_button.clicked.connect(self._load_dialog)
         self.score_button.clicked.connect(self.start_scoring)
         self.stop_button.clicked.connect(self.stop_scoring)
         self.export_button.clicked.connect(self._export_dialog)
@@ -326,94 +194,26 @@ class ScoreWidget(QWidget):
 
         if self.state.detector is None and default_model_path() is not None:
             self.use_default_model(quiet=True)
+        self.model_box.refresh()
         self._on_model_changed()
 
     # ------------------------------------------------------------------------------------
-    # model choice
+    # model choice (the box does the work; these keep the widget's public API)
     # ------------------------------------------------------------------------------------
     @property
     def fpr(self) -> float:
         """The chosen false-alarm rate as a fraction (slider percent / 100)."""
         return float(self.fpr_slider.value()) / 100.0
 
-    def _on_source_chosen(self, index: int) -> None:
-        key = self.source_combo.itemData(index)
-        if key == "trained":
-            if self.state.trained is None:
-                show_warning("No model has been trained in this session yet: use the 'Train "
-                             "anomaly model' widget, or load a model file.")
-                self._on_model_changed()
-                return
-            self.state.set_active(self.state.trained, "trained")
-        elif key == "file":
-            if self._file_model is None:
-                self._load_dialog()
-            else:
-                self.state.set_active(self._file_model[0], "file", self._file_model[1])
-        elif key == "default":
-            self.use_default_model()
-        self._on_model_changed()
-
-    def _load_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load anomaly model", "",
-                                              "Anomaly model (*.safetensors);;All files (*)")
-        if path:
-            self.load_model(path)
-        else:
-            self._on_model_changed()
-
     def load_model(self, path: str | Path) -> bool:
-        """Load a model file and make it the active model; False (notified) if it fails.
-
-        A failed load leaves the active model unchanged.
-        """
-        if self.state.busy:
-            show_warning(f"Wait until {self.state.status.value} has finished to change the "
-                         "model.")
-            return False
-        path = Path(path)
-        try:
-            detector = AnomalyDetector.load(path)
-        except (ModelFileError, ValueError, OSError) as exc:
-            show_error(f"Could not load the model: {exc}")
-            self._on_model_changed()
-            return False
-        self._file_model = (detector, path)
-        self.state.set_active(detector, "file", path)
-        return True
+        """Load a model file and make it the active model; False (notified) if it fails."""
+        return self.model_box.load_model(path)
 
     def use_default_model(self, *, quiet: bool = False) -> bool:
         """Make the shipped default model the active one; False if there is none."""
-        path = default_model_path()
-        if path is None:
-            if not quiet:
-                show_warning("No default model is installed with this copy of the plugin.")
-            return False
-        if self._default_model is None:
-            try:
-                self._default_model = AnomalyDetector.load(path)
-            except (ModelFileError, ValueError, OSError) as exc:
-                if not quiet:
-                    show_error(f"Could not load the default model: {exc}")
-                return False
-        self.state.set_active(self._default_model, "default", path)
-        return True
+        return self.model_box.use_default_model(quiet=quiet)
 
     def _on_model_changed(self, *_: Any) -> None:
-        state = self.state
-        keys = [self.source_combo.itemData(i) for i in range(self.source_combo.count())]
-        if state.source in keys:
-            self.source_combo.blockSignals(True)
-            self.source_combo.setCurrentIndex(keys.index(state.source))
-            self.source_combo.blockSignals(False)
-        detector = state.detector
-        if detector is None:
-            self.model_label.setText("<i>No model yet.</i> Train one with <b>Train anomaly "
-                                     "model</b>, or load a model file.")
-        else:
-            summary = html.escape(detector.summary()).replace("\n", "<br>")
-            self.model_label.setText(f"<b>{html.escape(state.describe())}</b><br>"
-                                     f"<small>{summary}</small>")
         self._update_threshold_label()
         self._update_histogram()
         self._update_buttons()
@@ -428,8 +228,7 @@ class ScoreWidget(QWidget):
         self.score_button.setToolTip(
             "" if self.state.detector is not None else "Train or load a model first.")
         self.stop_button.setEnabled(status is Status.SCORING)
-        self.load_button.setEnabled(idle)
-        self.source_combo.setEnabled(idle)
+        self.model_box.set_idle(idle)
         self.export_button.setEnabled(bool(self._records))
 
     def layers_to_score(self) -> list[Layer]:
@@ -476,7 +275,7 @@ class ScoreWidget(QWidget):
         self._job_done = 0
         items = [(ly.name, ly.data) for ly in layers]
         self._jobs.current = job = JobControl()
-        worker = create_worker(_score_job, detector, items, self.fpr,
+        worker = create_worker(score_job, detector, items, self.fpr,
                                _ignore_errors=True, _start_thread=False)
         job.worker = worker
         worker.errored.connect(partial(report_error, "Scoring failed"))
@@ -497,13 +296,13 @@ class ScoreWidget(QWidget):
         if self.state.status is Status.SCORING and worker is not None:
             worker.quit()
 
-    def _on_event(self, event: _Scored | _Failed) -> None:
+    def _on_event(self, event: Scored | Failed) -> None:
         detector = self._job_detector
         self._job_done += 1
         n = len(self._job_layers)
         self.progress.setValue(self._job_done)
         self.progress.setFormat(f"{self._job_done}/{n}")
-        if isinstance(event, _Failed):
+        if isinstance(event, Failed):
             self._job_failures.append(event)
             return
         source = self._job_layers[event.index]
@@ -526,80 +325,42 @@ class ScoreWidget(QWidget):
     # ------------------------------------------------------------------------------------
     # layers
     # ------------------------------------------------------------------------------------
-    def _layer_meta(self, role: str, source: Layer, **extra: Any) -> dict[str, Any]:
-        return {PLUGIN_KEY: {"role": role, "source": source.name,
-                             "source_id": layer_key(source), **extra}}
-
-    def _geometry(self, source: Layer) -> dict[str, Any]:
-        return {"scale": source.scale, "translate": source.translate,
-                "affine": source.affine.affine_matrix}
-
-    def _upsert(self, role: str, source: Layer, data: np.ndarray, kind: str,
-                **kwargs: Any) -> Layer:
-        """Refresh the plugin's ``role`` layer for ``source``, or add it if there is none."""
-        layer = find_own_layer(self.viewer, role, source)
-        metadata = kwargs.pop("metadata")
-        geometry = self._geometry(source)
-        kind_ok = isinstance(layer, Labels if kind == "labels" else Image)
-        if layer is not None and (not kind_ok or (kind == "image"
-                                                  and layer.rgb != kwargs.get("rgb", False))):
-            self.viewer.layers.remove(layer)  # ours, but of another kind (e.g. new model)
-            layer = None
-        if layer is not None:
-            # Refresh in place: new pixels, geometry, calibrated contrast and results; the
-            # user's display tweaks (opacity, colormap, blending, visibility) are kept.
-            layer.data = data
-            for key, value in geometry.items():
-                setattr(layer, key, value)
-            if "contrast_limits" in kwargs:
-                layer.contrast_limits = kwargs["contrast_limits"]
-            layer.metadata = metadata
-            layer.name = f"{source.name} {role}"
-            return layer
-        name = f"{source.name} {role}"
-        if kind == "labels":
-            contour = kwargs.pop("contour", 0)  # not a constructor argument
-            layer = self.viewer.add_labels(data, name=name, metadata=metadata, **geometry,
-                                           **kwargs)
-            layer.contour = contour
-            return layer
-        return self.viewer.add_image(data, name=name, metadata=metadata, **geometry, **kwargs)
+    def _record_of(self, source: Layer) -> _Record | None:
+        return next((r for r in self._records if same_layer(r.source, source)), None)
 
     def _render_result(self, source: Layer, result: ScoreResult,
                        detector: AnomalyDetector) -> None:
-        record = next((r for r in self._records if same_layer(r.source, source)), None)
+        record = self._record_of(source)
         if record is None:
             record = _Record(source, result, detector, heatmap=None)  # type: ignore[arg-type]
             self._records.append(record)
         record.result, record.detector = result, detector
         cal = detector.calibration
-        # Adding a layer selects it in napari; keep the user's selection instead, so that
-        # pressing Score again scores the same images.
-        selection = self.viewer.layers.selection
-        selected, active = set(selection), selection.active
-        if self.recon_check.isChecked():
-            recon = result.reconstruction
-            rgb = recon.ndim == 3 and recon.shape[-1] == 3
-            record.reconstruction = self._upsert(
-                RECONSTRUCTION, source, recon if rgb else recon.reshape(recon.shape[:2]),
-                "image", rgb=rgb, contrast_limits=(0.0, 1.0), visible=False,
-                metadata=self._layer_meta(RECONSTRUCTION, source))
-        lo, hi = cal.display_range()
-        record.heatmap = self._upsert(
-            HEATMAP, source, result.error_map, "image", colormap="inferno",
-            blending="additive", opacity=0.6, contrast_limits=(float(lo), float(hi)),
-            metadata=self._layer_meta(HEATMAP, source))
-        if self.outline_check.isChecked() or record.outline is not None:
-            record.outline = self._upsert(
-                OUTLINE, source, self._region(record), "labels", contour=1, opacity=1.0,
-                colormap=DirectLabelColormap(color_dict={None: "transparent", 1: "cyan"}),
-                metadata=self._layer_meta(OUTLINE, source))
-        if set(selection) != selected:
-            selection.clear()
-            selection.update(selected)
-            selection.active = active
+        with keep_selection(self.viewer):
+            if self.recon_check.isChecked():
+                recon = result.reconstruction
+                rgb = recon.ndim == 3 and recon.shape[-1] == 3
+                record.reconstruction = upsert(
+                    self.viewer, RECONSTRUCTION, source,
+                    recon if rgb else recon.reshape(recon.shape[:2]), "image", rgb=rgb,
+                    contrast_limits=(0.0, 1.0), visible=False,
+                    metadata=layer_meta(RECONSTRUCTION, source))
+            lo, hi = cal.display_range()
+            record.heatmap = upsert(
+                self.viewer, HEATMAP, source, result.error_map, "image", colormap="inferno",
+                blending="additive", opacity=0.6, contrast_limits=(float(lo), float(hi)),
+                metadata=layer_meta(HEATMAP, source))
+            if self.outline_check.isChecked() or record.outline is not None:
+                record.outline = upsert(
+                    self.viewer, OUTLINE, source, self._region(record), "labels", contour=1,
+                    opacity=1.0,
+                    colormap=DirectLabelColormap(color_dict={None: "transparent", 1: "cyan"}),
+                    metadata=layer_meta(OUTLINE, source))
         self._apply_record(record)
-        self._refresh_table()
+        r = result
+        self.table.set_result(record.key, source.name,
+                              (r.score, r.recon_error, r.log_density, r.percentile),
+                              self.is_anomalous(record))
         self._update_histogram()
         self._update_buttons()
 
@@ -639,55 +400,35 @@ class ScoreWidget(QWidget):
         self._fpr_timer.stop()
         for record in self._records:
             self._apply_record(record)
-        self._refresh_table()
+            self.table.set_name(record.key, record.source.name)
+        self.table.set_verdicts({r.key: self.is_anomalous(r) for r in self._records})
         self._update_threshold_label()
         self._update_histogram()
 
     def _on_layer_removed(self, event: Any) -> None:
         removed = event.value
-        before = len(self._records)
+        gone = [r for r in self._records if same_layer(r.source, removed)]
         self._records = [r for r in self._records if not same_layer(r.source, removed)]
         for record in self._records:
             if same_layer(record.outline, removed):
                 record.outline = None
             if same_layer(record.reconstruction, removed):
                 record.reconstruction = None
-        if len(self._records) != before:
-            self._refresh_table()
+        if gone:
+            for record in gone:
+                self.table.remove(record.key)
             self._update_histogram()
             self._update_buttons()
 
     # ------------------------------------------------------------------------------------
     # table, histogram, labels
     # ------------------------------------------------------------------------------------
-    def _refresh_table(self) -> None:
-        table = self.table
-        sort_col = table.horizontalHeader().sortIndicatorSection()
-        sort_order = table.horizontalHeader().sortIndicatorOrder()
-        table.setSortingEnabled(False)
-        table.setRowCount(len(self._records))
-        for row, record in enumerate(self._records):
-            r = record.result
-            name = QTableWidgetItem(record.source.name)
-            name.setData(Qt.ItemDataRole.UserRole, row)
-            anomalous = self.is_anomalous(record)
-            verdict = QTableWidgetItem("anomalous" if anomalous else "normal")
-            verdict.setBackground(_ANOMALY_COLOR if anomalous else _NORMAL_COLOR)
-            name.setToolTip(record.source.name)
-            cells = [name, _NumberItem(r.score, f"{r.score:.3g}"),
-                     _NumberItem(r.recon_error, f"{r.recon_error:.3g}"),
-                     _NumberItem(r.log_density, f"{r.log_density:.3g}"),
-                     _NumberItem(r.percentile, f"{r.percentile:.0f}"), verdict]
-            for col, item in enumerate(cells):
-                table.setItem(row, col, item)
-        table.setSortingEnabled(True)
-        table.sortItems(sort_col, sort_order)
-
     def results(self) -> list[dict[str, Any]]:
         """The table's content: one dict per scored layer, in table order."""
+        by_key = {r.key: r for r in self._records}
         rows = []
-        for row in range(self.table.rowCount()):
-            record = self._records[self.table.item(row, 0).data(Qt.ItemDataRole.UserRole)]
+        for key in self.table.keys():
+            record = by_key[key]
             r = record.result
             cal = record.detector.calibration
             rows.append({"layer": record.source.name, "score": r.score,
@@ -698,10 +439,10 @@ class ScoreWidget(QWidget):
         return rows
 
     def _on_row_clicked(self, row: int, _col: int) -> None:
-        item = self.table.item(row, 0)
-        if item is None:
+        key = self.table.key_at(row)
+        record = next((r for r in self._records if r.key == key), None)
+        if record is None:
             return
-        record = self._records[item.data(Qt.ItemDataRole.UserRole)]
         source = record.source
         if source not in self.viewer.layers:
             return
@@ -725,30 +466,12 @@ class ScoreWidget(QWidget):
     def _update_histogram(self) -> None:
         detector = self.state.detector
         if detector is None:
-            self._cal_curve.setData([], [])
-            self._img_curve.setData([], [])
-            self._threshold_line.hide()
+            self.hist.clear_scores()
             return
         cal = detector.calibration
-        normals = np.asarray(cal.scores, dtype=float)
-        scored = np.asarray([r.result.score for r in self._records if r.detector is detector],
-                            dtype=float)
-        threshold = cal.threshold(self.fpr)
-        everything = np.concatenate([normals, scored, [threshold]])
-        lo, hi = float(everything.min()), float(everything.max())
-        if hi <= lo:
-            hi = lo + 1.0
-        edges = np.linspace(lo, hi + 1e-9 * abs(hi), 41)
-        counts, _ = np.histogram(normals, edges)
-        self._cal_curve.setData(edges, counts.astype(float))
-        if scored.size:
-            counts, _ = np.histogram(scored, edges)
-            self._img_curve.setData(edges, counts.astype(float))
-        else:
-            self._img_curve.setData([], [])
-        self._threshold_line.setValue(threshold)
-        self._threshold_line.label.setFormat(f"{100 * self.fpr:.1f}% false alarms")
-        self._threshold_line.show()
+        scored = [r.result.score for r in self._records if r.detector is detector]
+        self.hist.show_scores(np.asarray(cal.scores, dtype=float), np.asarray(scored, float),
+                              cal.threshold(self.fpr), self.fpr)
 
     # ------------------------------------------------------------------------------------
     # export
@@ -764,20 +487,7 @@ class ScoreWidget(QWidget):
 
     def export_csv(self, path: str | Path) -> bool:
         """Write the results table (at the current false-alarm rate) to a CSV file."""
-        rows = self.results()
-        if not rows:
-            show_warning("Nothing to export yet: score some images first.")
-            return False
-        try:
-            with open(path, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-        except OSError as exc:
-            show_error(f"Could not write {str(path)!r}: {exc}")
-            return False
-        show_info(f"Exported {len(rows)} result{'s' * (len(rows) != 1)} to {path}")
-        return True
+        return write_csv(path, self.results())
 
     # ------------------------------------------------------------------------------------
     # lifetime
@@ -789,4 +499,3 @@ class ScoreWidget(QWidget):
     def closeEvent(self, event: Any) -> None:
         self.shutdown()
         super().closeEvent(event)
-

@@ -1,0 +1,83 @@
+"""The Score widget's histogram: held-out normals, scored images and the threshold line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QSizePolicy
+
+from ._common import SmallPlot
+
+__all__ = ["ScoreHistogram"]
+
+
+class ScoreHistogram(SmallPlot):
+    """Step histograms of the calibration normals' and the scored items' anomaly scores.
+
+    Parameters
+    ----------
+    unit : str
+        What was scored, for the axis and legend ("images" or "cells").
+    """
+
+    def __init__(self, unit: str = "images") -> None:
+        super().__init__(background=None)
+        self.setMinimumHeight(150)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setLabel("bottom", "anomaly score")
+        self.setLabel("left", unit)
+        self.addLegend(offset=(-8, 8))
+        self.setMouseEnabled(x=True, y=False)
+        self.normals_curve = self.plot([], [], stepMode="center", fillLevel=0,
+                                       brush=(160, 160, 160, 90),
+                                       pen=pg.mkPen((190, 190, 190), width=1),
+                                       name="held-out normals")
+        self.scored_curve = self.plot([], [], stepMode="center", fillLevel=0,
+                                      brush=(255, 140, 40, 120),
+                                      pen=pg.mkPen((255, 160, 60), width=2),
+                                      name=f"scored {unit}")
+        self.threshold_line = pg.InfiniteLine(
+            angle=90, movable=False, pen=pg.mkPen((230, 60, 60), width=2,
+                                                  style=Qt.PenStyle.DashLine),
+            label="threshold", labelOpts={"position": 0.9, "color": (230, 90, 90)})
+        self.addItem(self.threshold_line)
+
+    def clear_scores(self) -> None:
+        """Show nothing (no model)."""
+        self.normals_curve.setData([], [])
+        self.scored_curve.setData([], [])
+        self.threshold_line.hide()
+
+    def show_scores(self, normals: np.ndarray, scored: np.ndarray, threshold: float,
+                    fpr: float) -> None:
+        """Draw both histograms on shared bins (40 over their joint range) and the threshold.
+
+        Parameters
+        ----------
+        normals : numpy.ndarray
+            Scores of the model's held-out normals (its calibration set).
+        scored : numpy.ndarray
+            Scores of the items scored in this viewer (may be empty).
+        threshold : float
+            Score threshold at ``fpr``.
+        fpr : float
+            The false-alarm rate (fraction), shown on the threshold line.
+        """
+        normals = np.asarray(normals, dtype=float)
+        scored = np.asarray(scored, dtype=float)
+        everything = np.concatenate([normals, scored, [threshold]])
+        lo, hi = float(everything.min()), float(everything.max())
+        if hi <= lo:
+            hi = lo + 1.0
+        edges = np.linspace(lo, hi + 1e-9 * abs(hi), 41)
+        counts, _ = np.histogram(normals, edges)
+        self.normals_curve.setData(edges, counts.astype(float))
+        if scored.size:
+            counts, _ = np.histogram(scored, edges)
+            self.scored_curve.setData(edges, counts.astype(float))
+        else:
+            self.scored_curve.setData([], [])
+        self.threshold_line.setValue(threshold)
+        self.threshold_line.label.setFormat(f"{100 * fpr:.1f}% false alarms")
+        self.threshold_line.show()

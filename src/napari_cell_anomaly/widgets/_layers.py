@@ -1,0 +1,112 @@
+"""The layers the Score widget makes: names, metadata, and refresh-in-place.
+
+Every layer the plugin adds is named ``"<source> <role>"``, carries the source's scale,
+translate and affine, and is marked in its metadata under :data:`~._common.PLUGIN_KEY` with its
+role and source. Scoring again refreshes that layer in place (the "upsert" pattern): a user's
+own layers are never touched, and the user's display tweaks of ours are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels, Layer
+
+from ._common import PLUGIN_KEY, find_own_layer, layer_key
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["HEATMAP", "OUTLINE", "RECONSTRUCTION", "geometry", "keep_selection", "layer_meta",
+           "upsert"]
+
+#: Roles (and layer-name suffixes) of the layers the widget makes.
+HEATMAP = "anomaly map"
+RECONSTRUCTION = "reconstruction"
+OUTLINE = "anomalous region"
+
+
+def layer_meta(role: str, source: Layer, **extra: Any) -> dict[str, Any]:
+    """Metadata marking a layer as the plugin's ``role`` layer for ``source``."""
+    return {PLUGIN_KEY: {"role": role, "source": source.name,
+                         "source_id": layer_key(source), **extra}}
+
+
+def geometry(source: Layer) -> dict[str, Any]:
+    """The world placement of ``source`` (scale, translate, affine), for layers over it."""
+    return {"scale": source.scale, "translate": source.translate,
+            "affine": source.affine.affine_matrix}
+
+
+def upsert(viewer: napari.Viewer, role: str, source: Layer, data: np.ndarray, kind: str,
+           **kwargs: Any) -> Layer:
+    """Refresh the plugin's ``role`` layer for ``source``, or add it if there is none.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer holding ``source``.
+    role : str
+        The layer's role, also its name suffix (e.g. :data:`HEATMAP`).
+    source : napari.layers.Layer
+        The scored layer; the result layer takes its name, scale, translate and affine.
+    data : numpy.ndarray
+        The layer's new data.
+    kind : {"image", "labels"}
+        The layer type.
+    **kwargs
+        ``metadata`` (required) and constructor arguments for a new layer; of these only
+        ``contrast_limits`` is re-applied to an existing layer (the model's calibrated range),
+        the user's other display settings are kept.
+
+    Returns
+    -------
+    napari.layers.Layer
+        The refreshed or added layer.
+    """
+    layer = find_own_layer(viewer, role, source)
+    metadata = kwargs.pop("metadata")
+    placement = geometry(source)
+    kind_ok = isinstance(layer, Labels if kind == "labels" else Image)
+    if layer is not None and (not kind_ok or (kind == "image"
+                                              and layer.rgb != kwargs.get("rgb", False))):
+        viewer.layers.remove(layer)  # ours, but of another kind (e.g. new model)
+        layer = None
+    if layer is not None:
+        # Refresh in place: new pixels, geometry, calibrated contrast and results; the
+        # user's display tweaks (opacity, colormap, blending, visibility) are kept.
+        layer.data = data
+        for key, value in placement.items():
+            setattr(layer, key, value)
+        if "contrast_limits" in kwargs:
+            layer.contrast_limits = kwargs["contrast_limits"]
+        layer.metadata = metadata
+        layer.name = f"{source.name} {role}"
+        return layer
+    name = f"{source.name} {role}"
+    if kind == "labels":
+        contour = kwargs.pop("contour", 0)  # not a constructor argument
+        layer = viewer.add_labels(data, name=name, metadata=metadata, **placement, **kwargs)
+        layer.contour = contour
+        return layer
+    return viewer.add_image(data, name=name, metadata=metadata, **placement, **kwargs)
+
+
+@contextlib.contextmanager
+def keep_selection(viewer: napari.Viewer) -> Iterator[None]:
+    """Restore the layer selection after adding layers (napari selects each new layer).
+
+    Keeping the user's selection means that pressing Score again scores the same images.
+    """
+    selection = viewer.layers.selection
+    selected, active = set(selection), selection.active
+    try:
+        yield
+    finally:
+        if set(selection) != selected:
+            selection.clear()
+            selection.update(selected)
+            selection.active = active

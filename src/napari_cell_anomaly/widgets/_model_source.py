@@ -1,0 +1,160 @@
+"""The Score widget's "Model" box: which model scores, and a summary of it.
+
+Three sources: the model trained in this session (published by the Train widget through the
+viewer's :class:`~._state.ModelState`), a model file, or the shipped default model. The box
+only chooses and describes the active model; it never scores.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.detector import AnomalyDetector, default_model_path
+from ..core.modelfile import ModelFileError
+from ._common import bind
+from ._state import ModelState
+
+__all__ = ["ModelSourceBox"]
+
+_SOURCES = (("trained", "Trained in this session"), ("file", "Model file"),
+            ("default", "Shipped default model"))
+
+
+class ModelSourceBox(QGroupBox):
+    """Choose the active model (this session's, a file, the shipped default) and show it.
+
+    Parameters
+    ----------
+    state : ModelState
+        The viewer's shared state; the box sets its active model.
+    """
+
+    def __init__(self, state: ModelState, parent: QWidget | None = None) -> None:
+        super().__init__("Model", parent)
+        self.state = state
+        self._file_model: tuple[AnomalyDetector, Path] | None = None
+        self._default_model: AnomalyDetector | None = None
+
+        layout = QVBoxLayout(self)
+        row = QHBoxLayout()
+        self.combo = QComboBox()
+        for key, text in _SOURCES:
+            self.combo.addItem(text, key)
+        if default_model_path() is None:
+            item = self.combo.model().item(2)
+            item.setEnabled(False)
+            item.setToolTip("No default model is installed with this copy of the plugin.")
+        self.load_button = QPushButton("Load…")
+        self.load_button.setToolTip("Load a model file (.safetensors) saved by the Train "
+                                    "widget or the command line.")
+        row.addWidget(self.combo, 1)
+        row.addWidget(self.load_button)
+        layout.addLayout(row)
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.label)
+
+        self.combo.activated.connect(self._on_source_chosen)
+        self.load_button.clicked.connect(self._load_dialog)
+        bind(self, state.model_changed, self.refresh)
+
+    def set_idle(self, idle: bool) -> None:
+        """Allow changing the model only while nothing runs."""
+        self.load_button.setEnabled(idle)
+        self.combo.setEnabled(idle)
+
+    def _on_source_chosen(self, index: int) -> None:
+        key = self.combo.itemData(index)
+        if key == "trained":
+            if self.state.trained is None:
+                show_warning("No model has been trained in this session yet: use the 'Train "
+                             "anomaly model' widget, or load a model file.")
+                self.refresh()
+                return
+            self.state.set_active(self.state.trained, "trained")
+        elif key == "file":
+            if self._file_model is None:
+                self._load_dialog()
+            else:
+                self.state.set_active(self._file_model[0], "file", self._file_model[1])
+        elif key == "default":
+            self.use_default_model()
+        self.refresh()
+
+    def _load_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load anomaly model", "",
+                                              "Anomaly model (*.safetensors);;All files (*)")
+        if path:
+            self.load_model(path)
+        else:
+            self.refresh()
+
+    def load_model(self, path: str | Path) -> bool:
+        """Load a model file and make it the active model; False (notified) if it fails.
+
+        A failed load leaves the active model unchanged.
+        """
+        if self.state.busy:
+            show_warning(f"Wait until {self.state.status.value} has finished to change the "
+                         "model.")
+            return False
+        path = Path(path)
+        try:
+            detector = AnomalyDetector.load(path)
+        except (ModelFileError, ValueError, OSError) as exc:
+            show_error(f"Could not load the model: {exc}")
+            self.refresh()
+            return False
+        self._file_model = (detector, path)
+        self.state.set_active(detector, "file", path)
+        return True
+
+    def use_default_model(self, *, quiet: bool = False) -> bool:
+        """Make the shipped default model the active one; False if there is none."""
+        path = default_model_path()
+        if path is None:
+            if not quiet:
+                show_warning("No default model is installed with this copy of the plugin.")
+            return False
+        if self._default_model is None:
+            try:
+                self._default_model = AnomalyDetector.load(path)
+            except (ModelFileError, ValueError, OSError) as exc:
+                if not quiet:
+                    show_error(f"Could not load the default model: {exc}")
+                return False
+        self.state.set_active(self._default_model, "default", path)
+        return True
+
+    def refresh(self, *_: Any) -> None:
+        """Show the active model's source in the combo and its summary in the label."""
+        state = self.state
+        keys = [self.combo.itemData(i) for i in range(self.combo.count())]
+        if state.source in keys:
+            self.combo.blockSignals(True)
+            self.combo.setCurrentIndex(keys.index(state.source))
+            self.combo.blockSignals(False)
+        detector = state.detector
+        if detector is None:
+            self.label.setText("<i>No model yet.</i> Train one with <b>Train anomaly "
+                               "model</b>, or load a model file.")
+        else:
+            summary = html.escape(detector.summary()).replace("\n", "<br>")
+            self.label.setText(f"<b>{html.escape(state.describe())}</b><br>"
+                               f"<small>{summary}</small>")

@@ -1,0 +1,187 @@
+"""The Score widget's per-image results table, and CSV export.
+
+One row per scored layer, keyed by the layer's stable id. A new result updates its own row (or
+appends one) and a new false-alarm rate rewrites only the verdict column, so rendering a batch
+of n results costs O(n log n) in all, not a rebuild of the whole table per result.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
+
+__all__ = ["ANOMALY_COLOR", "NORMAL_COLOR", "ImageResultsTable", "NumberItem", "write_csv"]
+
+COLUMNS = ("Layer", "Score", "Error", "Log-dens.", "Pctl.", "Verdict")
+_COLUMN_SAMPLES = ("-0.000", "0.0000", "-0.000", "100", "anomalous")
+_COLUMN_TIPS = (
+    "The scored image layer (click a row to select it)",
+    "Combined anomaly score: the larger of the two robust z-scores below (higher = more "
+    "abnormal)",
+    "Reconstruction error of the image's most abnormal window",
+    "Log-density of the image's latent code under the training normals (lower = more unusual)",
+    "Percentile among the model's held-out normal images",
+    "Verdict at the chosen false-alarm rate",
+)
+_VERDICT = 5
+ANOMALY_COLOR = QColor(200, 60, 60, 140)
+NORMAL_COLOR = QColor(60, 150, 90, 110)
+_KEY = Qt.ItemDataRole.UserRole
+
+
+class NumberItem(QTableWidgetItem):
+    """A table cell showing formatted text but sorting by its number."""
+
+    def __init__(self, value: float, text: str) -> None:
+        super().__init__(text)
+        self.value = float(value)
+        self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        if isinstance(other, NumberItem):
+            return self.value < other.value
+        return super().__lt__(other)
+
+
+def _set_verdict(item: QTableWidgetItem, anomalous: bool) -> None:
+    item.setText("anomalous" if anomalous else "normal")
+    item.setBackground(ANOMALY_COLOR if anomalous else NORMAL_COLOR)
+
+
+class ImageResultsTable(QTableWidget):
+    """Sortable table of image scores, one row per scored layer (keyed by layer id)."""
+
+    def __init__(self) -> None:
+        super().__init__(0, len(COLUMNS))
+        self.setHorizontalHeaderLabels(list(COLUMNS))
+        for col, tip in enumerate(_COLUMN_TIPS):
+            self.horizontalHeaderItem(col).setToolTip(tip)
+        self.setSortingEnabled(True)
+        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.verticalHeader().setVisible(False)
+        self.setWordWrap(False)
+        self.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        # Numbers get fixed, just-wide-enough columns; the layer name takes the rest (a dock
+        # is narrow, and ResizeToContents would squeeze the names to nothing).
+        header = self.horizontalHeader()
+        header.setMinimumSectionSize(30)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        metrics = self.fontMetrics()
+        for col, sample in enumerate(_COLUMN_SAMPLES, start=1):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
+            width = max(metrics.horizontalAdvance(COLUMNS[col]) + 18,
+                        metrics.horizontalAdvance(sample) + 10)
+            header.resizeSection(col, width)
+        self.setMinimumHeight(110)
+        self.setToolTip("Click a row to select that layer. Percentile: share of the "
+                        "model's held-out normal images that score lower.")
+        self._names: dict[str, QTableWidgetItem] = {}  # key -> the row's first item
+
+    # -- reading --------------------------------------------------------------------------
+    def key_at(self, row: int) -> str | None:
+        """The key of the layer shown in ``row`` (None for no such row)."""
+        item = self.item(row, 0)
+        return None if item is None else str(item.data(_KEY))
+
+    def keys(self) -> list[str]:
+        """The keys of all rows, in table (display) order."""
+        return [str(self.item(row, 0).data(_KEY)) for row in range(self.rowCount())]
+
+    def row_of(self, key: str) -> int:
+        """The row showing ``key``, or -1."""
+        item = self._names.get(key)
+        return -1 if item is None else self.row(item)
+
+    # -- writing --------------------------------------------------------------------------
+    def set_result(self, key: str, name: str, values: Sequence[float],
+                   anomalous: bool) -> None:
+        """Show one layer's result: update its row if it has one, else append a row.
+
+        Parameters
+        ----------
+        key : str
+            The layer's stable id.
+        name : str
+            The layer's name (first column).
+        values : sequence of 4 floats
+            score, recon_error, log_density, percentile.
+        anomalous : bool
+            The verdict at the current false-alarm rate.
+        """
+        score, err, logd, pct = (float(v) for v in values)
+        sorting = self.isSortingEnabled()
+        self.setSortingEnabled(False)  # no re-sort while the row is half written
+        row = self.row_of(key)
+        if row < 0:
+            row = self.rowCount()
+            self.insertRow(row)
+        first = QTableWidgetItem(name)
+        first.setData(_KEY, key)
+        first.setToolTip(name)
+        verdict = QTableWidgetItem()
+        _set_verdict(verdict, anomalous)
+        items = [first, NumberItem(score, f"{score:.3g}"), NumberItem(err, f"{err:.3g}"),
+                 NumberItem(logd, f"{logd:.3g}"), NumberItem(pct, f"{pct:.0f}"), verdict]
+        for col, item in enumerate(items):
+            self.setItem(row, col, item)
+        self._names[key] = first
+        self.setSortingEnabled(sorting)  # sorts once by the current sort column
+
+    def set_name(self, key: str, name: str) -> None:
+        """Show a renamed layer's new name."""
+        item = self._names.get(key)
+        if item is not None:
+            item.setText(name)
+            item.setToolTip(name)
+
+    def set_verdicts(self, verdicts: Mapping[str, bool]) -> None:
+        """Rewrite the verdict column (a new false-alarm rate); other columns are kept."""
+        sorting = self.isSortingEnabled()
+        self.setSortingEnabled(False)
+        for key, anomalous in verdicts.items():
+            row = self.row_of(key)
+            if row >= 0:
+                _set_verdict(self.item(row, _VERDICT), anomalous)
+        self.setSortingEnabled(sorting)
+
+    def remove(self, key: str) -> None:
+        """Drop the row of ``key`` (its layer was removed)."""
+        row = self.row_of(key)
+        if row >= 0:
+            self.removeRow(row)
+        self._names.pop(key, None)
+
+
+def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], what: str = "result"
+              ) -> bool:
+    """Write ``rows`` (dicts with the same keys) to a CSV file; notify the outcome.
+
+    Returns False (with a notification) when there is nothing to write or the file cannot be
+    written; a failed write leaves no half-written file behind.
+    """
+    if not rows:
+        show_warning("Nothing to export yet: score some images first.")
+        return False
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        show_error(f"Could not write {str(path)!r}: {exc}")
+        return False
+    show_info(f"Exported {len(rows)} {what}{'s' * (len(rows) != 1)} to {path}")
+    return True
