@@ -81,3 +81,27 @@ def field_images() -> list[np.ndarray]:
 def patch_detector(field_images: list[np.ndarray]) -> AnomalyDetector:
     """A patch-mode detector after a handful of steps (for contracts, not quality)."""
     return run_training(field_images, TrainConfig(max_steps=6, seed=0))
+
+
+#: Cells-mode detector: 4 normal 384 x 384 fields of ~50 cells (200 cells, one field held out
+#: for calibration). Measured: after 40 steps the per-cell AUROC on a new field with 30%
+#: stained cells is already 0.998-1.0 (with ground-truth or built-in labels); 60 steps leave
+#: margin and take ~15 s on the 2-core dev machine.
+CELLS_STEPS = 60
+
+
+@pytest.fixture(scope="session")
+def cell_fields() -> list:
+    """Four normal synthetic fields with their instance labels (``CellField``)."""
+    from napari_cell_anomaly.core.sample import make_cell_field
+
+    return [make_cell_field((384, 384), n_cells=50, anomaly_fraction=0.0, seed=s)
+            for s in range(4)]
+
+
+@pytest.fixture(scope="session")
+def cells_detector(cell_fields: list) -> AnomalyDetector:
+    """A briefly trained cells-mode detector (ground-truth labels of normal fields)."""
+    return run_training([f.image for f in cell_fields],
+                        TrainConfig(max_steps=CELLS_STEPS, epochs=100),
+                        labels=[f.labels for f in cell_fields])

@@ -409,6 +409,12 @@ class AnomalyDetector:
         fpr = DEFAULT_FPR if fpr is None else fpr
         x = self.preprocessing(image, name=name)
         label = "the image" if name == "image" else f"image {name!r}"
+        if self.mode == "cells" and max(x.shape[:2]) < 2 * self.size:
+            raise ImageError(
+                f"{label} is {x.shape[0]}x{x.shape[1]} pixels, less than two of this "
+                f"cells-mode model's {self.size} px cell windows: it looks like a single-cell "
+                "crop; cells-mode models score fields of many cells (score crops with a "
+                "whole-image model)")
         if labels is None:
             labels = segment_cells(image, **self.segmentation)
             if not labels.any():
