@@ -18,10 +18,10 @@ class ScoreHistogram(SmallPlot):
     Parameters
     ----------
     unit : str
-        What was scored, for the axis and legend ("images" or "cells").
+        What was scored, for the axis and legend (default: "images / cells").
     """
 
-    def __init__(self, unit: str = "images") -> None:
+    def __init__(self, unit: str = "images / cells") -> None:
         super().__init__(background=None)
         self.setMinimumHeight(150)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from ..core.cellscores import CellScores
 from ..core.detector import AnomalyDetector, ScoreResult
 from ._common import JobFailure
 
-__all__ = ["Failed", "Scored", "score_job"]
+__all__ = ["CellsScored", "Failed", "Scored", "score_cells_job", "score_job"]
 
 
 @dataclass
@@ -24,6 +25,14 @@ class Scored:
 
     index: int
     result: ScoreResult
+
+
+@dataclass
+class CellsScored:
+    """Event: the cells of image ``index`` of the job were scored."""
+
+    index: int
+    cells: CellScores
 
 
 @dataclass
@@ -61,5 +70,46 @@ def score_job(detector: AnomalyDetector, items: Sequence[tuple[str, Any]], fpr: 
                 yield Failed(index, name, str(exc))
                 continue
             yield Scored(index, result)
+    except RuntimeError as exc:
+        raise JobFailure(f"{type(exc).__name__}: {exc}") from exc
+
+
+def score_cells_job(detector: AnomalyDetector,
+                    items: Sequence[tuple[str, Any, np.ndarray | None]], fpr: float,
+                    include_border: bool) -> Generator[CellsScored | Failed, None, None]:
+    """Worker body: score the cells of each image; a bad image is reported, the rest scored.
+
+    Parameters
+    ----------
+    detector : AnomalyDetector
+        The model to score with (one that scores cells).
+    items : sequence of (str, array-like, numpy.ndarray or None)
+        ``(name, image, labels)``: ``labels`` is a snapshot of the user's label image, or None
+        to find the cells with the built-in segmentation (run here, in the worker thread).
+    fpr : float
+        False-alarm rate of the verdicts stored in each result.
+    include_border : bool
+        Give verdicts to the cells cut by the image edge too.
+
+    Yields
+    ------
+    CellsScored or Failed
+        One event per image, in order. An image none of whose cells can be judged (e.g. a
+        single-cell crop, whose only cell touches the edge) is a failure.
+    """
+    try:
+        for index, (name, data, labels) in enumerate(items):
+            try:
+                cells = detector.score_cells(np.asarray(data), labels, fpr=fpr, name=name,
+                                             include_border=include_border)
+            except ValueError as exc:  # ImageError (no cells found, wrong shape, ...)
+                yield Failed(index, name, str(exc))
+                continue
+            if not cells.judged().any():
+                yield Failed(index, name, f"every cell of {name!r} touches the image edge, so "
+                             "none can be judged (a crop of a single cell? score crops without "
+                             "'Per cell', or tick 'Judge edge cells')")
+                continue
+            yield CellsScored(index, cells)
     except RuntimeError as exc:
         raise JobFailure(f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,125 @@
+"""The Score widget's "Per cell" options: whether to score cells, and where the cells come from.
+
+Cells come from a Labels layer of the user's (cellpose, StarDist, a hand annotation: any label
+image of the image's height and width) or from the built-in segmentation, which runs inside
+the scoring worker (:meth:`~..core.detector.AnomalyDetector.score_cells` with ``labels=None``).
+The box only holds choices; it never computes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from napari.layers import Labels
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QWidget,
+)
+
+from ._cells_layer import COLOR_MODES
+from ._common import bind, is_own_layer, layer_key
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["FIND_CELLS", "CellsSourceBox", "labels_problem"]
+
+#: The cells-source combo's entry for the built-in segmentation.
+FIND_CELLS = "find cells automatically"
+
+
+def labels_problem(labels: Labels, image_hw: tuple[int, ...], image_name: str) -> str | None:
+    """Why ``labels`` cannot give the cells of an image of shape ``image_hw``; None if it can."""
+    shape = tuple(int(s) for s in labels.data.shape)
+    if labels.multiscale:
+        return f"the Labels layer {labels.name!r} is multiscale; use one resolution level"
+    if shape != tuple(image_hw):
+        return (f"the Labels layer {labels.name!r} has shape {shape}, but the image "
+                f"{image_name!r} is {'x'.join(map(str, image_hw))}: the cells must come from a "
+                "label image of the image's height and width")
+    return None
+
+
+class CellsSourceBox(QGroupBox):
+    """"Per cell" scoring choices: on/off, cells source, edge cells, colouring.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        Its Labels layers (other than the plugin's own) are offered as cells sources.
+    """
+
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__("Per cell", parent)
+        self.viewer = viewer
+        self.setCheckable(True)
+        self.setChecked(False)
+        self.setToolTip("Score every cell of a field on its own (needs a model that scores "
+                        "cells: a cells-mode model, or a whole-image model trained on cell "
+                        "crops). Unchecked: one score per image.")
+        grid = QGridLayout(self)
+        grid.addWidget(QLabel("Cells from"), 0, 0)
+        self.source_combo = QComboBox()
+        self.source_combo.setToolTip("A Labels layer with one value per cell, of the image's "
+                                     "height and width, or the built-in segmentation.")
+        grid.addWidget(self.source_combo, 0, 1, 1, 2)
+        self.edge_check = QCheckBox("Judge edge cells")
+        self.edge_check.setToolTip("Also give a verdict to cells cut by the image edge "
+                                   "(by default they are marked, grey, and left out).")
+        grid.addWidget(self.edge_check, 1, 0, 1, 2)
+        grid.addWidget(QLabel("Colour by"), 2, 0)
+        self.color_combo = QComboBox()
+        for key, text in COLOR_MODES.items():
+            self.color_combo.addItem(text, key)
+        self.color_combo.setToolTip("verdict: red anomalous, green normal, grey not judged; "
+                                    "score: a colour scale from low (dark) to high (yellow).")
+        grid.addWidget(self.color_combo, 2, 1)
+        grid.setColumnStretch(1, 1)
+
+        self.refresh_sources()
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            bind(self, event, self.refresh_sources)
+
+    # -- choices ------------------------------------------------------------------------------
+    def per_cell(self) -> bool:
+        """True when scoring cells."""
+        return self.isChecked()
+
+    def labels_layer(self) -> Labels | None:
+        """The chosen Labels layer; None for the built-in segmentation (or if it is gone)."""
+        key = self.source_combo.currentData()
+        return next((ly for ly in self.viewer.layers if layer_key(ly) == key), None)
+
+    def include_border(self) -> bool:
+        """True when cells cut by the image edge get verdicts."""
+        return self.edge_check.isChecked()
+
+    def color_mode(self) -> str:
+        """``"verdict"`` or ``"score"``."""
+        return str(self.color_combo.currentData())
+
+    def choose_labels(self, layer: Labels | None) -> None:
+        """Choose ``layer`` as the cells source (None: find cells automatically)."""
+        key = None if layer is None else layer_key(layer)
+        index = self.source_combo.findData(key)
+        if index < 0 and layer is not None:
+            raise ValueError(f"{layer.name!r} is not a Labels layer of this viewer")
+        self.source_combo.setCurrentIndex(max(index, 0))
+
+    # -- layer list ----------------------------------------------------------------------------
+    def refresh_sources(self, *_: Any) -> None:
+        """List the viewer's own-data Labels layers (2-D), keeping the current choice."""
+        current = self.source_combo.currentData()
+        self.source_combo.blockSignals(True)
+        self.source_combo.clear()
+        self.source_combo.addItem(FIND_CELLS, None)
+        for layer in self.viewer.layers:
+            if isinstance(layer, Labels) and not is_own_layer(layer) and layer.ndim == 2:
+                self.source_combo.addItem(layer.name, layer_key(layer))
+        index = self.source_combo.findData(current)
+        self.source_combo.setCurrentIndex(max(index, 0))
+        self.source_combo.blockSignals(False)

@@ -1,0 +1,225 @@
+"""GUI tests of per-cell scoring in the Score widget.
+
+A real cells-mode detector (trained for a few steps on the project's synthetic fields), a real
+napari viewer under Xvfb, the real worker thread: nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import csv
+from typing import Any
+
+import numpy as np
+import pytest
+from napari.layers import Labels
+from qtpy.QtCore import Qt
+from test_widgets import PLUGIN, SCORE_TIMEOUT, _errors, notes, snapshot  # noqa: F401
+
+from napari_cell_anomaly.core.cellscores import CELL_COLUMNS
+from napari_cell_anomaly.core.sample import CellField, make_cell_field
+from napari_cell_anomaly.core.training import TrainConfig, run_training
+from napari_cell_anomaly.widgets import get_state
+
+KEY = "napari_cell_anomaly"
+CSV_HEAD = ["path", "cell_id", "centroid_y", "centroid_x", "area", "score", "recon_error",
+            "log_density", "is_anomaly"]
+
+
+@pytest.fixture(scope="session")
+def cells_detector() -> Any:
+    """A cells-mode detector after 6 steps on 4 normal synthetic fields (for contracts)."""
+    fields = [make_cell_field((256, 256), n_cells=20, anomaly_fraction=0.0, seed=s)
+              for s in range(4)]
+    return run_training([f.image for f in fields],
+                        TrainConfig(mode="cells", max_steps=6, batch_size=16, seed=0),
+                        labels=[f.labels for f in fields])
+
+
+@pytest.fixture(scope="session")
+def test_field() -> CellField:
+    return make_cell_field((256, 256), n_cells=24, anomaly_fraction=0.3, seed=9)
+
+
+def _score_dock(viewer):
+    return viewer.window.add_plugin_dock_widget(PLUGIN, "Score images")[1]
+
+
+def _score(qtbot, score) -> None:
+    assert score.start_scoring()
+    qtbot.waitUntil(lambda: score.state.status.value == "idle", timeout=SCORE_TIMEOUT)
+
+
+def _click_cell_row(qtbot, table, row: int) -> None:
+    index = table.model().index(row, 1)
+    qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton,
+                     pos=table.visualRect(index).center())
+
+
+def _setup(make_napari_viewer, detector, field, *, with_labels=True):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(field.image, name="field", rgb=True, scale=(0.5, 0.5),
+                             translate=(3.0, -2.0))
+    user = viewer.add_labels(field.labels.copy(), name="my cells") if with_labels else None
+    score = _score_dock(viewer)
+    get_state(viewer).set_trained(detector)
+    score.cells_box.setChecked(True)
+    score.cells_box.choose_labels(user)
+    viewer.layers.selection.select_only(image)
+    return viewer, image, user, score
+
+
+def test_cells_layer_table_and_selection_round_trip(make_napari_viewer, qtbot, notes,  # noqa: F811
+                                                    cells_detector, test_field, tmp_path):
+    viewer, image, _, score = _setup(make_napari_viewer, cells_detector, test_field)
+    before = snapshot(viewer)
+    _score(qtbot, score)
+    assert not _errors(notes)
+
+    layer = viewer.layers["field cells"]
+    assert isinstance(layer, Labels) and layer.metadata[KEY]["role"] == "cells"
+    np.testing.assert_allclose(layer.scale, image.scale)
+    np.testing.assert_allclose(layer.translate, image.translate)
+    features = layer.features
+    assert list(features.columns) == [*CELL_COLUMNS, "index"]
+    ids = np.unique(test_field.labels[test_field.labels > 0])
+    assert len(features) + layer.metadata[KEY]["skipped"] == ids.size
+    assert set(features["label"]) <= set(ids.tolist())
+    np.testing.assert_array_equal(layer.data, test_field.labels)  # the user's cells, copied
+    assert "field anomaly map" in viewer.layers
+    assert snapshot(viewer)[: len(before)] == before  # the user's layers are untouched
+
+    # The table lists every cell, highest score first.
+    model = score.cells_table.cells_model
+    assert model.rowCount() == len(features)
+    order = model.labels_in_order()
+    by_label = features.set_index("label")["score"]
+    assert np.all(np.diff(by_label.loc[order].to_numpy()) <= 0)
+    # The images table shows the field once, with its worst judged cell's score.
+    assert score.table.rowCount() == 1
+    assert score.results()[0]["score"] == pytest.approx(by_label.max())
+
+    # Table row -> viewer: the cell is selected and the view centred on it.
+    _click_cell_row(qtbot, score.cells_table, 2)
+    label = order[2]
+    assert layer.selected_label == label
+    row = features.set_index("label").loc[label]
+    centre = layer.data_to_world([row["centroid_y"], row["centroid_x"]])
+    np.testing.assert_allclose(viewer.camera.center[-2:], centre, atol=1e-6)
+    assert score.cells_table.selected_label() == label
+
+    # Viewer -> table: selecting a cell in the layer selects its row.
+    other = order[-1]
+    layer.selected_label = other
+    assert score.cells_table.selected_label() == other
+    # A click on the canvas picks the cell under the cursor (here: the centroid of a cell).
+    third = order[len(order) // 2]
+    row = features.set_index("label").loc[third]
+    y, x = round(row["centroid_y"]), round(row["centroid_x"])
+    assert test_field.labels[y, x] == third  # round synthetic cells hold their centroid
+    assert score.pick_cell(layer.data_to_world([y, x])) == third
+    assert layer.selected_label == third and score.cells_table.selected_label() == third
+
+    # Scoring again refreshes the same layers instead of adding new ones.
+    names = [ly.name for ly in viewer.layers]
+    _score(qtbot, score)
+    assert [ly.name for ly in viewer.layers] == names
+    assert viewer.layers["field cells"] is layer and score.table.rowCount() == 1
+
+    # Per-cell CSV: fixed first columns, one row per cell, ids of the label image.
+    path = tmp_path / "cells.csv"
+    assert score.export_cells_csv(path)
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames[: len(CSV_HEAD)] == CSV_HEAD
+        rows = list(reader)
+    assert [int(r["cell_id"]) for r in rows] == features["label"].tolist()
+    assert [r["is_anomaly"] == "True" for r in rows] == features["is_anomaly"].tolist()
+    assert {r["path"] for r in rows} == {"field"}
+    assert not _errors(notes)
+
+
+def test_slider_rethresholds_cells(make_napari_viewer, qtbot, notes,  # noqa: F811
+                                   cells_detector):
+    # A crop: some cells are cut by its edge; cells come from the built-in segmentation.
+    crop = make_cell_field((256, 256), n_cells=24, anomaly_fraction=0.3, seed=9)
+    crop.image = crop.image[20:236, 30:256]
+    viewer, _, _, score = _setup(make_napari_viewer, cells_detector, crop, with_labels=False)
+    _score(qtbot, score)
+    assert not _errors(notes)
+    layer = viewer.layers["field cells"]
+    record = score._current_cells
+    cells, cal = record.cells, cells_detector.calibration
+    border = cells.table["at_border"]
+    assert border.any() and not border.all()
+
+    counts = []
+    for percent in (0.5, 5.0, 20.0):
+        score.fpr_slider.setValue(percent)
+        qtbot.waitUntil(lambda p=percent: abs(layer.metadata[KEY]["fpr"] - p / 100) < 1e-9,
+                        timeout=2000)
+        expected = cells.verdicts(cal.threshold(percent / 100))
+        np.testing.assert_array_equal(layer.features["is_anomaly"], expected)
+        assert not layer.features["is_anomaly"][border].any()  # edge cells: no verdict
+        counts.append(int(layer.features["is_anomaly"].sum()))
+        # Verdict colours: red anomalous, green normal, grey for cells cut by the edge.
+        for label, bad, edge in zip(cells.table["label"], expected, border, strict=True):
+            rgba = layer.colormap.map(np.asarray([label]))[0]
+            assert (rgba[0] > 0.9 and rgba[1] < 0.3) == bool(bad), label
+            assert np.allclose(rgba[:3], 0.6) == bool(edge), label
+    assert counts == sorted(counts)  # more false alarms allowed: never fewer cells flagged
+    assert counts[-1] > counts[0]
+
+    # "Judge edge cells" brings the cut cells into the verdicts, live.
+    score.cells_box.edge_check.setChecked(True)
+    np.testing.assert_array_equal(layer.features["is_anomaly"],
+                                  cells.verdicts(cal.threshold(0.2), include_border=True))
+    # Colour by score: one colour per score rank, no grey left for judged cells.
+    score.cells_box.color_combo.setCurrentIndex(score.cells_box.color_combo.findData("score"))
+    top, bottom = score.cells_table.cells_model.labels_in_order()[::len(cells) - 1]
+    c_top, c_bottom = layer.colormap.map(np.asarray([top, bottom]))
+    assert not np.allclose(c_top, c_bottom)
+    assert not _errors(notes)
+
+
+def _edge_only_labels(shape):
+    labels = np.zeros(shape, np.int32)
+    labels[:30, :30] = 1  # one object, touching the image corner
+    return labels
+
+
+@pytest.mark.parametrize("case", ["other shape", "empty", "nothing found", "only edge cells",
+                                  "two images"])
+def test_bad_cell_input_is_one_notification(make_napari_viewer, qtbot, notes,  # noqa: F811
+                                            cells_detector, test_field, case):
+    viewer = make_napari_viewer()
+    image = test_field.image
+    if case == "nothing found":
+        image = np.full((128, 128, 3), 200, np.uint8)
+        image[0, 0] = 199
+    layer = viewer.add_image(image, name="field", rgb=True)
+    score = _score_dock(viewer)
+    get_state(viewer).set_trained(cells_detector)
+    score.cells_box.setChecked(True)
+    labels = {"other shape": np.ones((100, 90), np.int32),
+              "empty": np.zeros(image.shape[:2], np.int32),
+              "only edge cells": _edge_only_labels(image.shape[:2]),
+              "two images": test_field.labels}.get(case)
+    if labels is not None:
+        score.cells_box.choose_labels(viewer.add_labels(labels, name="cells in"))
+    if case == "two images":
+        second = viewer.add_image(image, name="second", rgb=True)
+        viewer.layers.selection.update({layer, second})
+    else:
+        viewer.layers.selection.select_only(layer)
+    before = snapshot(viewer)
+    started = score.start_scoring()
+    qtbot.waitUntil(lambda: score.state.status.value == "idle", timeout=SCORE_TIMEOUT)
+    errors = _errors(notes)
+    assert len(errors) == 1, errors
+    expected = {"other shape": "has shape (100, 90)", "empty": "is empty",
+                "nothing found": "no cells found", "only edge cells": "touches the image edge",
+                "two images": "select one image"}[case]
+    assert expected in errors[0] and "\n" not in errors[0]
+    assert started == (case in ("nothing found", "only edge cells"))  # found in the worker
+    assert snapshot(viewer) == before  # no layer added, changed or removed
+    assert score.table.rowCount() == 0 and score._current_cells is None
