@@ -223,3 +223,41 @@ def test_bad_cell_input_is_one_notification(make_napari_viewer, qtbot, notes,  #
     assert started == (case in ("nothing found", "only edge cells"))  # found in the worker
     assert snapshot(viewer) == before  # no layer added, changed or removed
     assert score.table.rowCount() == 0 and score._current_cells is None
+
+
+# ------------------------------------------------------------------------------------------
+# Train widget: cells from a Labels layer
+# ------------------------------------------------------------------------------------------
+def test_train_widget_learns_from_a_labels_layer(make_napari_viewer, qtbot, notes):  # noqa: F811
+    viewer = make_napari_viewer()
+    field = make_cell_field((256, 256), n_cells=24, anomaly_fraction=0.0, seed=5)
+    image = viewer.add_image(field.image, name="smear", rgb=True)
+    viewer.add_labels(np.ones((64, 64), np.int32), name="other size")
+    empty = viewer.add_labels(np.zeros((256, 256), np.int32), name="not yet labelled")
+    normal = viewer.add_labels(field.labels.copy(), name="normal cells")
+    _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train anomaly model")
+    train.select_layers([image])
+    offered = [train.cells_combo.itemText(i) for i in range(train.cells_combo.count())]
+    assert offered == ["none (whole images or patches)", "find cells automatically",
+                       "Labels: not yet labelled", "Labels: normal cells"]  # shape matches
+    with pytest.raises(ValueError):
+        train.choose_cells(viewer.layers["other size"])
+
+    train.choose_cells(empty)
+    before = snapshot(viewer)
+    assert train.start_training() is False
+    assert any("is empty" in str(n.message) for n in notes())
+
+    train.choose_cells(normal)
+    assert train.config().mode == "cells"
+    train.epochs.setValue(2)
+    train.batch_size.setValue(8)
+    assert train.start_training()
+    qtbot.waitUntil(lambda: train.state.status.value == "idle", timeout=120_000)
+    assert not _errors(notes)
+    detector = train.state.trained
+    assert detector is not None and detector.mode == "cells"
+    assert snapshot(viewer) == before  # training read the layers, changed nothing
+    # The trained model scores cells of a new field.
+    test = make_cell_field((256, 256), n_cells=24, anomaly_fraction=0.3, seed=6)
+    assert len(detector.score_cells(test.image, test.labels)) > 0

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyqtgraph as pg
-from napari.layers import Image
+from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt
@@ -72,7 +72,10 @@ logger = logging.getLogger(__name__)
 
 _LOSS_LABELS = {"mse": "MSE (pixel error)", "ssim": "SSIM (structure)", "mix": "MSE + SSIM"}
 _MODE_LABELS = {"auto": "auto (from image size)", "whole": "whole image (cell crops)",
-                "patch": "patches (fields of view)"}
+                "patch": "patches (fields of view)", "cells": "cells (a window per cell)"}
+#: Cells-combo entries that are not layers.
+NO_CELLS = "none"
+FIND_CELLS = "find"
 _PRESETS = ("default", "seed")
 
 
@@ -96,19 +99,27 @@ class _Source:
 
 
 def _train_job(items: Sequence[tuple[str, Any]], folder: str | None, config: TrainConfig,
-               control: JobControl) -> Generator[Any, None, AnomalyDetector | None]:
-    """Worker body: read the images, then relay every event of :func:`train`."""
+               control: JobControl, labels: Sequence[np.ndarray | None] | None = None
+               ) -> Generator[Any, None, AnomalyDetector | None]:
+    """Worker body: read the images, then relay every event of :func:`train`.
+
+    ``labels`` (cells mode) gives one label image or None per item; the folder's images get
+    None (their cells are found by the built-in segmentation).
+    """
     from ..core.images import find_images, load_images
 
     try:
         images = [np.asarray(data) for _, data in items]
         names = [name for name, _ in items]
+        labels = list(labels) if labels is not None else None
         if folder:
             loaded = load_images(find_images(folder))
             images += loaded.images
             names += [p.name for p in loaded.paths]
+            if labels is not None:
+                labels += [None] * len(loaded.images)
             yield FolderLoaded(folder, list(loaded.paths), loaded.failures)
-        gen = train(images, config, stop=control.stop.is_set, names=names)
+        gen = train(images, config, labels=labels, stop=control.stop.is_set, names=names)
         while True:
             if control.abort.is_set():
                 gen.close()
@@ -171,6 +182,16 @@ class TrainWidget(QWidget):
         self.folder_button = QPushButton("Browse…")
         row.addWidget(self.folder_edit, 1)
         row.addWidget(self.folder_button)
+        form.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Cells"))
+        self.cells_combo = QComboBox()
+        self.cells_combo.setToolTip(
+            "Learn cell by cell (cells mode): from a Labels layer of the normal cells of the "
+            "chosen image (same height and width; only labelled objects are used), or from "
+            "cells found automatically in every training image. 'none': learn whole images "
+            "or patches.")
+        row.addWidget(self.cells_combo, 1)
         form.addLayout(row)
         self.selection_label = QLabel()
         self.selection_label.setTextFormat(Qt.TextFormat.PlainText)
@@ -328,6 +349,38 @@ class TrainWidget(QWidget):
     def _trainable_layers(self) -> list[Image]:
         return [ly for ly in self.viewer.layers if isinstance(ly, Image) and not is_own_layer(ly)]
 
+    def _refresh_cells_combo(self) -> None:
+        """Offer 'none', 'find cells automatically' and the 2-D Labels layers whose shape
+        matches the chosen image(s), keeping the current choice where it still fits."""
+        current = self.cells_combo.currentData()
+        shapes = {image_hw(ly) for ly in self.selected_layers()}
+        self.cells_combo.blockSignals(True)
+        self.cells_combo.clear()
+        self.cells_combo.addItem("none (whole images or patches)", NO_CELLS)
+        self.cells_combo.addItem("find cells automatically", FIND_CELLS)
+        for layer in self.viewer.layers:
+            if (isinstance(layer, Labels) and not is_own_layer(layer) and layer.ndim == 2
+                    and not layer.multiscale and shapes == {tuple(layer.data.shape)}):
+                self.cells_combo.addItem(f"Labels: {layer.name}", layer_key(layer))
+        self.cells_combo.setCurrentIndex(max(self.cells_combo.findData(current), 0))
+        self.cells_combo.blockSignals(False)
+
+    def cells_source(self) -> str | Labels:
+        """``"none"``, ``"find"`` or the chosen Labels layer."""
+        key = self.cells_combo.currentData()
+        if key in (NO_CELLS, FIND_CELLS, None):
+            return key or NO_CELLS
+        return next((ly for ly in self.viewer.layers if layer_key(ly) == key), NO_CELLS)
+
+    def choose_cells(self, source: str | Labels) -> None:
+        """Choose the cells source: ``"none"``, ``"find"`` or a listed Labels layer."""
+        key = source if isinstance(source, str) else layer_key(source)
+        index = self.cells_combo.findData(key)
+        if index < 0:
+            raise ValueError(f"{source!r} is not offered as a cells source for the chosen "
+                             "images (a Labels layer must have their height and width)")
+        self.cells_combo.setCurrentIndex(index)
+
     def _refresh_layer_list(self, event: Any = None) -> None:
         """Rebuild the list from the viewer's image layers, keeping the selection."""
         selected = {layer_key(ly) for ly in self.selected_layers()}
@@ -368,6 +421,7 @@ class TrainWidget(QWidget):
             self.select_layers([ly for ly in self._listed if text in ly.name.lower()])
 
     def _update_selection_label(self, *_: Any) -> None:
+        self._refresh_cells_combo()
         layers = self.selected_layers()
         n_images = sum(int(np.prod(image_hw(ly)[:-2], dtype=int)) for ly in layers)
         parts = []
@@ -401,7 +455,7 @@ class TrainWidget(QWidget):
             loss=self.loss.currentData(),
             seed=self.seed.value(),
             size=self.size.value(),
-            mode=self.mode.currentData(),
+            mode="cells" if self.cells_source() != NO_CELLS else self.mode.currentData(),
             preset=self.preset.currentText(),
             robust=self.robust.isChecked(),
         )
@@ -453,6 +507,24 @@ class TrainWidget(QWidget):
             report_error("Invalid training settings", exc)
             return False
 
+        cells = self.cells_source()
+        labels: list[np.ndarray | None] | None = None
+        if isinstance(cells, Labels):
+            shape = tuple(cells.data.shape)
+            if len(layers) != 1 or image_hw(layers[0]) != shape or folder:
+                show_warning(f"The Labels layer {cells.name!r} holds the cells of one image of "
+                             f"{shape[0]}x{shape[1]} pixels: choose that one image layer (and "
+                             "no folder), or 'find cells automatically'.")
+                return False
+            snapshot = np.array(cells.data, copy=True)  # the user may paint meanwhile
+            if not snapshot.any():
+                show_warning(f"The Labels layer {cells.name!r} is empty: label the normal "
+                             "cells first, or choose 'find cells automatically'.")
+                return False
+            labels = [snapshot]
+        elif cells == FIND_CELLS:
+            labels = [None] * sum(int(np.prod(image_hw(ly)[:-2], dtype=int)) for ly in layers)
+
         items: list[tuple[str, Any]] = []
         self._sources = []
         for layer in layers:
@@ -464,7 +536,7 @@ class TrainWidget(QWidget):
 
         self._reset_progress()
         self._jobs.current = job = JobControl()
-        worker = create_worker(_train_job, items, folder, config, job,
+        worker = create_worker(_train_job, items, folder, config, job, labels,
                                _ignore_errors=True, _start_thread=False)
         job.worker = worker
         state = self.state
