@@ -7,6 +7,7 @@ program with one clear line on stderr and a non-zero exit status, never a traceb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 EXIT_BAD_INPUT = 2
 CSV_COLUMNS = ("path", "score", "recon_error", "log_density", "is_anomaly", "percentile",
                "threshold", "error")
+#: Per-cell CSV (``score --cells-csv``): these first columns are fixed (scripts rely on them).
+CELLS_CSV_COLUMNS = ("path", "cell_id", "centroid_y", "centroid_x", "area", "score",
+                     "recon_error", "log_density", "is_anomaly", "percentile", "at_border")
 
 
 class CliError(Exception):
@@ -75,11 +79,14 @@ def atomic_text(path: Path) -> Iterator[TextIO]:
 
 
 def _write_tiff_atomic(path: Path, data: np.ndarray) -> None:
+    """Write a TIFF atomically: float maps as float32, integer (label) images as they are."""
     import tifffile
 
     tmp = path.with_name(f".{path.name}.tmp")
+    if data.dtype.kind == "f":
+        data = data.astype(np.float32, copy=False)
     try:
-        tifffile.imwrite(tmp, data.astype(np.float32, copy=False), photometric="minisblack")
+        tifffile.imwrite(tmp, data, photometric="minisblack")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -101,6 +108,18 @@ def _load_inputs(inputs: Sequence[str]) -> tuple[list[np.ndarray], list[Path]]:
 def _report_failures(failures: Sequence[tuple[Path, str]]) -> None:
     if failures:
         _say(f"skipped {len(failures)} unusable image file(s); first: {failures[0][1]}")
+
+
+def _label_source(spec: str | None, paths: Sequence[Path]) -> dict[Path, Path | None] | None:
+    """``--labels``: None (not given), every image segmented (``auto``: each path maps to
+    None), or each image's label file found by stem in a folder."""
+    if spec is None:
+        return None
+    if spec == "auto":
+        return dict.fromkeys(paths)
+    from .core.cells import match_label_files
+
+    return match_label_files(paths, Path(spec))
 
 
 def _detector(path: str) -> AnomalyDetector:
@@ -130,8 +149,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or defaults.batch_size,
     )
     images, paths = _load_inputs(args.inputs)
+    labels = None
+    sources = _label_source(args.labels, paths)
+    if sources is not None:
+        from .core.cells import read_labels
+
+        missing = [p for p in paths if args.labels != "auto" and sources.get(p) is None]
+        if missing:
+            _say(f"skipped {len(missing)} image(s) without a label image in {args.labels} "
+                 f"(matched by stem); first: {missing[0].name}")
+        keep = [i for i, p in enumerate(paths) if p not in missing]
+        if not keep:
+            raise CliError(f"no label image in {args.labels} matches any of the "
+                           f"{len(paths)} images (expected <stem>.tif or <stem>_labels.tif)")
+        images, paths = [images[i] for i in keep], [paths[i] for i in keep]
+        labels = [read_labels(sources[p]) if sources[p] is not None else None for p in paths]
+        if args.labels == "auto" and not config.robust:
+            config.robust = True
+            _say("--labels auto: cells found by the built-in segmentation; robust training "
+                 "on (some cells of a normal field are not)")
+        if args.mode == "auto":
+            config.mode = "cells"
     _say(f"training on {len(images)} images")
-    gen = train(images, config, names=[p.name for p in paths])
+    gen = train(images, config, labels=labels, names=[p.name for p in paths])
     bar = tqdm(total=None, unit="step", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
     try:
         while True:
@@ -162,28 +202,46 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    """Score images with a model: one CSV row per image, optional heatmaps."""
+    """Score images with a model: one CSV row per image (and per cell), optional heatmaps."""
     from .core.images import ImageError, find_images, read_image
 
     csv_path = Path(args.csv)
     _check_writable_file(csv_path)
+    cells_path = Path(args.cells_csv) if args.cells_csv else None
+    if cells_path is not None:
+        _check_writable_file(cells_path)
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     if heat_dir is not None:
         _prepare_dir(heat_dir)
     detector = _detector(args.model)
     paths = find_images(args.inputs)
+    sources = _label_source(args.labels, paths)
+    per_cell = (sources is not None or cells_path is not None or detector.mode == "cells")
+    if per_cell and sources is None:
+        sources = dict.fromkeys(paths)  # built-in segmentation
     failures: list[tuple[Path, str]] = []
-    n_flagged = n_ok = 0
+    n_flagged = n_ok = n_cells = n_cells_flagged = 0
     show = not args.quiet and sys.stderr.isatty()
-    with atomic_text(csv_path) as fh:
-        writer = csv.writer(fh)
+    with contextlib.ExitStack() as stack:
+        writer = csv.writer(stack.enter_context(atomic_text(csv_path)))
         writer.writerow(CSV_COLUMNS)
+        cell_writer = None
+        if cells_path is not None:
+            cell_writer = csv.writer(stack.enter_context(atomic_text(cells_path)))
+            cell_writer.writerow(CELLS_CSV_COLUMNS)
         for k, path in enumerate(paths, 1):
             try:
-                result = detector.score(read_image(path), fpr=args.fpr, name=path.name)
-            except ImageError as err:
-                failures.append((path, str(err)))
-                writer.writerow([str(path), "", "", "", "", "", "", str(err)])
+                image = read_image(path)
+                if per_cell:
+                    labels = _read_matched_labels(sources, path, args.labels)
+                    result, cells = detector.score_field(image, labels, fpr=args.fpr,
+                                                         name=path.name)
+                else:
+                    result, cells = detector.score(image, fpr=args.fpr, name=path.name), None
+            except (ImageError, OSError) as err:
+                msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+                failures.append((path, msg))
+                writer.writerow([str(path), "", "", "", "", "", "", msg])
                 continue
             row = result.as_row()
             writer.writerow([str(path), f"{row['score']:.6g}", f"{row['recon_error']:.6g}",
@@ -191,16 +249,58 @@ def cmd_score(args: argparse.Namespace) -> int:
                              f"{row['percentile']:.2f}", f"{result.threshold:.6g}", ""])
             n_ok += 1
             n_flagged += int(result.is_anomaly)
+            if cells is not None:
+                n_cells += len(cells)
+                n_cells_flagged += int(cells.table["is_anomaly"].sum())
+                if cell_writer is not None:
+                    _write_cell_rows(cell_writer, path, cells)
             if heat_dir is not None:
                 _write_tiff_atomic(heat_dir / f"{path.stem}_anomaly_map.tif", result.error_map)
+                if cells is not None:
+                    _write_tiff_atomic(heat_dir / f"{path.stem}_labels.tif",
+                                       _label_dtype(cells.labels))
             if show:
                 print(f"\rscored {k}/{len(paths)}", end="", file=sys.stderr, flush=True)
     if show:
         print(file=sys.stderr)
     _report_failures(failures)
-    _say(f"scored {n_ok} images: {n_flagged} flagged anomalous at "
-         f"{100 * (args.fpr or 0.05):g}% false-alarm rate; results in {csv_path}")
+    rate = f"{100 * (args.fpr or 0.05):g}% false-alarm rate"
+    _say(f"scored {n_ok} images: {n_flagged} flagged anomalous at {rate}; results in "
+         f"{csv_path}")
+    if per_cell:
+        _say(f"scored {n_cells} cells: {n_cells_flagged} flagged anomalous (cells cut by the "
+             f"image edge are not judged)" + (f"; per-cell rows in {cells_path}"
+                                              if cells_path is not None else ""))
     return 0 if n_ok else EXIT_BAD_INPUT
+
+
+def _read_matched_labels(sources: dict[Path, Path | None], path: Path, spec: str | None
+                         ) -> np.ndarray | None:
+    """The label image for ``path`` (None: segment it), or an error when a labels folder was
+    given and holds none for it."""
+    from .core.cells import read_labels
+    from .core.images import ImageError
+
+    match = sources.get(path)
+    if match is None and spec not in (None, "auto"):
+        raise ImageError(f"no label image for {path.name} in {spec} (expected "
+                         f"{path.stem}.tif or {path.stem}_labels.tif)")
+    return read_labels(match) if match is not None else None
+
+
+def _write_cell_rows(writer: Any, path: Path, cells: Any) -> None:
+    t = cells.table
+    for i in range(len(cells)):
+        writer.writerow([str(path), int(t["label"][i]), f"{t['centroid_y'][i]:.1f}",
+                         f"{t['centroid_x'][i]:.1f}", int(t["area"][i]),
+                         f"{t['score'][i]:.6g}", f"{t['recon_error'][i]:.6g}",
+                         f"{t['log_density'][i]:.6g}", int(t["is_anomaly"][i]),
+                         f"{t['percentile'][i]:.2f}", int(t["at_border"][i])])
+
+
+def _label_dtype(labels: np.ndarray) -> np.ndarray:
+    """uint16 label images where the ids fit, else uint32."""
+    return labels.astype(np.uint16 if int(labels.max()) < 2**16 else np.uint32)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -267,8 +367,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", choices=("mse", "ssim", "mix"), help="reconstruction loss")
     t.add_argument("--preset", choices=("default", "seed"), default="default",
                    help="network design (seed = the published Keras design)")
-    t.add_argument("--mode", choices=("auto", "whole", "patch"), default="auto",
-                   help="whole cell crops or patches of large fields (default: auto)")
+    t.add_argument("--mode", choices=("auto", "whole", "patch", "cells"), default="auto",
+                   help="whole cell crops, patches of large fields, or one window per cell of "
+                        "a field (default: auto: cells when --labels is given, else whole or "
+                        "patch by image size)")
+    t.add_argument("--labels", metavar="DIR|auto",
+                   help="cells mode: a folder of label images of the normal cells, matched to "
+                        "the images by stem (<stem>.tif, <stem>_labels.tif, .png alike; only "
+                        "labelled objects are used), or 'auto' to find the cells with the "
+                        "built-in segmentation (turns on --robust)")
     t.add_argument("--robust", action="store_true",
                    help="reject likely anomalies from the training and calibration sets")
     t.add_argument("--rejected-csv", metavar="CSV",
@@ -282,7 +389,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", metavar="MODEL")
     s.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS")
     s.add_argument("--csv", required=True, metavar="OUT.csv", help="results table to write")
-    s.add_argument("--heatmaps", metavar="DIR", help="write float32 TIFF error maps here")
+    s.add_argument("--heatmaps", metavar="DIR",
+                   help="write float32 TIFF error maps here (per cell: also the label image "
+                        "used, <stem>_labels.tif)")
+    s.add_argument("--labels", metavar="DIR|auto",
+                   help="score per cell: a folder of label images matched by stem, or 'auto' "
+                        "for the built-in segmentation (a cells-mode model scores per cell "
+                        "and segments by itself when this is absent)")
+    s.add_argument("--cells-csv", metavar="CELLS.csv",
+                   help="per-cell results to write: one row per cell (path, cell_id, "
+                        "centroid_y, centroid_x, area, score, recon_error, log_density, "
+                        "is_anomaly, percentile, at_border); --csv then holds each image's "
+                        "worst cell")
     s.add_argument("--fpr", type=_fpr, help="target false-alarm rate (default: 0.05)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_score)

@@ -43,7 +43,7 @@ def test_units_are_native_scale_and_isolated(cell_fields):
     field = cell_fields[0]
     x = field.image.astype(np.float32) / 255
     table = measure_cells(field.labels)
-    units = cut_units(x, field.labels, table, 48, 8)
+    units = cut_units(x, field.labels, table, 48)
     assert len(units) == len(table)
     for win, own, lab, (top, left) in zip(units.windows, units.masks, table.label,
                                           units.origins, strict=True):

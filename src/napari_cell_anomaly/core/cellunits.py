@@ -2,8 +2,11 @@
 
 In ``cells`` mode the autoencoder never sees a resized cell: absolute size and colour are signs
 of disease (macrocytes, microcytes, hypochromia), so every cell is cut out at the image's own
-scale, in a square window of a fixed side centred on the cell's bounding box. A cell larger
-than the window gets a larger window of its own (the network is fully convolutional).
+scale, in a square window of a fixed side centred on the cell's bounding box. The side comes
+from the training cells (:func:`window_side`), so normal cells fit with room to spare; a cell
+larger than the window is cut by it, like a neighbour reaching in (a larger window of its own
+would show the network background far from any window edge, which no training unit has, and
+every such cell would be flagged whatever it looks like).
 
 What surrounds the cell in its window is decided by ``context``:
 
@@ -58,26 +61,23 @@ class CellUnits:
     def __len__(self) -> int:
         return len(self.windows)
 
-    def groups(self) -> dict[int, np.ndarray]:
-        """Indices of the units sharing each window side (for batching)."""
-        sides = np.array([w.shape[0] for w in self.windows], dtype=np.int64)
-        return {int(s): np.flatnonzero(sides == s) for s in np.unique(sides)}
-
 
 def align_up(n: float, align: int) -> int:
     """Smallest multiple of ``align`` that is at least ``n``."""
     return int(np.ceil(n / align) * align)
 
 
-def window_side(table: CellTable, align: int, *, quantile: float = 0.95,
-                margin: float = 1.25) -> int:
-    """Window side for a set of training cells: the ``quantile`` of their bounding-box
-    sides times ``margin`` (room for the rim and a little context), rounded up to ``align``.
-    """
+def window_side(table: CellTable, align: int, *, margin: float = 1.25) -> int:
+    """Window side for a set of training cells, rounded up to ``align``: the 95th percentile
+    of their bounding-box sides times ``margin`` (room for the rim and a little context), and
+    at least the 99th percentile plus the kept rim and a few pixels, so nearly every normal
+    cell fits whole."""
     if len(table) == 0:
         raise ValueError("no cells to size the window from")
     sides = np.maximum(table.bbox[:, 2] - table.bbox[:, 0], table.bbox[:, 3] - table.bbox[:, 1])
-    return max(2 * align, align_up(float(np.quantile(sides, quantile)) * margin, align))
+    need = max(float(np.quantile(sides, 0.95)) * margin,
+               float(np.quantile(sides, 0.99)) + 2 * MASK_MARGIN + 4)
+    return max(2 * align, align_up(need, align))
 
 
 def background_colour(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -91,7 +91,7 @@ def background_colour(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.median(border, axis=0).astype(np.float32)
 
 
-def cut_units(x: np.ndarray, labels: np.ndarray, table: CellTable, side: int, align: int, *,
+def cut_units(x: np.ndarray, labels: np.ndarray, table: CellTable, side: int, *,
               context: str = "isolate", fill: np.ndarray | None = None) -> CellUnits:
     """Cut one window per cell.
 
@@ -104,10 +104,7 @@ def cut_units(x: np.ndarray, labels: np.ndarray, table: CellTable, side: int, al
     table : CellTable
         The cells to cut (from :func:`.cells.measure_cells`).
     side : int
-        Window side; a cell whose box (plus margin) does not fit gets a larger window,
-        rounded up to ``align``.
-    align : int
-        The network's size alignment.
+        Window side (a cell larger than it is cut by the window).
     context : {"isolate", "keep"}
         What surrounds the cell (module docstring).
     fill : np.ndarray, optional
@@ -126,8 +123,7 @@ def cut_units(x: np.ndarray, labels: np.ndarray, table: CellTable, side: int, al
     grow = ndimage.generate_binary_structure(2, 1)
     for lab, box in zip(table.label, table.bbox, strict=True):
         r0, c0, r1, c1 = (int(v) for v in box)
-        need = max(r1 - r0, c1 - c0) + 2 * MASK_MARGIN + 2
-        s = side if need <= side else align_up(need, align)
+        s = side
         top = (r0 + r1) // 2 - s // 2
         left = (c0 + c1) // 2 - s // 2
         win = np.empty((s, s, c), dtype=np.float32)

@@ -268,7 +268,7 @@ class AnomalyDetector:
         """
         fpr = DEFAULT_FPR if fpr is None else fpr
         if self.mode == "cells":
-            return self._score_field_by_cells(image, fpr, name)
+            return self.score_field(image, fpr=fpr, name=name)[0]
         x = self.preprocessing(image, name=name)
         if self.mode == "whole":
             self._check_whole_scale(x.shape[:2], name)
@@ -428,8 +428,7 @@ class AnomalyDetector:
                              "as a cell")
         table = take_cells(table, ok)
         if self.mode == "cells":
-            units = cut_units(x, labels, table, self.size, self.network.align,
-                              context=self.context)
+            units = cut_units(x, labels, table, self.size, context=self.context)
         else:
             units = _cell_crops(x, labels, table, self.size)
         err, logd, maps, recons = self._measure_cell_units(units)
@@ -458,43 +457,54 @@ class AnomalyDetector:
     def _measure_cell_units(self, units: CellUnits
                             ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray],
                                        list[np.ndarray]]:
-        """Error, log-density, error map and reconstruction of each cell unit (batched by
-        window side)."""
-        n = len(units)
-        err, logd = np.zeros(n), np.zeros(n)
-        maps: list[np.ndarray] = [np.zeros(0)] * n
-        recons: list[np.ndarray] = [np.zeros(0)] * n
+        """Error, log-density, error map and reconstruction of each cell unit."""
         region = (reduction_masks(units.masks, self.scoring.erode) if self.mode == "cells"
                   else None)
-        for idx in units.groups().values():
-            for start in range(0, len(idx), 256):
-                part = idx[start:start + 256]
-                batch = np.stack([units.windows[i] for i in part])
-                res = self.analyse_units(batch, [region[i] for i in part]
-                                         if region is not None else None, with_ssim=False)
-                err[part] = res["recon_error"]
-                logd[part] = self.density.log_density(res["codes"])
-                for j, i in enumerate(part):
-                    maps[i] = res["error_map"][j]
-                    recons[i] = res["recon"][j]
-        return err, logd, maps, recons
+        err, logd, maps, recons = [], [], [], []
+        for start in range(0, len(units), 256):
+            part = slice(start, start + 256)
+            res = self.analyse_units(np.stack(units.windows[part]),
+                                     region[part] if region is not None else None,
+                                     with_ssim=False)
+            err.append(res["recon_error"])
+            logd.append(self.density.log_density(res["codes"]))
+            maps.extend(res["error_map"])
+            recons.extend(res["recon"])
+        return np.concatenate(err), np.concatenate(logd), maps, recons
 
-    def _score_field_by_cells(self, image: np.ndarray, fpr: float, name: str) -> ScoreResult:
-        """A cells-mode model's verdict on a whole field: its worst judged cell, adjusted for
-        the number of cells judged (as patch mode adjusts for windows)."""
-        cells, units, recons, x = self._cells(image, None, fpr, name, False)
+    def score_field(self, image: np.ndarray, labels: np.ndarray | None = None, *,
+                    fpr: float | None = None, name: str = "image",
+                    include_border: bool = False) -> tuple[ScoreResult, CellScores]:
+        """Score the cells of a field and judge the field by its worst cell.
+
+        The field's score is its worst judged cell's, adjusted for the number of cells judged
+        (as patch mode adjusts for windows: see :meth:`Calibration.window_adjusted`), so the
+        false-alarm rate holds per field. Parameters as for :meth:`score_cells`.
+
+        Returns
+        -------
+        (ScoreResult, CellScores)
+            The field's result (error map and reconstruction assembled from the cells) and
+            the per-cell table.
+
+        Raises
+        ------
+        ImageError
+            As :meth:`score_cells`, and when every cell touches the image edge.
+        """
+        fpr = DEFAULT_FPR if fpr is None else fpr
+        cells, units, recons, x = self._cells(image, labels, fpr, name, include_border)
         worst = cells.worst()
         if worst < 0:
             label = "the image" if name == "image" else f"image {name!r}"
             raise ImageError(f"every cell found in {label} touches the image edge, so none "
-                             "can be judged (a single-cell crop? score crops with a "
-                             "whole-image model)")
-        n = int(cells.judged().sum())
+                             "can be judged")
         row = {k: v[worst] for k, v in cells.table.items()}
         recon = _paste_cells(recons, units, x.shape[:2], base=x)
         zeros = np.zeros(x.shape[:2], dtype=np.float32)
-        return self._finish(row["recon_error"], row["log_density"], fpr, cells.error_map,
-                            zeros, recon, n_windows=n)
+        result = self._finish(row["recon_error"], row["log_density"], fpr, cells.error_map,
+                              zeros, recon, n_windows=int(cells.judged().sum()))
+        return result, cells
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

@@ -346,8 +346,7 @@ def _prepare_cells(images: Sequence[np.ndarray], xs: Sequence[np.ndarray],
         table = all_cells[i]
         if not len(table):
             continue
-        cu = cut_units(xs[i], lab, table, side, align, context=cfg.context)
-        fits = np.array([w.shape[0] == side for w in cu.windows])
+        cu = cut_units(xs[i], lab, table, side, context=cfg.context)
         if by_field:
             is_val = np.full(len(cu), i in val_fields)
         else:
@@ -355,7 +354,7 @@ def _prepare_cells(images: Sequence[np.ndarray], xs: Sequence[np.ndarray],
             is_val = np.asarray(table.centroid_y) >= cut
             if is_val.all():
                 is_val[np.argmin(table.centroid_y)] = False
-        for j in np.flatnonzero(fits):
+        for j in range(len(cu)):
             units.append(cu.windows[j])
             masks.append(cu.masks[j])
             field_of.append(i)
@@ -371,7 +370,6 @@ def _prepare_cells(images: Sequence[np.ndarray], xs: Sequence[np.ndarray],
     info = {"n_cells": len(units), "window_side": side,
             "holdout": "fields" if by_field else "lowest cells of each field",
             "n_fields_held_out": len(set(field_a[va].tolist())) if by_field else 0,
-            "cells_too_large": int(sum(n_cells) - len(units)),
             "segmentation": segmentation,
             "labels_given": int(sum(lab is not None for lab in labels))}
     return _Data("cells", arr[tr], arr[va], field_a[tr], n, shapes, field_a[va], size=side,
