@@ -25,6 +25,7 @@ from .cellscores import CellScores
 from .cellunits import (
     CONTEXTS,
     CellUnits,
+    balance_field,
     cut_units,
     readable,
     reduction_masks,
@@ -121,6 +122,8 @@ class AnomalyDetector:
         Indices of training images rejected by robust training.
     context : {"isolate", "keep"}
         Cells mode: what surrounds a cell in its window (see :mod:`.cellunits`).
+    balance : bool
+        Cells mode: balance each field by its background colour before cutting windows.
     segmentation : dict
         Cells mode: keyword arguments of :func:`.cells.segment_cells` used when no labels
         are given (the training fields' image kind, so scoring segments alike).
@@ -136,6 +139,7 @@ class AnomalyDetector:
     provenance: dict[str, Any] = field(default_factory=dict)
     rejected: list[int] = field(default_factory=list)
     context: str = "isolate"
+    balance: bool = True
     segmentation: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -428,7 +432,10 @@ class AnomalyDetector:
                              "as a cell")
         table = take_cells(table, ok)
         if self.mode == "cells":
-            units = cut_units(x, labels, table, self.size, context=self.context)
+            fill = None
+            if self.balance:
+                x, fill = balance_field(x, labels)
+            units = cut_units(x, labels, table, self.size, context=self.context, fill=fill)
         else:
             units = _cell_crops(x, labels, table, self.size)
         err, logd, maps, recons = self._measure_cell_units(units)
@@ -523,7 +530,8 @@ class AnomalyDetector:
             "provenance": self.provenance,
         }
         if self.mode == "cells":
-            meta["cells"] = {"context": self.context, "segmentation": self.segmentation}
+            meta["cells"] = {"context": self.context, "balance": self.balance,
+                             "segmentation": self.segmentation}
         save_file(path, tensors, meta)
 
     @classmethod
@@ -553,6 +561,7 @@ class AnomalyDetector:
                 provenance=dict(meta.get("provenance", {})),
                 rejected=[int(i) for i in tensors.get("rejected", np.zeros(0, np.int64))],
                 context=str(meta.get("cells", {}).get("context", "isolate")),
+                balance=bool(meta.get("cells", {}).get("balance", True)),
                 segmentation=dict(meta.get("cells", {}).get("segmentation", {})),
             )
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:

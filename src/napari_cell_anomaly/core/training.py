@@ -44,6 +44,7 @@ from torch import nn
 from . import errormaps
 from .cellunits import (
     CONTEXTS,
+    balance_field,
     cut_units,
     pool_cells,
     readable,
@@ -133,6 +134,9 @@ class TrainConfig:
         (0 turns the adversarial autoencoder off, keeping the rejection).
     context : {"isolate", "keep"}
         Cells mode: what surrounds a cell in its window (see :mod:`.cellunits`).
+    balance : bool
+        Cells mode: balance each field by its own background colour (flat-field / white
+        balance for brightfield, offset for fluorescence) before cutting cell windows.
     max_steps : int or None
         Stop after this many steps in total (for quick tests and previews).
     scoring : ScoringConfig
@@ -157,6 +161,7 @@ class TrainConfig:
     calibration_z: float = 4.0
     prior_weight: float = 0.0
     context: str = "isolate"
+    balance: bool = True
     max_steps: int | None = None
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
@@ -346,7 +351,8 @@ def _prepare_cells(images: Sequence[np.ndarray], xs: Sequence[np.ndarray],
         table = all_cells[i]
         if not len(table):
             continue
-        cu = cut_units(xs[i], lab, table, side, context=cfg.context)
+        x, fill = balance_field(xs[i], lab) if cfg.balance else (xs[i], None)
+        cu = cut_units(x, lab, table, side, context=cfg.context, fill=fill)
         if by_field:
             is_val = np.full(len(cu), i in val_fields)
         else:
@@ -416,7 +422,7 @@ def _probe(net: nn.Module, prep: Preprocessing, data: _Data, cfg: TrainConfig,
     det = AnomalyDetector(network=net, preprocessing=prep, mode=data.mode, size=data.size,
                           scoring=cfg.scoring, density=cast(Any, None), calibration=placeholder,
                           provenance=provenance if provenance is not None else {},
-                          context=cfg.context,
+                          context=cfg.context, balance=cfg.balance,
                           segmentation=dict(data.info.get("segmentation", {})))
     return det
 
