@@ -27,8 +27,9 @@ from napari_cell_anomaly.core.training import (
     train,
 )
 
-#: A tiny whole-mode set: 40 crops -> 4 held out, 36 trained -> 2 steps per epoch at batch 32.
-SMALL = make_cells(40, size=32, seed=11).images
+#: A tiny whole-mode set: 44 crops -> 4 held out for validation and 4 for calibration, 36
+#: trained -> 2 steps per epoch at batch 32.
+SMALL = make_cells(44, size=32, seed=11).images
 
 
 def _tiny(**kw: object) -> TrainConfig:
@@ -78,8 +79,10 @@ def test_generator_yields_progress_and_returns_detector() -> None:
     assert not events[-1].stopped
     assert det.mode == "whole" and det.size == 32
     assert det.provenance["steps"] == 5 and det.provenance["n_images"] == len(SMALL)
-    assert det.provenance["n_train"] + det.provenance["n_val"] == len(SMALL)
-    assert det.calibration.size == det.provenance["n_val"]
+    assert det.provenance["n_train"] + det.provenance["n_val"] + \
+        det.provenance["n_calibration_images"] == len(SMALL)
+    assert det.provenance["n_val"] == det.provenance["n_calibration"] == 4
+    assert det.calibration.size == det.provenance["n_calibration"]
     _assert_usable(det, make_cells(1, size=32, seed=99).images[0])
 
 
