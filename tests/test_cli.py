@@ -112,6 +112,10 @@ def test_evaluate_prints_json_metrics(workspace: dict[str, Path],
     for key in ("auroc", "auprc", "tpr_at_threshold", "fpr_at_threshold"):
         assert 0.0 <= report[key] <= 1.0
     assert report["n_normal"] == 10 and report["n_anomalous"] == 20
+    assert report["nominal_fpr"] == 0.05
+    assert report["observed_fpr"] == report["fpr_at_threshold"]
+    assert report["observed_fpr_ci95"][0] <= report["observed_fpr"] <= \
+        report["observed_fpr_ci95"][1]
 
 
 @pytest.mark.parametrize("case", ["empty_dir", "missing", "unwritable_out", "bad_model",
