@@ -244,7 +244,6 @@ class _Data:
     mode: str
     train: np.ndarray | list[np.ndarray]   # whole: (N, S, S, C); patch: list of (H, W, C)
     val: np.ndarray                        # (M, S, S, C) units for the checkpoint choice
-    calib: np.ndarray | list[np.ndarray]   # whole: (K, S, S, C) units; patch: list of images
     train_index: np.ndarray                # image index of each train unit (whole mode)
     n_images: int
     shapes: list[tuple[int, ...]]
