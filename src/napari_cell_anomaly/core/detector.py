@@ -185,8 +185,8 @@ class AnomalyDetector:
 
     @property
     def calibration_unit(self) -> str:
-        """What the calibration normals are: ``"normals"`` or ``"normal windows"``."""
-        return "normal windows" if self.mode == "patch" else "normals"
+        """What the calibration normals are: normal images, windows or cells."""
+        return {"patch": "normal windows", "cells": "normal cells"}.get(self.mode, "normals")
 
     def describe_rate(self, fpr: float = DEFAULT_FPR) -> str:
         """One line on the false-alarm rate ``fpr``: calibration size, 95% interval of the
