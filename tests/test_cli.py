@@ -100,7 +100,9 @@ def test_score_skips_bad_files_and_reports_them(workspace: dict[str, Path], tmp_
     assert "constant" in rows["constant.png"]["error"]
     assert "3-D" in rows["stack.tif"]["error"] or "stack" in rows["stack.tif"]["error"]
     assert rows["broken.png"]["score"] == ""
-    assert "skipped 3" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "skipped 3" in err
+    assert err.count("false alarms (calibrated on") == 1  # the model's rate, stated once
 
 
 def test_evaluate_prints_json_metrics(workspace: dict[str, Path],
@@ -112,6 +114,10 @@ def test_evaluate_prints_json_metrics(workspace: dict[str, Path],
     for key in ("auroc", "auprc", "tpr_at_threshold", "fpr_at_threshold"):
         assert 0.0 <= report[key] <= 1.0
     assert report["n_normal"] == 10 and report["n_anomalous"] == 20
+    assert report["nominal_fpr"] == 0.05
+    assert report["observed_fpr"] == report["fpr_at_threshold"]
+    assert report["observed_fpr_ci95"][0] <= report["observed_fpr"] <= \
+        report["observed_fpr_ci95"][1]
 
 
 @pytest.mark.parametrize("case", ["empty_dir", "missing", "unwritable_out", "bad_model",
@@ -165,7 +171,7 @@ def test_train_rejects_a_single_image(tmp_path: Path, capsys: pytest.CaptureFixt
     _write_cells(tmp_path / "one", 1, 0.0, seed=0)
     model = tmp_path / "m.safetensors"
     assert main(["train", str(tmp_path / "one"), "--out", str(model), "--quiet"]) == 2
-    assert "at least 2 images" in _error_line(capsys)
+    assert "at least 4 images" in _error_line(capsys)
     assert not model.exists()
 
 

@@ -204,6 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     """Score images with a model: one CSV row per image (and per cell), optional heatmaps."""
     from .core.images import ImageError, find_images, read_image
+    from .core.scoring import DEFAULT_FPR
 
     csv_path = Path(args.csv)
     _check_writable_file(csv_path)
@@ -219,6 +220,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     per_cell = (sources is not None or cells_path is not None or detector.mode == "cells")
     if per_cell and sources is None:
         sources = dict.fromkeys(paths)  # built-in segmentation
+    _say(f"model: {detector.describe_rate(args.fpr or DEFAULT_FPR)}")
     failures: list[tuple[Path, str]] = []
     n_flagged = n_ok = n_cells = n_cells_flagged = 0
     show = not args.quiet and sys.stderr.isatty()
@@ -405,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_score)
 
-    e = sub.add_parser("evaluate", help="AUROC/AUPRC on labelled folders, as JSON")
+    e = sub.add_parser("evaluate", help="AUROC/AUPRC and the false-alarm rate observed on "
+                                        "the normals next to the nominal one, as JSON")
     e.add_argument("model", metavar="MODEL")
     e.add_argument("--normal", required=True, metavar="DIR")
     e.add_argument("--anomalous", required=True, metavar="DIR")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
 
 from napari_cell_anomaly.core.scoring import (
     DEFAULT_FPR,
+    MIN_CALIBRATION,
     Calibration,
     ScoringConfig,
+    conformal_rank,
     reduce_map,
     tail_probability,
     upper_quantile,
@@ -32,19 +35,120 @@ def cal() -> Calibration:
     return _calibration()
 
 
-@pytest.mark.parametrize("fpr", FPRS)
-def test_threshold_gives_stated_false_alarm_rate(cal: Calibration, fpr: float) -> None:
-    rate = float(np.mean(cal.scores > cal.threshold(fpr)))
-    assert rate <= fpr
-    assert rate >= fpr - 1.0 / cal.size
+@pytest.mark.parametrize(("n", "fpr", "k"), [(19, 0.05, 19), (240, 0.05, 229), (99, 0.01, 99),
+                                             (98, 0.01, 99), (10, 0.05, 11), (100, 0.5, 51)])
+def test_conformal_rank(n: int, fpr: float, k: int) -> None:
+    assert conformal_rank(n, fpr) == k
 
 
-@pytest.mark.parametrize("m", [7, 20, 101])
-def test_false_alarm_rate_holds_for_small_calibration_sets(m: int) -> None:
+@pytest.mark.parametrize("m", [7, 20, 101, 400])
+def test_threshold_is_the_conformal_order_statistic(m: int) -> None:
     c = _calibration(m, seed=m)
+    v = np.sort(c.scores)
     for fpr in FPRS:
-        rate = float(np.mean(c.scores > c.threshold(fpr)))
-        assert fpr - 1.0 / m <= rate <= fpr
+        k = math.ceil((m + 1) * (1 - fpr) - 1e-9)
+        assert c.certified(fpr) == (k <= m)
+        if k <= m:
+            assert c.threshold(fpr) == v[k - 1]
+            # On the calibration sample itself at most (n - k) / n are above it.
+            assert np.mean(c.scores > c.threshold(fpr)) <= fpr
+        else:
+            assert c.threshold(fpr) > v[-1]
+
+
+def _true_rates(n: int, fpr: float, draws: int, trim: int = 0, count_trimmed: bool = True,
+                seed: int = 0) -> np.ndarray:
+    """True false-alarm rate of the threshold fitted to each of ``draws`` calibration sets of
+    ``n`` standard exponential scores (exceedance of t is exp(-t)); the ``trim`` largest of
+    each set are trimmed (worst case: trimming hits the normals' own tail)."""
+    rng = np.random.default_rng(seed)
+    rates = np.empty(draws)
+    for d in range(draws):
+        x = np.sort(rng.exponential(1.0, n))
+        kept = x[: n - trim]
+        c = Calibration(kept, np.full(kept.size, 1.0), kept,
+                        n_trimmed=trim if count_trimmed else 0)
+        # Combined score is the robust z of the error: invert it to the error scale.
+        t_err = c.criteria(fpr)["recon_error"]
+        rates[d] = np.exp(-max(t_err, 0.0))
+    return rates
+
+
+@pytest.mark.parametrize(("n", "fpr"), [(19, 0.05), (40, 0.05), (60, 0.1), (200, 0.01)])
+def test_false_alarm_guarantee_on_new_normals(n: int, fpr: float) -> None:
+    rates = _true_rates(n, fpr, draws=3000, seed=n)
+    k = math.ceil((n + 1) * (1 - fpr) - 1e-9)
+    se = rates.std() / np.sqrt(rates.size)
+    # Marginal over calibration sets the rate is (n + 1 - k) / (n + 1) <= fpr exactly.
+    assert rates.mean() <= fpr + 3 * se
+    assert rates.mean() == pytest.approx((n + 1 - k) / (n + 1), abs=3 * se)
+    # The stated 95% interval of the realised rate covers it about 95% of the time.
+    c = Calibration(np.arange(n, dtype=float), np.zeros(n), np.ones(n))
+    lo, hi = c.rate_interval(fpr)
+    assert 0.93 <= np.mean((rates >= lo) & (rates <= hi)) <= 0.97
+
+
+def test_plain_empirical_quantile_breaks_the_guarantee() -> None:
+    # What the rule above fixes: the (1 - fpr) empirical quantile of 30 scores is their
+    # second largest, so 2 in 31 new normals (6.5%) exceed it at a nominal 5%.
+    rng = np.random.default_rng(7)
+    rates = [np.exp(-upper_quantile(rng.exponential(1.0, 30), 0.05)) for _ in range(3000)]
+    assert np.mean(rates) > 0.055
+    assert np.mean(_true_rates(30, 0.05, 3000, seed=7)) < 0.045  # conformal: 1 in 31
+
+
+def test_trimmed_units_count_as_above_the_threshold() -> None:
+    n, fpr, trim = 100, 0.05, 3
+    counted = _true_rates(n, fpr, 3000, trim=trim, seed=1)
+    ignored = _true_rates(n, fpr, 3000, trim=trim, count_trimmed=False, seed=1)
+    se = counted.std() / np.sqrt(counted.size)
+    assert counted.mean() <= fpr + 3 * se  # holds even though the trimmed were normals
+    assert ignored.mean() > fpr + 0.015  # the old rule: ~7.5% at a nominal 5%
+    c = Calibration(np.arange(97.0), np.zeros(97), np.ones(97), n_trimmed=3)
+    assert c.size == 100
+    assert c.threshold(0.05) == np.sort(c.scores)[conformal_rank(100, 0.05) - 1]
+    assert not c.certified(0.03) and c.certified(0.04)  # (3 + 1) / 101 = 0.0396
+    assert "3 of them trimmed" in c.describe(0.05)
+
+
+def test_uncertified_rates_extrapolate_and_say_so() -> None:
+    c = _calibration(30, seed=3)
+    assert not c.certified(0.01) and c.certified(0.05)
+    assert c.min_certified_rate == pytest.approx(1 / 31)
+    t = [c.threshold(f) for f in (0.001, 0.01, 0.03, 1 / 31)]
+    assert t[0] > t[1] > t[2] > c.scores.max() == t[3]
+    lo, hi = c.rate_interval(0.01)
+    assert lo == 0.0 and 1 / 31 < hi < 0.2
+    text = c.describe(0.01)
+    assert "not certified" in text and "cannot certify" in text and "Warning" in text
+
+
+def test_describe_states_the_sample_and_the_interval() -> None:
+    c = _calibration(240, seed=4)
+    lo, hi = c.rate_interval(0.05)
+    assert lo < 0.05 < hi
+    assert (round(100 * lo, 1), round(100 * hi, 1)) == (2.6, 8.1)
+    text = c.describe(0.05)
+    assert text == ("5% false alarms (calibrated on 240 normals; true rate 2.6-8.1% with 95% "
+                    "confidence)")
+    assert c.warning(0.05) is None
+    assert "240 normal windows" in c.describe(0.05, unit="normal windows")
+    small = _calibration(MIN_CALIBRATION - 1, seed=5)
+    assert small.certified(0.1)
+    warn = small.warning(0.1)
+    assert warn is not None and f"only {MIN_CALIBRATION - 1}" in warn
+    assert small.describe(0.1).endswith(warn) and "Warning:" in small.describe(0.1)
+    assert _calibration(MIN_CALIBRATION, seed=5).warning(0.1) is None
+    # Fewer normals, wider interval.
+    assert np.diff(small.rate_interval(0.1)) > np.diff(c.rate_interval(0.1))
+
+
+def test_p_value_and_percentile_agree_with_the_threshold(cal: Calibration) -> None:
+    s = np.random.default_rng(6).normal(0.0, 3.0, 5000)
+    for fpr in (0.0005, *FPRS):
+        flagged = s > cal.threshold(fpr)
+        assert np.array_equal(flagged, cal.p_value(s) <= fpr + 1e-12)
+        assert np.array_equal(flagged, cal.percentile(s) >= 100 * (1 - fpr) - 1e-9)
 
 
 def test_threshold_decreases_as_fpr_grows(cal: Calibration) -> None:
@@ -89,10 +193,11 @@ def test_percentile_is_monotone_and_bounded(cal: Calibration) -> None:
     p = cal.percentile(grid)
     assert p.shape == grid.shape
     assert np.all(np.diff(p) >= 0)
-    assert p[0] == 0.0 and p[-1] == 100.0
-    # Percent of calibration normals strictly lower.
+    assert p[0] == 0.0 and 99.0 < p[-1] < 100.0
+    # Percent of calibration normals strictly lower, among n + 1 (the image included).
     s = float(np.median(cal.scores))
-    assert cal.percentile(s)[0] == pytest.approx(100.0 * np.mean(cal.scores < s))
+    assert cal.percentile(s)[0] == pytest.approx(100.0 * np.sum(cal.scores < s)
+                                                 / (cal.size + 1))
     # A score at the threshold is above (100 - 100 * fpr) percent of the normals, or so.
     t = cal.threshold(0.1)
     assert cal.percentile(t)[0] == pytest.approx(90.0, abs=100.0 / cal.size + 1e-9)
@@ -106,9 +211,12 @@ def test_bad_fpr_raises_value_error(cal: Calibration, bad: float) -> None:
 
 
 @pytest.mark.parametrize("fpr", FPRS)
-def test_pixel_threshold_rate(cal: Calibration, fpr: float) -> None:
+def test_pixel_threshold_is_the_conformal_level_of_the_map_maxima(cal: Calibration,
+                                                                 fpr: float) -> None:
+    k = conformal_rank(cal.size, fpr)
+    assert cal.pixel_threshold(fpr) == np.sort(cal.map_maxima)[k - 1]
     rate = float(np.mean(cal.map_maxima > cal.pixel_threshold(fpr)))
-    assert fpr - 1.0 / cal.size <= rate <= fpr
+    assert fpr - 2.0 / cal.size <= rate <= fpr
 
 
 def test_display_range(cal: Calibration) -> None:
@@ -136,6 +244,11 @@ def test_calibration_validates_sizes() -> None:
 def test_calibration_arrays_round_trip(cal: Calibration) -> None:
     back = Calibration.from_arrays(cal.to_arrays())
     assert back.size == cal.size
+    trimmed = Calibration(cal.errors, cal.log_densities, cal.map_maxima, n_trimmed=4)
+    back_trimmed = Calibration.from_arrays(trimmed.to_arrays())
+    assert back_trimmed.n_trimmed == 4 and back_trimmed.size == cal.size + 4
+    old_file = {k: v for k, v in cal.to_arrays().items() if not k.endswith("n_trimmed")}
+    assert Calibration.from_arrays(old_file).n_trimmed == 0
     assert np.array_equal(back.scores, cal.scores)
     assert back.criteria(0.05) == cal.criteria(0.05)
 

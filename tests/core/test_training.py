@@ -24,11 +24,13 @@ from napari_cell_anomaly.core.training import (
     choose_mode,
     reject_outliers,
     run_training,
+    split_holdout,
     train,
 )
 
-#: A tiny whole-mode set: 40 crops -> 4 held out, 36 trained -> 2 steps per epoch at batch 32.
-SMALL = make_cells(40, size=32, seed=11).images
+#: A tiny whole-mode set: 44 crops -> 4 held out for validation and 4 for calibration, 36
+#: trained -> 2 steps per epoch at batch 32.
+SMALL = make_cells(44, size=32, seed=11).images
 
 
 def _tiny(**kw: object) -> TrainConfig:
@@ -78,8 +80,10 @@ def test_generator_yields_progress_and_returns_detector() -> None:
     assert not events[-1].stopped
     assert det.mode == "whole" and det.size == 32
     assert det.provenance["steps"] == 5 and det.provenance["n_images"] == len(SMALL)
-    assert det.provenance["n_train"] + det.provenance["n_val"] == len(SMALL)
-    assert det.calibration.size == det.provenance["n_val"]
+    assert det.provenance["n_train"] + det.provenance["n_val"] + \
+        det.provenance["n_calibration_images"] == len(SMALL)
+    assert det.provenance["n_val"] == det.provenance["n_calibration"] == 4
+    assert det.calibration.size == det.provenance["n_calibration"]
     _assert_usable(det, make_cells(1, size=32, seed=99).images[0])
 
 
@@ -227,9 +231,12 @@ def test_robust_training_rejects_valid_training_indices() -> None:
     assert len(rej) > 0  # z = 0.5 flags some training samples; nu = 0.1 caps how many
     assert len(rej) <= int(0.1 * det.provenance["n_train"])
     assert det.density.points.shape[0] == det.provenance["n_train"] - len(rej)
-    # Robust calibration drops held-out outliers by the same rule and says how many.
+    # Robust calibration trims held-out outliers by the same rule, says how many, and counts
+    # them as calibration normals above every threshold.
     n_dropped = det.provenance["calibration_dropped"]
-    assert det.calibration.size == det.provenance["n_val"] - n_dropped
+    assert det.calibration.n_trimmed == n_dropped
+    assert det.calibration.size == det.provenance["n_calibration"]
+    assert det.calibration.errors.size == det.provenance["n_calibration"] - n_dropped
     _assert_usable(det, data.images[0])
 
 
@@ -278,3 +285,55 @@ def test_stop_before_the_first_step_raises_instead_of_returning_an_untrained_mod
     data = make_cells(12, size=32, seed=0)
     with pytest.raises(TrainingStopped, match="before its first step"):
         run_training(data.images, TrainConfig(size=32, epochs=1), stop=lambda: True)
+
+
+def test_split_holdout_keeps_groups_together_and_parts_disjoint() -> None:
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(30), rng.integers(1, 6, 30))  # cells of 30 fields
+    train_idx, val_idx, cal_idx = split_holdout(groups, 0.1, 0.2, rng)
+    parts = [set(groups[i].tolist()) for i in (train_idx, val_idx, cal_idx)]
+    assert [len(p) for p in parts] == [21, 3, 6]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert sorted(np.concatenate([train_idx, val_idx, cal_idx]).tolist()) == \
+        list(range(groups.size))
+    # Plain counts: every unit its own group; at least one in each part.
+    tr, va, ca = split_holdout(3, 0.1, 0.1, rng)
+    assert (tr.size, va.size, ca.size) == (1, 1, 1)
+    with pytest.raises(ValueError, match="at least 3"):
+        split_holdout([0, 0, 1], 0.1, 0.1, rng)
+
+
+def test_patch_calibration_measures_windows_as_scoring_does(
+        patch_detector: AnomalyDetector, field_images: list[np.ndarray]) -> None:
+    # Two 384 px fields: a 64-row validation strip and a 64-row calibration strip per field;
+    # the calibration windows (6 per strip) are measured from the tiled map of the strip,
+    # exactly as scoring measures the windows of an image.
+    det = patch_detector
+    assert det.provenance["holdout"] == "strips"
+    assert det.calibration.size == det.provenance["n_calibration"] == 12
+    strip = det.preprocessing(field_images[0])[-64:]
+    res = det.analyse_field(strip)
+    np.testing.assert_array_equal(det.calibration.errors[:6], res["recon_error"])
+    np.testing.assert_array_equal(det.calibration.map_maxima[:6], res["map_max"])
+    assert np.all(res["map_max"] <= res["error_map"].max())
+    # The verdict's pixels are the eroded foreground, and outlines stay inside them.
+    scored = det.score(field_images[0][:200, :300])
+    assert scored.region is not None and 0 < scored.region.mean() < 1
+    level = det.calibration.pixel_threshold(0.5, scored.n_windows)
+    assert not (scored.anomaly_region(level) & ~scored.region).any()
+
+
+def test_false_alarm_rate_holds_on_unseen_normals_end_to_end() -> None:
+    # A small model with 200 calibration crops (40% of 500), tested on 500 fresh normals: the
+    # observed rate must fall in the model's own 95% interval for its true rate, widened by
+    # the test set's binomial noise (3 sd).
+    det = run_training(make_cells(500, size=32, seed=21).images,
+                       TrainConfig(size=32, max_steps=12, calibration_fraction=0.4, seed=2))
+    assert det.calibration.size == 200
+    fresh = make_cells(500, size=32, seed=22).images
+    scores = np.array([det.score(im).score for im in fresh])
+    for fpr in (0.05, 0.1, 0.2):
+        lo, hi = det.calibration.rate_interval(fpr)
+        observed = float(np.mean(scores > det.calibration.threshold(fpr)))
+        noise = 3 * np.sqrt(hi * (1 - hi) / len(fresh))
+        assert lo - noise <= observed <= hi + noise, (fpr, observed, lo, hi)

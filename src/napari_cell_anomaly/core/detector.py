@@ -76,6 +76,10 @@ class ScoreResult:
         image's numbers are those of its worst window and its score is adjusted for the
         number of windows (see :meth:`Calibration.window_adjusted`); pass ``n_windows`` to
         :meth:`Calibration.pixel_threshold` for the above-threshold region.
+    region : np.ndarray or None
+        ``(H, W)`` bool: the pixels the verdict looks at (the eroded foreground when
+        ``ScoringConfig.foreground``), None for every pixel. The pixel threshold is calibrated
+        on these pixels; draw outlines with :meth:`anomaly_region`.
     """
 
     score: float
@@ -88,6 +92,13 @@ class ScoreResult:
     ssim_map: np.ndarray
     reconstruction: np.ndarray
     n_windows: int = 1
+    region: np.ndarray | None = None
+
+    def anomaly_region(self, level: float) -> np.ndarray:
+        """``(H, W)`` bool: pixels of :attr:`region` whose error map exceeds ``level``
+        (``Calibration.pixel_threshold(fpr, n_windows)``)."""
+        above = self.error_map > level
+        return above & self.region if self.region is not None else above
 
     def as_row(self) -> dict[str, float | int]:
         """The numbers of this result, as written to a CSV row."""
@@ -159,18 +170,32 @@ class AnomalyDetector:
         """A human-readable, multi-line description of the model."""
         p = self.provenance
         crit = self.calibration.criteria(DEFAULT_FPR)
+        held = f"{p.get('n_val', '?')} held out for checkpoint choice"
+        if "n_calibration" in p:
+            held += f", {p['n_calibration']} for calibration"
         lines = [
             f"Trained {p.get('date', '?')} on {p.get('n_images', '?')} images "
-            f"({p.get('n_train', '?')} train / {p.get('n_val', '?')} held out), "
+            f"({p.get('n_train', '?')} train, {held}), "
             f"{p.get('epochs_run', '?')} epochs, seed {p.get('seed', '?')}",
             f"Input: {self.channels.upper()}, {self.mode} mode, {self.size} px, "
             f"preset {self.network.config.preset}",
-            f"Calibrated on {self.calibration.size} held-out normals; at 5% false alarms: "
-            f"error > {crit['recon_error']:.4g} or log-density < {crit['log_density']:.4g}",
+            self.describe_rate(DEFAULT_FPR),
+            f"At {100 * DEFAULT_FPR:g}% false alarms: error > {crit['recon_error']:.4g} or "
+            f"log-density < {crit['log_density']:.4g}",
         ]
         if self.rejected:
             lines.append(f"Robust training rejected {len(self.rejected)} training images")
         return "\n".join(lines)
+
+    @property
+    def calibration_unit(self) -> str:
+        """What the calibration normals are: normal images, windows or cells."""
+        return {"patch": "normal windows", "cells": "normal cells"}.get(self.mode, "normals")
+
+    def describe_rate(self, fpr: float = DEFAULT_FPR) -> str:
+        """One line on the false-alarm rate ``fpr``: calibration size, 95% interval of the
+        true rate and any warning (:meth:`Calibration.describe`)."""
+        return self.calibration.describe(fpr, unit=self.calibration_unit)
 
     # -- network passes -----------------------------------------------------------------------
     def _maps(self, x: torch.Tensor, y: torch.Tensor, with_ssim: bool = True
@@ -222,7 +247,8 @@ class AnomalyDetector:
         -------
         dict
             ``codes`` (N, D), ``recon`` (N, size, size, C), ``se_map``, ``ssim_map`` and the
-            primary ``error_map`` (N, size, size), ``recon_error`` (N,), ``map_max`` (N,).
+            primary ``error_map`` (N, size, size), ``recon_error`` (N,), ``map_max`` (N,)
+            (over the pixels the verdict looks at), ``region`` (N, size, size) bool.
         """
         out: dict[str, list[np.ndarray]] = {k: [] for k in
                                             ("codes", "recon", "se_map", "ssim_map")}
@@ -238,14 +264,25 @@ class AnomalyDetector:
                 out["ssim_map"].append(dssim[:, 0].numpy())
         res = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
         res["error_map"] = self._primary(res["se_map"], res["ssim_map"]).astype(np.float32)
-        errors, maxima = [], []
+        errors, maxima, regions = [], [], []
         for i, (x, m) in enumerate(zip(units, res["error_map"], strict=True)):
-            region = masks[i] if masks is not None else self._foreground(x)
-            errors.append(reduce_map(m, self.scoring.reduce, region))
-            maxima.append(float(m.max()))
+            mask = self._region(x, masks[i] if masks is not None else None)
+            errors.append(reduce_map(m, self.scoring.reduce, mask))
+            maxima.append(float(m[mask].max()))
+            regions.append(mask)
         res["recon_error"] = np.asarray(errors)
         res["map_max"] = np.asarray(maxima)
+        res["region"] = (np.stack(regions) if regions
+                         else np.zeros((0, self.size, self.size), dtype=bool))
         return res
+
+    def _region(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Pixels of a preprocessed unit that its numbers come from: ``mask`` when given,
+        else the foreground mask; every pixel when not restricting or when the mask is empty
+        (as in ``reduce_map``)."""
+        if mask is None:
+            mask = self._foreground(x)
+        return mask if mask is not None and mask.any() else np.ones(x.shape[:2], dtype=bool)
 
     # -- scoring ------------------------------------------------------------------------------
     def score(self, image: np.ndarray, *, fpr: float | None = None, name: str = "image"
@@ -307,7 +344,8 @@ class AnomalyDetector:
             yield self.score(image, fpr=fpr, name=names[i] if names else f"image {i}")
 
     def _finish(self, err: float, logd: float, fpr: float, error_map: np.ndarray,
-                ssim_map: np.ndarray, recon: np.ndarray, n_windows: int = 1) -> ScoreResult:
+                ssim_map: np.ndarray, recon: np.ndarray, n_windows: int = 1,
+                region: np.ndarray | None = None) -> ScoreResult:
         cal = self.calibration
         score = float(cal.combine(err, logd))
         if n_windows > 1:
@@ -321,6 +359,7 @@ class AnomalyDetector:
             threshold=threshold, error_map=error_map.astype(np.float32, copy=False),
             ssim_map=ssim_map.astype(np.float32, copy=False),
             reconstruction=recon.astype(np.float32, copy=False), n_windows=n_windows,
+            region=None if region is None or region.all() else region,
         )
 
     def _score_whole(self, x: np.ndarray, fpr: float) -> ScoreResult:
@@ -332,10 +371,27 @@ class AnomalyDetector:
         def back(a: np.ndarray) -> np.ndarray:
             return resize(a, (h, w)) if (h, w) != (self.size, self.size) else a
 
+        region = back(res["region"][0].astype(np.float32)) > 0.5
         return self._finish(res["recon_error"][0], logd, fpr, back(res["error_map"][0]),
-                            back(res["ssim_map"][0]), back(res["recon"][0]))
+                            back(res["ssim_map"][0]), back(res["recon"][0]), region=region)
 
-    def _score_patch(self, x: np.ndarray, fpr: float) -> ScoreResult:
+    def analyse_field(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the network over a preprocessed image in overlapping tiles (patch mode) and
+        measure each model-size window, the unit that patch-mode calibration and verdicts use.
+
+        Parameters
+        ----------
+        x : np.ndarray
+            ``(H, W, C)`` preprocessed float32 image, at least ``size`` per side.
+
+        Returns
+        -------
+        dict
+            ``recon`` (H, W, C), ``error_map`` and ``ssim_map`` (H, W), ``region`` (H, W) bool
+            (union of the windows' foreground), and per window (see :func:`window_origins`)
+            ``recon_error``, ``log_density`` and ``map_max`` (the map's maximum over the
+            window's foreground).
+        """
         h, w, c = x.shape
         chw = np.ascontiguousarray(x.transpose(2, 0, 1))
         net = self.network
@@ -347,23 +403,32 @@ class AnomalyDetector:
             return torch.cat([y, se, dssim], dim=1)
 
         out = predict_tiled(fn, chw, tile=TILE, margin=TILE_MARGIN, align=net.align)
-        recon = out[:c].transpose(1, 2, 0)
         error_map = self._primary(out[c], out[c + 1]).astype(np.float32)
-        # Image numbers: the most anomalous model-size window (the calibration unit).
+        region = np.zeros((h, w), dtype=bool)
         windows = window_origins(h, w, self.size)
-        errs, logds = [], []
+        errs, logds, maxima = [], [], []
         for batch_start in range(0, len(windows), 64):
             batch = windows[batch_start:batch_start + 64]
             crops = np.stack([x[r:r + self.size, q:q + self.size] for r, q in batch])
             logds.append(self.density.log_density(encode_units(net, crops)))
             for (r, q), crop in zip(batch, crops, strict=True):
                 m = error_map[r:r + self.size, q:q + self.size]
-                errs.append(reduce_map(m, self.scoring.reduce, self._foreground(crop)))
-        errs_a, logds_a = np.asarray(errs), np.concatenate(logds)
-        scores = self.calibration.combine(errs_a, logds_a)
+                mask = self._region(crop)
+                errs.append(reduce_map(m, self.scoring.reduce, mask))
+                maxima.append(float(m[mask].max()))
+                region[r:r + self.size, q:q + self.size] |= mask
+        return {"recon": out[:c].transpose(1, 2, 0), "error_map": error_map,
+                "ssim_map": out[c + 1], "region": region, "recon_error": np.asarray(errs),
+                "log_density": np.concatenate(logds), "map_max": np.asarray(maxima)}
+
+    def _score_patch(self, x: np.ndarray, fpr: float) -> ScoreResult:
+        res = self.analyse_field(x)
+        # Image numbers: the most anomalous model-size window (the calibration unit).
+        scores = self.calibration.combine(res["recon_error"], res["log_density"])
         worst = int(np.argmax(scores))
-        return self._finish(errs_a[worst], logds_a[worst], fpr, error_map, out[c + 1], recon,
-                            n_windows=len(windows))
+        return self._finish(res["recon_error"][worst], res["log_density"][worst], fpr,
+                            res["error_map"], res["ssim_map"], res["recon"],
+                            n_windows=len(scores), region=res["region"])
 
     # -- per cell -----------------------------------------------------------------------------
     def score_cells(self, image: np.ndarray, labels: np.ndarray | None = None, *,

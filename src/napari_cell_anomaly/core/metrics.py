@@ -294,3 +294,40 @@ def rates_at_threshold(
     tpr = float(np.count_nonzero(flagged & y)) / n_pos if n_pos else float("nan")
     fpr = float(np.count_nonzero(flagged & ~y)) / n_neg if n_neg else float("nan")
     return tpr, fpr
+
+
+def binomial_interval(successes: int, n: int, confidence: float = 0.95
+                      ) -> tuple[float, float]:
+    """Clopper-Pearson (exact) interval for a rate observed as ``successes`` out of ``n``.
+
+    Parameters
+    ----------
+    successes, n : int
+        Observed count and number of trials (``n >= 1``).
+    confidence : float
+        Coverage of the interval.
+
+    Returns
+    -------
+    (float, float)
+        Lower and upper ends, within [0, 1].
+    """
+    from scipy import stats
+
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    tail = 0.5 * (1.0 - confidence)
+    lo = float(stats.beta.ppf(tail, successes, n - successes + 1)) if successes else 0.0
+    hi = float(stats.beta.ppf(1.0 - tail, successes + 1, n - successes)) if successes < n \
+        else 1.0
+    return lo, hi
+
+
+def binomial_range(rate: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Central range of the rate observed among ``n`` trials when the true rate is ``rate``
+    (binomial quantiles divided by ``n``)."""
+    from scipy import stats
+
+    tail = 0.5 * (1.0 - confidence)
+    lo, hi = stats.binom.ppf([tail, 1.0 - tail], n, rate)
+    return float(lo) / n, float(hi) / n

@@ -3,13 +3,22 @@
 The dual criterion: an image is anomalous if its latent log-density is too low OR its
 reconstruction error too high. Both criteria are put on a common scale by robust z-scores
 against held-out normal images (the calibration set); the combined score is the larger of the
-two, so ``score > t`` is exactly ``error > e(t) OR log_density < d(t)``. The threshold ``t`` is
-the ``1 - fpr`` quantile of the calibration normals' combined scores, so the false-alarm rate on
-normals is ``fpr`` by construction and can be changed at scoring time without retraining.
+two, so ``score > t`` is exactly ``error > e(t) OR log_density < d(t)``.
+
+The threshold ``t`` for a false-alarm rate ``fpr`` is a conformal (finite-sample) quantile of
+the calibration normals' combined scores: with ``n`` of them, the ``k``-th smallest with
+``k = ceil((n + 1) (1 - fpr))``. For a new normal exchangeable with the calibration normals
+(same distribution, never used to choose anything) the probability of a false alarm is then at
+most ``fpr``, whatever the score distribution; the rate realised by one calibration set is
+``Beta(n + 1 - k, k)``-distributed, which :meth:`Calibration.rate_interval` reports. When
+``k > n`` the sample is too small to certify ``fpr``; the threshold then comes from an
+exponential fit to the upper tail and :meth:`Calibration.certified` says so. The rate can be
+changed at scoring time without retraining.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,6 +28,8 @@ ERROR_KINDS = ("lab", "mse", "ssim", "mix")
 REDUCTIONS = ("mean", "p99", "max")
 DENSITY_KINDS = ("local", "kde")
 DEFAULT_FPR = 0.05
+#: Below this many calibration normals :meth:`Calibration.describe` adds a warning.
+MIN_CALIBRATION = 50
 
 
 @dataclass(frozen=True)
@@ -128,35 +139,48 @@ def robust_location_scale(x: np.ndarray) -> tuple[float, float]:
 class Calibration:
     """Held-out normal images' statistics, from which every threshold is derived.
 
+    The calibration normals must not have been used for any choice (training, checkpoint,
+    map scales): only then is the false-alarm rate of :meth:`threshold` guaranteed.
+
     Parameters
     ----------
     errors : np.ndarray
-        ``(M,)`` image reconstruction errors of the calibration normals.
+        ``(M,)`` image reconstruction errors of the calibration normals that were kept.
     log_densities : np.ndarray
-        ``(M,)`` latent log-densities of the calibration normals.
+        ``(M,)`` latent log-densities of the same normals.
     map_maxima : np.ndarray
-        ``(M,)`` maximum of each calibration image's smoothed error map (for pixel thresholds
-        and heatmap contrast limits).
+        ``(M,)`` maximum of each calibration unit's smoothed error map over the pixels its
+        verdict looks at (the eroded foreground when ``ScoringConfig.foreground``), for pixel
+        thresholds and heatmap contrast limits.
+    n_trimmed : int
+        Calibration normals that robust calibration dropped as likely outliers. They count as
+        scoring above every threshold (ranks are taken among all ``M + n_trimmed``), so the
+        guarantee still holds if they were normals.
     """
 
     errors: np.ndarray
     log_densities: np.ndarray
     map_maxima: np.ndarray
+    n_trimmed: int = 0
 
     def __post_init__(self) -> None:
         self.errors = np.asarray(self.errors, dtype=np.float64).ravel()
         self.log_densities = np.asarray(self.log_densities, dtype=np.float64).ravel()
         self.map_maxima = np.asarray(self.map_maxima, dtype=np.float64).ravel()
+        self.n_trimmed = int(self.n_trimmed)
         if self.errors.size == 0 or self.errors.size != self.log_densities.size:
             raise ValueError("calibration needs the same, non-zero number of errors and densities")
+        if self.n_trimmed < 0:
+            raise ValueError(f"n_trimmed must be >= 0, got {self.n_trimmed}")
         self._err_loc, self._err_scale = robust_location_scale(self.errors)
         self._dens_loc, self._dens_scale = robust_location_scale(self.log_densities)
         self.scores = self.combine(self.errors, self.log_densities)
+        self._sorted = np.sort(self.scores)
 
     @property
     def size(self) -> int:
-        """Number of calibration normals."""
-        return int(self.errors.size)
+        """Number of calibration normals, trimmed ones included (the ``n`` of the ranks)."""
+        return int(self.errors.size) + self.n_trimmed
 
     def combine(self, errors: np.ndarray | float, log_densities: np.ndarray | float) -> np.ndarray:
         """Combined anomaly score (higher = more anomalous) of errors and log-densities."""
@@ -164,39 +188,151 @@ class Calibration:
         z_dens = (self._dens_loc - np.asarray(log_densities, dtype=np.float64)) / self._dens_scale
         return np.maximum(z_err, z_dens)
 
+    # -- the threshold and what it guarantees ---------------------------------------------------
     def threshold(self, fpr: float = DEFAULT_FPR) -> float:
-        """Combined-score threshold with false-alarm rate ``fpr`` on the calibration normals.
+        """Combined-score threshold for false-alarm rate ``fpr``: ``score > threshold`` flags.
 
-        Rates below ``1 / size`` lie beyond the calibration sample; their thresholds come from
-        an exponential fit to the upper tail (see :func:`upper_quantile`).
+        The conformal quantile: the ``k``-th smallest calibration score,
+        ``k = ceil((n + 1) (1 - fpr))`` (:func:`conformal_rank`), so that a new normal is
+        flagged with probability at most ``fpr``. Rates too small for the sample
+        (``k > n``; see :meth:`certified`) get a threshold beyond the sample maximum from an
+        exponential fit to the upper tail, which is not certified.
         """
         _check_fpr(fpr)
-        return upper_quantile(self.scores, fpr)
+        return conformal_level(self._sorted, fpr, self.n_trimmed)
+
+    def certified(self, fpr: float = DEFAULT_FPR) -> bool:
+        """Whether the calibration sample is large enough to guarantee rate ``fpr``."""
+        _check_fpr(fpr)
+        return conformal_rank(self.size, fpr) <= self._sorted.size
+
+    @property
+    def min_certified_rate(self) -> float:
+        """The smallest false-alarm rate this calibration can guarantee."""
+        return self._floor_p
+
+    @property
+    def _floor_p(self) -> float:
+        return (self.n_trimmed + 1) / (self.size + 1)
+
+    def rate_interval(self, fpr: float = DEFAULT_FPR, confidence: float = 0.95
+                      ) -> tuple[float, float]:
+        """Interval for the true false-alarm rate of :meth:`threshold` at ``fpr``.
+
+        For a certified rate the rate realised by this calibration set is
+        ``Beta(n + 1 - k, k)``-distributed over calibration sets (exactly, for continuous
+        scores; with trimmed units it is at most that); the interval holds its central
+        ``confidence`` mass. For an uncertified rate only an upper bound is known: the
+        threshold is at least the sample maximum, so the interval is ``(0, upper)`` with the
+        one-sided ``confidence`` bound of the maximum's rate.
+        """
+        from scipy import stats
+
+        _check_fpr(fpr)
+        n = self.size
+        if self.certified(fpr):
+            k = conformal_rank(n, fpr)
+            tail = 0.5 * (1.0 - confidence)
+            lo, hi = stats.beta.ppf([tail, 1.0 - tail], n + 1 - k, k)
+            return float(lo), float(hi)
+        m = self._sorted.size
+        return 0.0, float(stats.beta.ppf(confidence, n + 1 - m, m))
+
+    def warning(self, fpr: float = DEFAULT_FPR) -> str | None:
+        """Why the stated rate ``fpr`` should not be trusted, or None."""
+        parts = []
+        if not self.certified(fpr):
+            parts.append(f"{self.size} calibration normals cannot certify a rate below "
+                         f"{_pct(self.min_certified_rate)}; the threshold for "
+                         f"{_pct(fpr)} is extrapolated from their tail")
+        if self.size < MIN_CALIBRATION:
+            parts.append(f"only {self.size} calibration normals (fewer than "
+                         f"{MIN_CALIBRATION}): the true false-alarm rate may be far from "
+                         f"the stated one; train on more normal images")
+        return "; ".join(parts) if parts else None
+
+    def describe(self, fpr: float = DEFAULT_FPR, unit: str = "normals") -> str:
+        """One line for users: the rate, its sample and the 95% interval of the true rate.
+
+        Example: ``5% false alarms (calibrated on 240 normals; true rate 2.6-8.1% with 95%
+        confidence)``, followed by ``Warning: ...`` (:meth:`warning`) where it applies.
+
+        Parameters
+        ----------
+        fpr : float
+            The nominal false-alarm rate.
+        unit : str
+            What the calibration units are (``"normals"``, ``"normal windows"``, ...).
+        """
+        lo, hi = self.rate_interval(fpr)
+        trimmed = (f", {self.n_trimmed} of them trimmed as outliers and counted as false "
+                   f"alarms" if self.n_trimmed else "")
+        rate = (f"true rate {_pct(lo, False)}-{_pct(hi)}" if self.certified(fpr)
+                else f"not certified, true rate at most {_pct(hi)}")
+        text = (f"{_pct(fpr)} false alarms (calibrated on {self.size} {unit}{trimmed}; "
+                f"{rate} with 95% confidence)")
+        warn = self.warning(fpr)
+        return f"{text}. Warning: {warn}" if warn else text
+
+    # -- scores of new images ------------------------------------------------------------------
+    def p_value(self, scores: np.ndarray | float) -> np.ndarray:
+        """Conformal p-value of each score: ``(1 + #{calibration scores >= s}) / (n + 1)``,
+        trimmed units counting as above every score; beyond the sample maximum, the
+        exponential tail of :func:`conformal_level`.
+
+        ``s > threshold(fpr)`` exactly when ``p_value(s) <= fpr``.
+        """
+        s = np.atleast_1d(np.asarray(scores, dtype=np.float64))
+        n, v = self.size, self._sorted
+        at_or_above = v.size - np.searchsorted(v, s, side="left")
+        p = (1.0 + at_or_above + self.n_trimmed) / (n + 1.0)
+        beyond = s > v[-1]
+        if beyond.any():
+            p[beyond] = np.exp(_tail_log_prob(v, s[beyond], self._floor_p))
+        return p
+
+    def percentile(self, scores: np.ndarray | float) -> np.ndarray:
+        """``100 (1 - p_value)``: the percent of calibration normals scoring strictly lower,
+        counted among ``n + 1`` (the new image included), so an image is flagged at rate
+        ``fpr`` exactly when its percentile is at least ``100 (1 - fpr)``."""
+        return 100.0 * (1.0 - self.p_value(scores))
 
     def window_adjusted(self, window_score: float, n_windows: int) -> tuple[float, float]:
         """Image-level score and percentile from the worst of ``n_windows`` window scores.
 
         Calibration units are model-size windows; an image made of ``n_windows`` of them is
-        more likely to contain a high window by chance. The worst window's tail probability
-        ``p`` becomes the image's ``1 - (1 - p) ** n_windows`` (Sidak), mapped back to the
-        window score scale, so ``score > threshold(fpr)`` keeps the false-alarm rate ``fpr``
-        per *image* and every image shares one threshold.
+        more likely to contain a high window by chance. The worst window's p-value ``p``
+        (:meth:`p_value`) becomes the image's ``1 - (1 - p) ** n_windows`` (Sidak), rounded
+        up to the grid of conformal p-values and mapped back to the window score scale, so
+        ``score > threshold(fpr)`` exactly when the image's p-value is at most ``fpr`` and
+        every image shares one threshold.
 
         Returns
         -------
         (float, float)
-            The adjusted score and the image's percentile among normal images.
+            The adjusted score and the image's percentile (``100 (1 - p)``).
         """
-        n = max(1, int(n_windows))
-        p_window = tail_probability(self.scores, window_score)
-        p_image = -np.expm1(n * np.log1p(-min(p_window, 1.0 - 1e-16)))
-        if p_image < 1.0 / self.size:
-            # Far tail: with an exponential tail the adjustment is a shift by beta * ln(n),
-            # computed directly so very high scores stay distinct instead of underflowing.
-            v, _, _, beta = _tail_model(self.scores)
-            return max(float(v[-1]), window_score - beta * float(np.log(n))), \
-                100.0 * (1.0 - p_image)
-        return upper_quantile(self.scores, p_image), 100.0 * (1.0 - p_image)
+        n_win = max(1, int(n_windows))
+        v, n = self._sorted, self.size
+        log_floor = float(np.log(self._floor_p))
+        if window_score > v[-1]:
+            log_pw = float(_tail_log_prob(v, np.array([window_score]), self._floor_p)[0])
+        else:
+            log_pw = float(np.log(self.p_value(window_score)[0]))
+        if log_pw < -30.0:  # far tail: 1 - (1 - p) ** n == n * p to double precision
+            log_pi = log_pw + float(np.log(n_win))
+        else:
+            p_w = min(float(np.exp(log_pw)), 1.0 - 1e-16)
+            log_pi = float(np.log(-np.expm1(n_win * np.log1p(-p_w))))
+        if log_pi < log_floor - 1e-12:
+            # Beyond the sample: invert the tail of conformal_level (in the far tail a shift
+            # by beta * ln(n_windows)).
+            level = float(v[-1]) + _tail_model(v)[3] * (log_floor - log_pi)
+            return level, 100.0 * -float(np.expm1(log_pi))
+        j = int(np.ceil(np.exp(log_pi) * (n + 1) - 1e-9))  # p rounded up to j / (n + 1)
+        idx = n + 1 - j  # 0-based index of the (n + 2 - j)-th smallest: above the rank-k one
+        level = float(v[idx]) if idx < v.size else float(np.nextafter(v[-1], np.inf))
+        return level, 100.0 * (1.0 - j / (n + 1.0))
 
     def criteria(self, fpr: float = DEFAULT_FPR) -> dict[str, float]:
         """The dual criterion's two thresholds for ``fpr``.
@@ -215,7 +351,10 @@ class Calibration:
         }
 
     def pixel_threshold(self, fpr: float = DEFAULT_FPR, n_windows: int = 1) -> float:
-        """Error-map level that a normal image's map exceeds anywhere with probability ``fpr``.
+        """Error-map level that a normal image's map exceeds anywhere (within the pixels its
+        verdict looks at, ``ScoreResult.region``) with probability at most ``fpr``.
+
+        The conformal quantile of the calibration units' map maxima, as :meth:`threshold`.
 
         Parameters
         ----------
@@ -226,29 +365,71 @@ class Calibration:
             higher level for the same per-image rate.
         """
         _check_fpr(fpr)
-        per_window = 1.0 - (1.0 - fpr) ** (1.0 / max(1, int(n_windows)))
-        return upper_quantile(self.map_maxima, per_window)
+        per_window = -np.expm1(np.log1p(-fpr) / max(1, int(n_windows)))
+        return conformal_level(np.sort(self.map_maxima), float(per_window), self.n_trimmed)
 
     def display_range(self) -> tuple[float, float]:
         """Heatmap contrast limits shared by every image scored with this model."""
         return 0.0, float(np.quantile(self.map_maxima, 0.99)) * 1.25 or 1.0
 
-    def percentile(self, scores: np.ndarray | float) -> np.ndarray:
-        """Percent of calibration normals scoring strictly lower than each score."""
-        s = np.atleast_1d(np.asarray(scores, dtype=np.float64))
-        return 100.0 * np.searchsorted(np.sort(self.scores), s, side="left") / self.size
-
     def to_arrays(self, prefix: str = "calibration.") -> dict[str, np.ndarray]:
         """Arrays for a model file."""
         return {prefix + "errors": self.errors, prefix + "log_densities": self.log_densities,
-                prefix + "map_maxima": self.map_maxima}
+                prefix + "map_maxima": self.map_maxima,
+                prefix + "n_trimmed": np.array([self.n_trimmed], dtype=np.int64)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray],
                     prefix: str = "calibration.") -> Calibration:
-        """Inverse of :meth:`to_arrays`."""
+        """Inverse of :meth:`to_arrays` (files without ``n_trimmed`` trimmed nothing)."""
+        trimmed = arrays.get(prefix + "n_trimmed")
         return cls(arrays[prefix + "errors"], arrays[prefix + "log_densities"],
-                   arrays[prefix + "map_maxima"])
+                   arrays[prefix + "map_maxima"],
+                   n_trimmed=int(trimmed.ravel()[0]) if trimmed is not None else 0)
+
+
+def conformal_rank(n: int, fpr: float) -> int:
+    """Rank ``k = ceil((n + 1) (1 - fpr))`` of the conformal threshold among ``n`` normals.
+
+    Flagging scores above the ``k``-th smallest of ``n`` exchangeable normal scores flags a new
+    normal with probability ``(n + 1 - k) / (n + 1) <= fpr``. ``k > n`` means the sample
+    cannot certify ``fpr``.
+    """
+    return max(1, math.ceil((n + 1) * (1.0 - fpr) - 1e-9))
+
+
+def conformal_level(sorted_values: np.ndarray, fpr: float, n_trimmed: int = 0) -> float:
+    """The conformal threshold of :func:`conformal_rank` over ``sorted_values`` plus
+    ``n_trimmed`` values counted as infinite.
+
+    Beyond the sample (``k > n``) the exceedance probability is extrapolated from the sample
+    maximum, where it is ``(1 + n_trimmed) / (n + 1)``, as an exponential tail whose scale
+    is fitted to the largest values (:func:`_tail_model`); not certified.
+    """
+    v = np.asarray(sorted_values, dtype=np.float64)
+    n = v.size + int(n_trimmed)
+    k = conformal_rank(n, fpr)
+    if k <= v.size:
+        return float(v[k - 1])
+    floor_p = (1.0 + n_trimmed) / (n + 1.0)
+    return float(v[-1]) + _tail_model(v)[3] * float(np.log(floor_p / fpr))
+
+
+def _pct(x: float, sign: bool = True) -> str:
+    """A rate as a short percentage: 5%, 2.6%, 0.83%."""
+    p = 100.0 * x
+    text = f"{p:.0f}" if p >= 10 else f"{p:.1f}" if p >= 1 else f"{p:.2g}"
+    if "." in text and p == round(p):
+        text = f"{p:.0f}"
+    return text + ("%" if sign else "")
+
+
+def _tail_log_prob(sorted_values: np.ndarray, x: np.ndarray, floor_p: float) -> np.ndarray:
+    """Log exceedance probability beyond the sample maximum (see :func:`conformal_level`):
+    ``floor_p`` at the maximum, decaying exponentially with the tail scale of
+    :func:`_tail_model`."""
+    beta = _tail_model(sorted_values)[3]
+    return float(np.log(floor_p)) - (np.asarray(x, dtype=np.float64) - sorted_values[-1]) / beta
 
 
 def _tail_model(values: np.ndarray) -> tuple[np.ndarray, int, float, float]:
@@ -272,6 +453,7 @@ def upper_quantile(values: np.ndarray, p: float) -> float:
 
     Empirical (``method="higher"``) where the sample reaches ``p`` (``p >= 1 / M``); beyond
     it, the exponential tail fit of :func:`_tail_model`, never below the sample maximum.
+    (Thresholds use the conformal :func:`conformal_level`; this is its tail beyond the sample.)
     """
     v, k, u, beta = _tail_model(values)
     m = v.size

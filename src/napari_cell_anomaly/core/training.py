@@ -25,7 +25,8 @@ paper, by measurement on contaminated malaria crops (docs/benchmarks.md):
   hid the synthetic anomalies from the rejection;
 * the same rule, with the stricter cut ``calibration_z``, drops held-out calibration units
   before the thresholds are fitted, so contaminants there do not raise the threshold
-  (``provenance["calibration_dropped"]``).
+  (``provenance["calibration_dropped"]``); they still count as calibration normals scoring
+  above every threshold, so the stated false-alarm rate stays guaranteed.
 """
 
 from __future__ import annotations
@@ -111,7 +112,11 @@ class TrainConfig:
         Channel mode; None keeps colour when the images have it.
     val_fraction : float
         Fraction of images (whole mode) or of each image's rows (patch mode, few images) held out
-        for early stopping and threshold calibration.
+        for the choice of the best checkpoint (and the map scales of ``error="mix"``).
+    calibration_fraction : float
+        Fraction of images (or rows) held out, apart from those, to calibrate the thresholds
+        only: no choice sees them, so the false-alarm rate holds on new normals
+        (see :func:`split_holdout`).
     patches_per_image : int
         Patches drawn from each training image per epoch (patch mode; at least
         ``MIN_PATCHES_PER_EPOCH`` in all).
@@ -153,6 +158,7 @@ class TrainConfig:
     preset: str = "default"
     channels: str | None = None
     val_fraction: float = 0.1
+    calibration_fraction: float = 0.1
     patches_per_image: int = 64
     augment: bool = True
     robust: bool = False
@@ -180,6 +186,9 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
         if self.context not in CONTEXTS:
             raise ValueError(f"unknown context {self.context!r}; expected one of {CONTEXTS}")
+        if not 0.0 < self.calibration_fraction < 0.5:
+            raise ValueError("calibration_fraction must be in (0, 0.5), got "
+                             f"{self.calibration_fraction}")
         if not 0.0 < self.reject_nu < 0.5:
             raise ValueError(f"reject_nu must be in (0, 0.5), got {self.reject_nu}")
         ModelConfig.from_preset(self.preset)  # validates the preset name
@@ -239,7 +248,7 @@ class TrainProgress:
 class _Data:
     mode: str
     train: np.ndarray | list[np.ndarray]   # whole: (N, S, S, C); patch: list of (H, W, C)
-    val: np.ndarray                        # (M, S, S, C) units
+    val: np.ndarray                        # (M, S, S, C) units for the checkpoint choice
     train_index: np.ndarray                # image index of each train unit (whole mode)
     n_images: int
     shapes: list[tuple[int, ...]]
@@ -248,6 +257,63 @@ class _Data:
     train_masks: list[np.ndarray] | None = None  # cells mode: each unit's reduction mask
     val_masks: list[np.ndarray] | None = None
     info: dict[str, Any] = field(default_factory=dict)  # provenance of the units
+    # Calibration part, apart from the validation part (whole and patch modes; cells mode
+    # calibrates on ``val`` until it uses split_holdout): whole: (K, S, S, C) units; patch:
+    # list of images; None: calibrate on ``val`` (with ``val_masks``).
+    calib: np.ndarray | list[np.ndarray] | None = None
+    calib_index: np.ndarray | None = None  # image index of each calibration unit (whole mode)
+    holdout: str = "images"                # held out by "images" or by "strips" of each one
+
+
+def split_holdout(groups: int | Sequence[int] | np.ndarray, val_fraction: float,
+                  calibration_fraction: float, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split units into training, validation and calibration parts, keeping groups together.
+
+    Validation units choose the checkpoint (and any other setting); calibration units only
+    fit the thresholds, so no choice has seen them and their scores are exchangeable with
+    those of new normals. Units of one group (e.g. the cells of one field of view) always go
+    to the same part, so that calibration never sees a field that training or validation saw.
+
+    Parameters
+    ----------
+    groups : int or sequence of int
+        The number of units (each its own group), or a group label per unit.
+    val_fraction, calibration_fraction : float
+        Fractions of the groups held out for validation and for calibration (each at least
+        one group).
+    rng : np.random.Generator
+        Source of the random split.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray, np.ndarray)
+        Sorted unit indices of the training, validation and calibration parts.
+
+    Raises
+    ------
+    ValueError
+        With fewer than 3 groups (one for each part).
+    """
+    labels = (np.arange(int(groups)) if np.ndim(groups) == 0
+              else np.asarray(groups).ravel())
+    unique = np.unique(labels)
+    n = unique.size
+    if n < 3:
+        raise ValueError(f"need at least 3 images (or groups) to hold out one for validation "
+                         f"and one for calibration; got {n}")
+    n_val = max(1, round(val_fraction * n))
+    n_cal = max(1, round(calibration_fraction * n))
+    while n_val + n_cal > n - 1:  # keep at least one group to train on
+        if n_val >= n_cal and n_val > 1:
+            n_val -= 1
+        else:
+            n_cal -= 1
+    order = rng.permutation(unique)
+    val_idx = np.flatnonzero(np.isin(labels, order[:n_val]))
+    cal_idx = np.flatnonzero(np.isin(labels, order[n_val:n_val + n_cal]))
+    train_idx = np.flatnonzero(np.isin(labels, order[n_val + n_cal:]))
+    return train_idx, val_idx, cal_idx
 
 
 def choose_mode(shapes: Sequence[tuple[int, ...]], size: int) -> str:
@@ -271,40 +337,48 @@ def _prepare(images: Sequence[np.ndarray], cfg: TrainConfig, prep: Preprocessing
     if mode == "cells":
         return _prepare_cells(images, xs, labels, cfg, names, rng, shapes, align)
     if mode == "whole":
-        if n < 3:  # the latent density needs 2 training codes; 1 image is held out
-            raise ImageError("whole-image training needs at least 2 images to train on plus 1 "
-                             f"held out for calibration (got {n}); add images or use patch mode")
+        if n < 4:  # the latent density needs 2 training codes; 2 images are held out
+            raise ImageError("whole-image training needs at least 4 images: 2 to train on, 1 "
+                             "held out to choose the checkpoint and 1 to calibrate the "
+                             f"thresholds (got {n}); add images or use patch mode")
         units = np.stack([resize(x, (cfg.size, cfg.size)) for x in xs]).astype(np.float32)
-        order = rng.permutation(n)
-        n_val = max(1, round(cfg.val_fraction * n))
-        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        train_idx, val_idx, cal_idx = split_holdout(n, cfg.val_fraction,
+                                                    cfg.calibration_fraction, rng)
         return _Data("whole", units[train_idx], units[val_idx], train_idx, n, shapes, val_idx,
-                     size=cfg.size)
+                     size=cfg.size, calib=units[cal_idx], calib_index=cal_idx)
 
     small = [names[i] for i, x in enumerate(xs) if min(x.shape[:2]) < cfg.size]
     if small:
         raise ImageError(f"patch mode needs images of at least {cfg.size} px per side; "
                          f"{small[0]} is smaller")
     if n >= 10:
-        order = rng.permutation(n)
-        n_val = max(1, round(cfg.val_fraction * n))
-        val_imgs = [xs[i] for i in np.sort(order[:n_val])]
-        train_imgs = [xs[i] for i in np.sort(order[n_val:])]
+        train_idx, val_idx, cal_idx = split_holdout(n, cfg.val_fraction,
+                                                    cfg.calibration_fraction, rng)
+        train_imgs = [xs[i] for i in train_idx]
+        val_imgs = [xs[i] for i in val_idx]
+        cal_imgs = [xs[i] for i in cal_idx]
+        holdout = "images"
     else:
-        # Few large images: hold out a bottom strip of each one.
-        train_imgs, val_imgs = [], []
+        # Few large images: hold out two bottom strips of each one, the lower one for
+        # calibration and the one above it for validation.
+        train_imgs, val_imgs, cal_imgs = [], [], []
         for x in xs:
             h = x.shape[0]
-            strip = max(cfg.size, round(cfg.val_fraction * h))
-            if h - strip < cfg.size:
-                raise ImageError(f"images of {h} px height are too small to hold out "
-                                 f"{strip} rows for validation in patch mode; use a smaller size")
-            train_imgs.append(x[: h - strip])
-            val_imgs.append(x[h - strip:])
+            cal = max(cfg.size, round(cfg.calibration_fraction * h))
+            val = max(cfg.size, round(cfg.val_fraction * h))
+            if h - cal - val < cfg.size:
+                raise ImageError(f"images of {h} px height are too small to hold out {val} "
+                                 f"rows for validation and {cal} for calibration and still "
+                                 f"train on {cfg.size} in patch mode; use a smaller size")
+            train_imgs.append(x[: h - cal - val])
+            val_imgs.append(x[h - cal - val: h - cal])
+            cal_imgs.append(x[h - cal:])
+        holdout = "strips"
     val_units = [v[r:r + cfg.size, q:q + cfg.size]
                  for v in val_imgs for r, q in window_origins(*v.shape[:2], cfg.size)]
     return _Data("patch", train_imgs, np.stack(val_units).astype(np.float32),
-                 np.arange(len(train_imgs)), n, shapes, size=cfg.size)
+                 np.arange(len(train_imgs)), n, shapes, size=cfg.size, calib=cal_imgs,
+                 holdout=holdout)
 
 
 #: Cells mode holds out whole fields when there are at least this many; with fewer, the
@@ -631,6 +705,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         "n_images": data.n_images,
         "n_train": len(data.train),
         "n_val": len(data.val),
+        "holdout": data.holdout,
         "image_shapes": _shape_summary(data.shapes),
         "names": names[:1000],
         "epochs_run": epochs_run,
@@ -690,27 +765,46 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: _Data, cfg: TrainConfig
         train_units = np.concatenate([random_patches(x, cfg.size, per, rng) for x in data.train])
     density = fit_density(cfg.scoring.density, _codes(net, train_units),
                           channels=net.config.latent_channels, seed=cfg.seed)
-    # A provisional detector measures the held-out units; its calibration is replaced below.
+    # A provisional detector measures the calibration units; its calibration is replaced
+    # below. Map scales come from the validation units, so no choice sees the calibration.
     det = _probe(net, prep, data, cfg, provenance)
     det.density = density
     if cfg.scoring.error == "mix":
         _set_map_scales(det, data.val)
-    res = det.analyse_units(data.val, data.val_masks)
-    keep = np.arange(len(data.val))
+    if data.mode == "patch" and data.calib is not None:
+        # The windows of the calibration images, measured as at scoring time: from the tiled
+        # map with context, restricted to the eroded foreground.
+        fields = [det.analyse_field(x) for x in data.calib]
+        errors = np.concatenate([f["recon_error"] for f in fields])
+        log_dens = np.concatenate([f["log_density"] for f in fields])
+        map_max = np.concatenate([f["map_max"] for f in fields])
+    else:
+        units, masks = ((cast(np.ndarray, data.calib), None) if data.calib is not None
+                        else (data.val, data.val_masks))
+        res = det.analyse_units(units, masks)
+        errors, map_max = res["recon_error"], res["map_max"]
+        log_dens = density.log_density(res["codes"])
+    keep = np.arange(len(errors))
+    dropped = np.zeros(0, dtype=np.int64)
     if cfg.robust:
-        # Robust calibration: held-out units can be contaminated too; drop the outliers by
-        # the training rule (with a stricter cut) so they do not raise the thresholds.
-        dropped = reject_outliers(res["recon_error"], cfg.calibration_z, cfg.reject_nu)
-        if len(data.val) - dropped.size >= 2:
+        # Robust calibration: held-out units can be contaminated too; trim the outliers by
+        # the training rule (with a stricter cut) so they do not raise the thresholds. They
+        # still count as calibration normals above every threshold (Calibration.n_trimmed),
+        # so the false-alarm guarantee holds even if they were normal.
+        dropped = reject_outliers(errors, cfg.calibration_z, cfg.reject_nu)
+        if len(errors) - dropped.size >= 2:
             keep = np.setdiff1d(keep, dropped)
         else:
             dropped = np.zeros(0, dtype=np.int64)
         provenance["calibration_dropped"] = int(dropped.size)
-        if data.val_index is not None:
-            provenance["calibration_dropped_images"] = [int(data.val_index[i])
-                                                        for i in dropped]
-    det.calibration = Calibration(res["recon_error"][keep],
-                                  density.log_density(res["codes"][keep]), res["map_max"][keep])
+        index = data.calib_index if data.calib is not None else data.val_index
+        if index is not None:
+            provenance["calibration_dropped_images"] = [int(index[i]) for i in dropped]
+    det.calibration = Calibration(errors[keep], log_dens[keep], map_max[keep],
+                                  n_trimmed=int(dropped.size))
+    provenance["n_calibration"] = det.calibration.size
+    if data.calib is not None:
+        provenance["n_calibration_images"] = len(data.calib)
     return det
 
 
