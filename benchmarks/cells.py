@@ -133,7 +133,8 @@ def chula(args: argparse.Namespace) -> dict:
     normal_labels = [normal_labels[i] for i in used]
     seg_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    config = TrainConfig(epochs=args.epochs, context=args.context, seed=args.seed)
+    config = TrainConfig(epochs=args.epochs, context=args.context, seed=args.seed,
+                         **_scoring(args))
     detector = run_training([t[1] for t in train], config, labels=normal_labels)
     train_seconds = time.perf_counter() - t0
     out: dict = {"train_fields": len(train), "train_normal_cells": n_normal,
@@ -186,11 +187,21 @@ def chula(args: argparse.Namespace) -> dict:
     return out
 
 
+def _scoring(args: argparse.Namespace) -> dict:
+    """TrainConfig keywords for a non-default density (``--density``)."""
+    if args.density is None:
+        return {}
+    from napari_cell_anomaly.core.scoring import ScoringConfig
+
+    return {"scoring": ScoringConfig(density=args.density)}
+
+
 def synthetic(args: argparse.Namespace) -> dict:
     train = [make_cell_field((512, 512), n_cells=70, anomaly_fraction=0.0, seed=s)
              for s in range(8)]
     det = run_training([f.image for f in train],
-                       TrainConfig(epochs=args.epochs, context=args.context, seed=args.seed),
+                       TrainConfig(epochs=args.epochs, context=args.context, seed=args.seed,
+                                   **_scoring(args)),
                        labels=[f.labels for f in train])
     ys, ss = [], []
     for s in range(100, 106):
@@ -224,6 +235,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=TrainConfig().epochs)
     p.add_argument("--context", choices=("isolate", "keep"), default="isolate")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--density", help="latent density kind (default: the model default)")
     p.add_argument("--quick", action="store_true", help="40 fields per split")
     p.add_argument("--skip-synthetic", action="store_true")
     p.add_argument("--skip-chula", action="store_true")

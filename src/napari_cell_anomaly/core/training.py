@@ -257,11 +257,11 @@ class _Data:
     train_masks: list[np.ndarray] | None = None  # cells mode: each unit's reduction mask
     val_masks: list[np.ndarray] | None = None
     info: dict[str, Any] = field(default_factory=dict)  # provenance of the units
-    # Calibration part, apart from the validation part (whole and patch modes; cells mode
-    # calibrates on ``val`` until it uses split_holdout): whole: (K, S, S, C) units; patch:
-    # list of images; None: calibrate on ``val`` (with ``val_masks``).
+    # Calibration part, apart from the validation part: whole and cells: (K, S, S, C) units;
+    # patch: list of images; None: calibrate on ``val`` (with ``val_masks``).
     calib: np.ndarray | list[np.ndarray] | None = None
-    calib_index: np.ndarray | None = None  # image index of each calibration unit (whole mode)
+    calib_index: np.ndarray | None = None  # image index of each calibration unit
+    calib_masks: list[np.ndarray] | None = None  # cells mode: each unit's reduction mask
     holdout: str = "images"                # held out by "images" or by "strips" of each one
 
 
@@ -381,8 +381,8 @@ def _prepare(images: Sequence[np.ndarray], cfg: TrainConfig, prep: Preprocessing
                  holdout=holdout)
 
 
-#: Cells mode holds out whole fields when there are at least this many; with fewer, the
-#: lowest cells (by row) of each field are held out instead.
+#: Cells mode holds out whole fields (for validation and for calibration) when at least this
+#: many fields have cells; with fewer, bands of each field's lowest cells are held out.
 MIN_FIELDS_FOR_HOLDOUT = 3
 
 
@@ -414,46 +414,46 @@ def _prepare_cells(images: Sequence[np.ndarray], xs: Sequence[np.ndarray],
                          f"to train on; found {sum(n_cells)} in {n} image(s)")
     all_cells = [take_cells(t, use) for _, t, use in fields]
     side = window_side(pool_cells(all_cells), align)
-    units, masks, field_of, held = [], [], [], []
-    fields_with_cells = [i for i in range(n) if n_cells[i]]
-    by_field = len(fields_with_cells) >= MIN_FIELDS_FOR_HOLDOUT
-    if by_field:
-        order = rng.permutation(fields_with_cells)
-        n_val = max(1, round(cfg.val_fraction * len(order)))
-        val_fields = set(int(i) for i in order[:n_val])
+    units, masks, field_of, rows = [], [], [], []
     for i, (lab, _, _) in enumerate(fields):
         table = all_cells[i]
         if not len(table):
             continue
         x, fill = balance_field(xs[i], lab) if cfg.balance else (xs[i], None)
         cu = cut_units(x, lab, table, side, context=cfg.context, fill=fill)
-        if by_field:
-            is_val = np.full(len(cu), i in val_fields)
-        else:
-            cut = np.quantile(table.centroid_y, 1.0 - cfg.val_fraction)
-            is_val = np.asarray(table.centroid_y) >= cut
-            if is_val.all():
-                is_val[np.argmin(table.centroid_y)] = False
-        for j in range(len(cu)):
-            units.append(cu.windows[j])
-            masks.append(cu.masks[j])
-            field_of.append(i)
-            held.append(bool(is_val[j]))
-    held_a = np.asarray(held)
-    if held_a.all() or not held_a.any() or (~held_a).sum() < 2:
-        raise ImageError("cells mode needs cells to train on and cells held out for "
-                         f"calibration; got {(~held_a).sum()} and {held_a.sum()}: add fields")
+        units.extend(cu.windows)
+        masks.extend(cu.masks)
+        field_of.extend([i] * len(cu))
+        # rank of each cell by row within its field, 0 (top) .. 1 (bottom)
+        order = np.argsort(np.argsort(table.centroid_y, kind="stable"), kind="stable")
+        rows.extend((order + 0.5) / len(cu))
+    field_a, rows_a = np.asarray(field_of), np.asarray(rows)
+    by_field = len(np.unique(field_a)) >= MIN_FIELDS_FOR_HOLDOUT
+    if by_field:
+        tr, va, ca = split_holdout(field_a, cfg.val_fraction, cfg.calibration_fraction, rng)
+    else:
+        # Too few fields: each field's lowest cells calibrate, the band above them validates.
+        cal_cut = 1.0 - cfg.calibration_fraction
+        val_cut = cal_cut - cfg.val_fraction
+        ca = np.flatnonzero(rows_a >= cal_cut)
+        va = np.flatnonzero((rows_a >= val_cut) & (rows_a < cal_cut))
+        tr = np.flatnonzero(rows_a < val_cut)
+    if len(tr) < 2 or not len(va) or not len(ca):
+        raise ImageError("cells mode needs cells to train on, cells to choose the checkpoint "
+                         f"and cells to calibrate; got {len(tr)}, {len(va)} and {len(ca)} "
+                         f"from {n} image(s): add fields")
     arr = np.stack(units).astype(np.float32)
     red = reduction_masks(masks, cfg.scoring.erode)
-    tr, va = np.flatnonzero(~held_a), np.flatnonzero(held_a)
-    field_a = np.asarray(field_of)
     info = {"n_cells": len(units), "window_side": side,
             "holdout": "fields" if by_field else "lowest cells of each field",
-            "n_fields_held_out": len(set(field_a[va].tolist())) if by_field else 0,
+            "n_fields_validation": len(set(field_a[va].tolist())) if by_field else 0,
+            "n_fields_calibration": len(set(field_a[ca].tolist())) if by_field else 0,
             "segmentation": segmentation,
             "labels_given": int(sum(lab is not None for lab in labels))}
     return _Data("cells", arr[tr], arr[va], field_a[tr], n, shapes, field_a[va], size=side,
-                 train_masks=[red[i] for i in tr], val_masks=[red[i] for i in va], info=info)
+                 train_masks=[red[i] for i in tr], val_masks=[red[i] for i in va], info=info,
+                 calib=arr[ca], calib_index=field_a[ca], calib_masks=[red[i] for i in ca],
+                 holdout="fields" if by_field else "strips")
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -779,8 +779,8 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: _Data, cfg: TrainConfig
         log_dens = np.concatenate([f["log_density"] for f in fields])
         map_max = np.concatenate([f["map_max"] for f in fields])
     else:
-        units, masks = ((cast(np.ndarray, data.calib), None) if data.calib is not None
-                        else (data.val, data.val_masks))
+        units, masks = ((cast(np.ndarray, data.calib), data.calib_masks)
+                        if data.calib is not None else (data.val, data.val_masks))
         res = det.analyse_units(units, masks)
         errors, map_max = res["recon_error"], res["map_max"]
         log_dens = density.log_density(res["codes"])
