@@ -75,6 +75,7 @@ LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 # Tuned on chula-rbc and dsb2018-fluo (see benchmarks/segmentation.py).
 _MARKER_SPACING = 0.55      # minimum marker distance, in cell radii
 _MARKER_DEPTH = 0.3         # a marker's distance value must reach this many radii
+_SIGNAL_WEIGHT = 0.5        # fluorescence: weight of the signal in the watershed landscape
 _DEBRIS_FRACTION = 0.2      # objects below this fraction of the median area are debris
 _HOLE_FRACTION = 0.5        # holes below this fraction of a cell's area are filled
 _MIN_RADIUS = 2.0
@@ -442,6 +443,10 @@ def _radius_at(mask: np.ndarray) -> float:
     return 3.0 * float(dist[filled].mean())
 
 
+def _foreground(signal: np.ndarray, kind: str) -> np.ndarray:
+    return signal > _otsu(_subsample(signal))
+
+
 def _estimate_radius(mask: np.ndarray) -> float:
     """Typical cell radius: three times the mean distance to the background.
 
@@ -473,19 +478,32 @@ def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     return mask | small[lab]
 
 
-def _split(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Watershed of the smoothed distance transform, markers from its spaced maxima."""
+def _split(mask: np.ndarray, radius: float, signal: np.ndarray | None = None) -> np.ndarray:
+    """Watershed of the smoothed distance transform, markers from its spaced maxima.
+
+    With ``signal`` (fluorescence), the landscape also weighs the cell signal, so that
+    touching nuclei split along the dimmer line between them.
+    """
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
     dist = ndi.distance_transform_edt(mask).astype(np.float32)
     smooth = ndi.gaussian_filter(dist, max(1.0, 0.15 * radius))
+    land = smooth / np.float32(radius)
+    if signal is not None and _SIGNAL_WEIGHT > 0:
+        inside = signal[mask]
+        scale = float(np.percentile(inside, 99)) if inside.size else 1.0
+        sig = ndi.gaussian_filter(signal, max(1.0, 0.15 * radius)) / np.float32(max(scale, 1e-6))
+        np.clip(sig, 0.0, 1.0, out=sig)
+        land = (1 - _SIGNAL_WEIGHT) * land + _SIGNAL_WEIGHT * sig
     min_distance = max(1, round(_MARKER_SPACING * radius))
     comp, n_comp = ndi.label(mask)
-    peaks = peak_local_max(smooth, min_distance=min_distance,
-                           threshold_abs=max(1.0, _MARKER_DEPTH * radius),
-                           exclude_border=False)
-    peaks = peaks[mask[tuple(peaks.T)]] if len(peaks) else peaks.reshape(0, 2)
+    peaks = peak_local_max(land, min_distance=min_distance, exclude_border=False)
+    if len(peaks):
+        deep = smooth[tuple(peaks.T)] >= max(1.0, _MARKER_DEPTH * radius)
+        peaks = peaks[deep & mask[tuple(peaks.T)]]
+    else:
+        peaks = peaks.reshape(0, 2)
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     # components without a marker (thin or small) keep one label of their own
@@ -497,8 +515,7 @@ def _split(mask: np.ndarray, radius: float) -> np.ndarray:
         extra = np.zeros(n_comp + 1, dtype=np.int32)
         extra[orphan] = len(peaks) + np.arange(1, int(orphan.sum()) + 1, dtype=np.int32)
         markers = np.where(markers > 0, markers, np.where(comp > 0, extra[comp], 0))
-        # an orphan's whole component is its marker
-    return watershed(-smooth, markers, mask=mask).astype(np.int32)
+    return watershed(-land, markers, mask=mask).astype(np.int32)
 
 
 def _check_kind(kind: str) -> str:
@@ -564,7 +581,7 @@ def segment_cells(
     if kind == "auto":
         kind = _kind_of(_gray(img))
     signal = _cell_signal(img, kind)
-    mask = signal > _otsu(_subsample(signal))
+    mask = _foreground(signal, kind)
     empty = np.zeros(mask.shape, dtype=np.int32)
     if not mask.any():
         return empty
@@ -577,7 +594,11 @@ def segment_cells(
         h, w = mask.shape
         small = mask[: h - h % factor, : w - w % factor]
         small = small.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3)) >= 0.5
-        coarse = _split(small, radius / factor)
+        coarse_signal = None
+        if kind == "fluorescence":
+            coarse_signal = signal[: h - h % factor, : w - w % factor].reshape(
+                h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+        coarse = _split(small, radius / factor, coarse_signal)
         up = np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)
         full = np.zeros(mask.shape, dtype=np.int32)
         full[: up.shape[0], : up.shape[1]] = up
@@ -588,7 +609,7 @@ def segment_cells(
             full[missing] = grown[missing]
         labels = np.where(mask, full, 0).astype(np.int32)
     else:
-        labels = _split(mask, radius)
+        labels = _split(mask, radius, signal if kind == "fluorescence" else None)
 
     areas = np.bincount(labels.ravel())
     areas[0] = 0
