@@ -76,6 +76,10 @@ LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 _MARKER_SPACING = 0.55      # minimum marker distance, in cell radii
 _MARKER_DEPTH = 0.3         # a marker's distance value must reach this many radii
 _SIGNAL_WEIGHT = 0.5        # fluorescence: weight of the signal in the watershed landscape
+_NOISE_K = 10.0             # fluorescence: threshold at most this many noise sigmas up
+_MIN_OTSU_FRACTION = 0.35   # ... but not below this fraction of Otsu's threshold
+_PEAK_FRACTION = 0.2        # fluorescence: keep pixels above this share of their peak
+_MIN_CONTRAST = 4.0         # no cells when the classes differ by fewer noise sigmas
 _DEBRIS_FRACTION = 0.2      # objects below this fraction of the median area are debris
 _HOLE_FRACTION = 0.5        # holes below this fraction of a cell's area are filled
 _MIN_RADIUS = 2.0
@@ -444,7 +448,36 @@ def _radius_at(mask: np.ndarray) -> float:
 
 
 def _foreground(signal: np.ndarray, kind: str) -> np.ndarray:
-    return signal > _otsu(_subsample(signal))
+    """Pixels whose signal stands out of the background noise.
+
+    The threshold is Otsu's, lowered for fluorescence to ``_NOISE_K`` noise deviations
+    above the background (when that is lower) so that dim nuclei beside bright ones are
+    kept; each connected part then keeps the pixels above ``_PEAK_FRACTION`` of its own
+    brightest value (trims the halo of bright nuclei). Nothing is foreground when the two
+    Otsu classes differ by less than ``_MIN_CONTRAST`` noise deviations (noise only).
+    """
+    sample = _subsample(signal)
+    t = _otsu(sample)
+    low = sample[sample <= t]
+    high = sample[sample > t]
+    if low.size < 2 or high.size < 2:
+        return np.zeros(signal.shape, dtype=bool)
+    level = float(np.median(low))
+    sigma = 1.4826 * float(np.median(np.abs(low - level)))
+    sigma = max(sigma, 1e-6 * max(float(np.abs(sample).max()), 1e-12))
+    if (float(np.median(high)) - level) < _MIN_CONTRAST * sigma:
+        return np.zeros(signal.shape, dtype=bool)
+    if kind != "fluorescence":
+        return signal > t
+    t = min(t, max(level + _NOISE_K * sigma, _MIN_OTSU_FRACTION * t))
+    mask = signal > t
+    if _PEAK_FRACTION > 0:
+        comp, n = ndi.label(mask)
+        if n:
+            peak = np.asarray(ndi.maximum(signal, comp, np.arange(1, n + 1)), dtype=np.float32)
+            cut = np.concatenate([[np.inf], _PEAK_FRACTION * (peak - t) + t]).astype(np.float32)
+            mask &= signal >= cut[comp]
+    return mask
 
 
 def _estimate_radius(mask: np.ndarray) -> float:
