@@ -115,6 +115,7 @@ def bench_chula(quick: bool) -> None:
     if quick:
         ids = ids[::10]
     parts: dict[str, dict[str, float]] = {}
+    by_class: dict[int, list[int]] = {}
     t_total = 0.0
     for fid in ids:
         pts = _chula_points(root / "points" / f"{fid}.txt")
@@ -125,9 +126,10 @@ def bench_chula(quick: bool) -> None:
         part = "tuned (odd fields)" if fid % 2 else "held out (even fields)"
         acc = parts.setdefault(part, dict.fromkeys(
             ("fields", "points", "found", "objects", "objects_with_points", "merged",
-             "at_border"), 0.0))
+             "at_border", "empty_fields"), 0.0))
         acc["fields"] += 1
         acc["objects"] += int(lab.max())
+        acc["empty_fields"] += int(lab.max() == 0)
         if not len(pts):
             continue
         h, w = lab.shape
@@ -143,13 +145,20 @@ def bench_chula(quick: bool) -> None:
         acc["at_border"] += int(border[hit[hit > 0]].sum())
         acc["objects_with_points"] += int((counts > 0).sum())
         acc["merged"] += int((counts > 1).sum())
+        for cls, h in zip(pts[:, 2].astype(int), hit, strict=True):
+            by_class.setdefault(int(cls), [0, 0])
+            by_class[int(cls)][0] += 1
+            by_class[int(cls)][1] += int(h > 0)
     for part, a in sorted(parts.items(), reverse=True):
         print(f"{part}: {int(a['fields'])} fields, {int(a['points'])} points: "
               f"found {a['found'] / max(a['points'], 1):.3f}, "
               f"merged {a['merged'] / max(a['objects_with_points'], 1):.3f} of "
               f"{int(a['objects_with_points'])} objects holding a point, "
               f"{a['objects'] / a['fields']:.1f} objects/field, "
-              f"found points in edge objects {a['at_border'] / max(a['found'], 1):.3f}")
+              f"found points in edge objects {a['at_border'] / max(a['found'], 1):.3f}, "
+              f"fields with no object {int(a['empty_fields'])}")
+    print("found by class (all fields): " + ", ".join(
+        f"{c}: {f / n:.2f} (n={n})" for c, (n, f) in sorted(by_class.items())))
     print(f"mean time per 640x480 field: {t_total / len(ids) * 1000:.0f} ms")
 
 

@@ -184,3 +184,47 @@ def test_demo_writes_every_output(tmp_path: Path) -> None:
     assert len(list((tmp_path / "heatmaps").glob("*.tif"))) == 20
     assert 0.0 <= summary["auroc"] <= 1.0
     assert json.loads((tmp_path / "summary.json").read_text())["test_images"] == 20
+
+
+def test_segment_writes_one_label_image_per_field(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from napari_cell_anomaly.core.sample import make_cell_field
+
+    images = tmp_path / "fields"
+    images.mkdir()
+    field = make_cell_field((256, 256), n_cells=20, seed=4)
+    imsave(images / "smear.png", field.image, check_contrast=False)
+    blank = (np.random.default_rng(0).normal(200, 1, (64, 64))).astype(np.uint8)
+    imsave(images / "blank.png", blank, check_contrast=False)
+    (images / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "labels"
+    code = main(["segment", str(images), "--out", str(out), "--quiet"])
+    assert code == 0
+    labels = tifffile.imread(out / "smear_labels.tif")
+    assert labels.dtype == np.uint16 and labels.shape == (256, 256)
+    n_planted = int(field.labels.max())
+    assert abs(int(labels.max()) - n_planted) <= 2
+    # each planted cell's centre lies in an object
+    from scipy import ndimage as ndi
+
+    centres = ndi.center_of_mass(field.labels > 0, field.labels, range(1, n_planted + 1))
+    hits = [labels[round(y), round(x)] for y, x in centres]
+    assert sum(h > 0 for h in hits) >= n_planted - 1
+    empty = tifffile.imread(out / "blank_labels.tif")
+    assert empty.shape == (64, 64) and not empty.any()
+    assert not (out / "broken_labels.tif").exists()
+    assert not list(out.glob(".*tmp"))
+    err = capsys.readouterr().err
+    assert "warning: no cells found in blank.png" in err
+    assert "skipped 1 unusable image file(s)" in err
+    assert f"segmented 2 images: {int(labels.max())} cells found" in err
+
+
+def test_segment_with_nothing_usable_fails_with_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    assert main(["segment", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert "segmented 0 images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["segment", str(bad), "--out", str(tmp_path / "out"), "--diameter", "-4"])

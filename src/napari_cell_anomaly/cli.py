@@ -1,4 +1,4 @@
-"""``cell-anomaly``: train, score, evaluate and demo from a terminal.
+"""``cell-anomaly``: train, score, segment, evaluate and demo from a terminal.
 
 A thin layer over :mod:`napari_cell_anomaly.core`. Every error caused by bad input ends the
 program with one clear line on stderr and a non-zero exit status, never a traceback.
@@ -305,6 +305,38 @@ def _label_dtype(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.uint16 if int(labels.max()) < 2**16 else np.uint32)
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Segment the cells of each image: one ``<stem>_labels.tif`` per image."""
+    from .core.cells import segment_cells
+    from .core.images import ImageError, find_images, read_image
+
+    out = Path(args.out)
+    _prepare_dir(out)
+    paths = find_images(args.inputs)
+    failures: list[tuple[Path, str]] = []
+    n_ok = n_cells = 0
+    show = not args.quiet and sys.stderr.isatty()
+    for k, path in enumerate(paths, 1):
+        try:
+            labels = segment_cells(read_image(path), kind=args.kind, diameter=args.diameter)
+        except ImageError as err:
+            failures.append((path, str(err)))
+            continue
+        count = int(labels.max())
+        if count == 0:
+            _say(f"warning: no cells found in {path.name}; writing an all-zero label image")
+        _write_tiff_atomic(out / f"{path.stem}_labels.tif", _label_dtype(labels))
+        n_ok += 1
+        n_cells += count
+        if show:
+            print(f"\rsegmented {k}/{len(paths)}", end="", file=sys.stderr, flush=True)
+    if show:
+        print(file=sys.stderr)
+    _report_failures(failures)
+    _say(f"segmented {n_ok} images: {n_cells} cells found; label images in {out}")
+    return 0 if n_ok else EXIT_BAD_INPUT
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print detection metrics on a normal and an anomalous folder as JSON."""
     from .core.evaluation import evaluate
@@ -348,6 +380,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
@@ -406,6 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fpr", type=_fpr, help="target false-alarm rate (default: 0.05)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_score)
+
+    g = sub.add_parser("segment", help="find the cells of each image (built-in segmentation)")
+    g.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS",
+                   help="image files, folders or glob patterns (PNG, TIFF, JPEG)")
+    g.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for <stem>_labels.tif (uint16, or uint32 above 65535 cells; "
+                        "0 = background)")
+    g.add_argument("--kind", choices=("auto", "brightfield", "fluorescence"), default="auto",
+                   help="brightfield: cells darker or more saturated than the background; "
+                        "fluorescence: cells brighter (default: auto, from the image)")
+    g.add_argument("--diameter", type=_positive_float, metavar="D",
+                   help="typical cell diameter in pixels (default: estimated per image)")
+    g.add_argument("--quiet", action="store_true", help="no progress line")
+    g.set_defaults(func=cmd_segment)
 
     e = sub.add_parser("evaluate", help="AUROC/AUPRC and the false-alarm rate observed on "
                                         "the normals next to the nominal one, as JSON")

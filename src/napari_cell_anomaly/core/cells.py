@@ -22,17 +22,27 @@ What :func:`segment_cells` does, in order
    combined over channels (Euclidean norm), so cells darker *or* more saturated than the
    background both stand out; fluorescence, ``pixel - background`` (channels averaged).
    Lightly smoothed (Gaussian, sigma 1 px).
-5. **Foreground** = signal above its Otsu threshold.
+5. **Foreground** = signal above its Otsu threshold. Nothing is foreground (no cells) when
+   the two Otsu classes differ by fewer than 4 background noise deviations (robust, from
+   the median absolute deviation): a field of noise only. Fluorescence: the threshold is
+   lowered to 10 noise deviations above the background when that is lower (but not below
+   0.35 x Otsu's), so dim nuclei beside bright ones are kept; each connected part then
+   keeps its pixels above 20 % of the way from that threshold to its own peak (trims the
+   halo of bright nuclei).
 6. **Diameter** (``diameter=None``): six times the mean distance of foreground pixels to
    the background, holes filled (over a disc of radius R that distance averages R / 3;
    touching cells change it little, debris weighs in by its few pixels only).
 7. **Fill holes** smaller than about half a cell (the central pallor of red cells; larger
    enclosed gaps between cells stay background).
-8. **Split touching cells**: Euclidean distance transform of the foreground, smoothed;
-   markers are its local maxima at least ``0.55 * radius`` apart (and at least
-   ``0.3 * radius`` deep); watershed of the negated distance within the foreground. Large
-   images are split on a 2x (or more) downsampled grid when cells are big enough (radius
-   of at least 12 px) and the labels brought back to full resolution.
+8. **Split touching cells**: Euclidean distance transform of the foreground, smoothed
+   (sigma 0.15 radius), divided by the radius; for fluorescence averaged half and half
+   with the smoothed signal (scaled by its 99th percentile inside cells), so touching
+   nuclei split along the dimmer line between them. Markers are the local maxima of that
+   landscape at least ``0.55 * radius`` apart whose distance value reaches
+   ``0.3 * radius``; a connected part without a marker stays one object. Watershed of the
+   negated landscape within the foreground. Images over 2 x 512 x 512 pixels with a
+   radius of at least 12 px are split on a grid downsampled by ``radius // 6`` (speed)
+   and the labels brought back to full resolution on the full-resolution foreground.
 9. **Drop debris**: objects smaller than ``min_area`` pixels; by default ``min_area`` is a
    fifth of the median object area (platelets, dust), never below 8 pixels.
 10. **Number** the objects 1..N.
@@ -75,6 +85,11 @@ LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 # Tuned on chula-rbc and dsb2018-fluo (see benchmarks/segmentation.py).
 _MARKER_SPACING = 0.55      # minimum marker distance, in cell radii
 _MARKER_DEPTH = 0.3         # a marker's distance value must reach this many radii
+_SIGNAL_WEIGHT = 0.5        # fluorescence: weight of the signal in the watershed landscape
+_NOISE_K = 10.0             # fluorescence: threshold at most this many noise sigmas up
+_MIN_OTSU_FRACTION = 0.35   # ... but not below this fraction of Otsu's threshold
+_PEAK_FRACTION = 0.2        # fluorescence: keep pixels above this share of their peak
+_MIN_CONTRAST = 4.0         # no cells when the classes differ by fewer noise sigmas
 _DEBRIS_FRACTION = 0.2      # objects below this fraction of the median area are debris
 _HOLE_FRACTION = 0.5        # holes below this fraction of a cell's area are filled
 _MIN_RADIUS = 2.0
@@ -384,6 +399,14 @@ def image_kind(image: np.ndarray) -> str:
     return _kind_of(_gray(as_float_image(image)))
 
 
+def _lstsq(design: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Least squares through the (small) normal equations; falls back to lstsq."""
+    try:
+        return np.linalg.solve(design.T @ design, design.T @ values)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(design, values, rcond=None)[0]
+
+
 def _background_surface(channel: np.ndarray, is_bg: np.ndarray) -> np.ndarray:
     """Quadratic surface fitted to ``channel`` on the ``is_bg`` pixels (a subsample)."""
     h, w = channel.shape
@@ -400,12 +423,12 @@ def _background_surface(channel: np.ndarray, is_bg: np.ndarray) -> np.ndarray:
     y = ys * (step / max(h - 1, 1)) - 0.5
     x = xs * (step / max(w - 1, 1)) - 0.5
     design = np.stack([np.ones_like(y), y, x, y * y, x * y, x * x], axis=1)
-    coef, *_ = np.linalg.lstsq(design, vals, rcond=None)
+    coef = _lstsq(design, vals)
     # a robust second pass: drop the worst-fitting tenth (cells misread as background)
     resid = np.abs(design @ coef - vals)
     keep = resid <= np.percentile(resid, 90)
     if keep.sum() >= 12:
-        coef, *_ = np.linalg.lstsq(design[keep], vals[keep], rcond=None)
+        coef = _lstsq(design[keep], vals[keep])
     yy = (np.arange(h, dtype=np.float32) / max(h - 1, 1) - 0.5)[:, None]
     xx = (np.arange(w, dtype=np.float32) / max(w - 1, 1) - 0.5)[None, :]
     c = coef.astype(np.float32)
@@ -422,7 +445,7 @@ def _cell_signal(img: np.ndarray, kind: str) -> np.ndarray:
         signal = np.zeros(gray.shape, dtype=np.float32)
         for c in range(img.shape[2]):
             bg = np.maximum(_background_surface(img[:, :, c], is_bg), offset)
-            od = np.log(bg + offset) - np.log(np.maximum(img[:, :, c], 0.0) + offset)
+            od = np.log((bg + offset) / (np.maximum(img[:, :, c], 0.0) + offset))
             np.maximum(od, 0.0, out=od)
             signal += od * od
         np.sqrt(signal, out=signal)
@@ -440,6 +463,39 @@ def _radius_at(mask: np.ndarray) -> float:
     dist = ndi.distance_transform_edt(filled)
     # over a disc of radius R the distance to its edge averages R / 3
     return 3.0 * float(dist[filled].mean())
+
+
+def _foreground(signal: np.ndarray, kind: str) -> np.ndarray:
+    """Pixels whose signal stands out of the background noise.
+
+    The threshold is Otsu's, lowered for fluorescence to ``_NOISE_K`` noise deviations
+    above the background (when that is lower) so that dim nuclei beside bright ones are
+    kept; each connected part then keeps the pixels above ``_PEAK_FRACTION`` of its own
+    brightest value (trims the halo of bright nuclei). Nothing is foreground when the two
+    Otsu classes differ by less than ``_MIN_CONTRAST`` noise deviations (noise only).
+    """
+    sample = _subsample(signal)
+    t = _otsu(sample)
+    low = sample[sample <= t]
+    high = sample[sample > t]
+    if low.size < 2 or high.size < 2:
+        return np.zeros(signal.shape, dtype=bool)
+    level = float(np.median(low))
+    sigma = 1.4826 * float(np.median(np.abs(low - level)))
+    sigma = max(sigma, 1e-6 * max(float(np.abs(sample).max()), 1e-12))
+    if (float(np.median(high)) - level) < _MIN_CONTRAST * sigma:
+        return np.zeros(signal.shape, dtype=bool)
+    if kind != "fluorescence":
+        return signal > t
+    t = min(t, max(level + _NOISE_K * sigma, _MIN_OTSU_FRACTION * t))
+    mask = signal > t
+    if _PEAK_FRACTION > 0:
+        comp, n = ndi.label(mask)
+        if n:
+            peak = np.asarray(ndi.maximum(signal, comp, np.arange(1, n + 1)), dtype=np.float32)
+            cut = np.concatenate([[np.inf], _PEAK_FRACTION * (peak - t) + t]).astype(np.float32)
+            mask &= signal >= cut[comp]
+    return mask
 
 
 def _estimate_radius(mask: np.ndarray) -> float:
@@ -473,19 +529,32 @@ def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     return mask | small[lab]
 
 
-def _split(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Watershed of the smoothed distance transform, markers from its spaced maxima."""
+def _split(mask: np.ndarray, radius: float, signal: np.ndarray | None = None) -> np.ndarray:
+    """Watershed of the smoothed distance transform, markers from its spaced maxima.
+
+    With ``signal`` (fluorescence), the landscape also weighs the cell signal, so that
+    touching nuclei split along the dimmer line between them.
+    """
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
     dist = ndi.distance_transform_edt(mask).astype(np.float32)
     smooth = ndi.gaussian_filter(dist, max(1.0, 0.15 * radius))
+    land = smooth / np.float32(radius)
+    if signal is not None and _SIGNAL_WEIGHT > 0:
+        inside = signal[mask]
+        scale = float(np.percentile(inside, 99)) if inside.size else 1.0
+        sig = ndi.gaussian_filter(signal, max(1.0, 0.15 * radius)) / np.float32(max(scale, 1e-6))
+        np.clip(sig, 0.0, 1.0, out=sig)
+        land = (1 - _SIGNAL_WEIGHT) * land + _SIGNAL_WEIGHT * sig
     min_distance = max(1, round(_MARKER_SPACING * radius))
     comp, n_comp = ndi.label(mask)
-    peaks = peak_local_max(smooth, min_distance=min_distance,
-                           threshold_abs=max(1.0, _MARKER_DEPTH * radius),
-                           exclude_border=False)
-    peaks = peaks[mask[tuple(peaks.T)]] if len(peaks) else peaks.reshape(0, 2)
+    peaks = peak_local_max(land, min_distance=min_distance, exclude_border=False)
+    if len(peaks):
+        deep = smooth[tuple(peaks.T)] >= max(1.0, _MARKER_DEPTH * radius)
+        peaks = peaks[deep & mask[tuple(peaks.T)]]
+    else:
+        peaks = peaks.reshape(0, 2)
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     # components without a marker (thin or small) keep one label of their own
@@ -497,8 +566,7 @@ def _split(mask: np.ndarray, radius: float) -> np.ndarray:
         extra = np.zeros(n_comp + 1, dtype=np.int32)
         extra[orphan] = len(peaks) + np.arange(1, int(orphan.sum()) + 1, dtype=np.int32)
         markers = np.where(markers > 0, markers, np.where(comp > 0, extra[comp], 0))
-        # an orphan's whole component is its marker
-    return watershed(-smooth, markers, mask=mask).astype(np.int32)
+    return watershed(-land, markers, mask=mask).astype(np.int32)
 
 
 def _check_kind(kind: str) -> str:
@@ -564,7 +632,7 @@ def segment_cells(
     if kind == "auto":
         kind = _kind_of(_gray(img))
     signal = _cell_signal(img, kind)
-    mask = signal > _otsu(_subsample(signal))
+    mask = _foreground(signal, kind)
     empty = np.zeros(mask.shape, dtype=np.int32)
     if not mask.any():
         return empty
@@ -577,18 +645,24 @@ def segment_cells(
         h, w = mask.shape
         small = mask[: h - h % factor, : w - w % factor]
         small = small.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3)) >= 0.5
-        coarse = _split(small, radius / factor)
+        coarse_signal = None
+        if kind == "fluorescence":
+            coarse_signal = signal[: h - h % factor, : w - w % factor].reshape(
+                h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+        coarse = _split(small, radius / factor, coarse_signal)
+        # pixels the coarse grid missed take the label of a neighbouring coarse cell
+        coarse = np.where(coarse > 0, coarse, ndi.grey_dilation(coarse, size=(3, 3)))
         up = np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)
         full = np.zeros(mask.shape, dtype=np.int32)
         full[: up.shape[0], : up.shape[1]] = up
-        # edge strips left by the crop and pixels the coarse grid missed: nearest label
-        missing = mask & (full == 0)
-        if missing.any():
-            grown = ndi.grey_dilation(full, size=(2 * factor + 1, 2 * factor + 1))
-            full[missing] = grown[missing]
+        # edge strips left by the crop: copy the last full row / column
+        if full.shape[0] > up.shape[0]:
+            full[up.shape[0]:] = full[up.shape[0] - 1]
+        if full.shape[1] > up.shape[1]:
+            full[:, up.shape[1]:] = full[:, up.shape[1] - 1: up.shape[1]]
         labels = np.where(mask, full, 0).astype(np.int32)
     else:
-        labels = _split(mask, radius)
+        labels = _split(mask, radius, signal if kind == "fluorescence" else None)
 
     areas = np.bincount(labels.ravel())
     areas[0] = 0
