@@ -16,8 +16,11 @@ Three kinds, named by :attr:`ScoringConfig.density <.scoring.ScoringConfig>`:
     The first design, kept so that old model files score exactly as before: a Gaussian KDE over
     whole flattened code maps, standardized and PCA-reduced. (Old files call it ``"kde"``.)
 
-Each model is fitted on the latent codes of the *training* normals only and stored as plain
-arrays (no pickled estimator), so a model file rebuilds it exactly without running code.
+``"kde"`` and ``"gmm"`` are *position-level*: one model of single code vectors, pooled over all
+positions of all training images (not one model per position), which also fits windows of
+large fields unchanged. Each model is fitted on the latent codes of the *training* normals
+only and stored as plain arrays (no pickled estimator), so a model file rebuilds it exactly
+without running code.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ BANDWIDTH_GRID = np.geomspace(0.05, 3.0, 24)
 class LatentDensity:
     """Density kind ``"kde-flat"``: a Gaussian KDE over whole flattened, reduced code maps.
 
-    Kept for model files written before the per-position models; new models use
+    Kept for model files written before the position-level models; new models use
     :class:`LocalLatentKDE` or :class:`LocalLatentDensity`.
 
     Attributes

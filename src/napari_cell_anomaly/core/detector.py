@@ -59,7 +59,7 @@ class ScoreResult:
         Image reconstruction error.
     log_density : float
         Latent log-density under the density model of the training normals' codes (of the
-        least likely latent position for the per-position kinds; lower = more unusual).
+        least likely latent position for "kde" and "gmm"; lower = more unusual).
     percentile : float
         Percent of calibration normals that score lower.
     is_anomaly : bool

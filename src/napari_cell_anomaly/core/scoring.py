@@ -26,13 +26,14 @@ import numpy as np
 
 ERROR_KINDS = ("lab", "mse", "ssim", "mix")
 REDUCTIONS = ("mean", "p99", "max")
-#: Latent density models (see :mod:`.density`): per-position KDE, per-position Gaussian
-#: mixture, and the first design's KDE over whole flattened codes (kept for old model files).
+#: Latent density models (see :mod:`.density`): a KDE and a Gaussian mixture, each one model
+#: over the code vectors of single latent positions pooled over all positions, and the first
+#: design's KDE over whole flattened codes (kept for old model files).
 DENSITY_KINDS = ("kde", "gmm", "kde-flat")
 #: The kinds offered for new models (CLI ``--density``, Train widget).
 TRAINABLE_DENSITIES = ("kde", "gmm")
 #: Version of the density names written to model files. Files without it (version 1) called
-#: the per-position mixture "local" and the whole-code KDE "kde".
+#: the position-level mixture "local" and the whole-code KDE "kde".
 DENSITY_NAMES_VERSION = 2
 _V1_DENSITY_NAMES = {"local": "gmm", "kde": "kde-flat"}
 DEFAULT_FPR = 0.05
