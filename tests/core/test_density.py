@@ -220,9 +220,8 @@ def test_kde_scores_unusual_codes_lower_than_typical_ones(local_kde: LocalLatent
     # An image's log-density is that of its least likely position.
     np.testing.assert_array_equal(local_kde.log_density(odd), per_pos.min(axis=1))
     assert local_kde.log_density(normal).min() > local_kde.log_density(odd).max()
-    # Between the two clusters (standardized codes) is less likely than at either of them.
-    z_centres = (np.array([[2.0, 0.0, -1.0, 0.5], [-2.0, 1.0, 1.0, -0.5]]) - local_kde.mean)
-    mid = np.tile((z_centres.mean(0) * local_kde.scale + local_kde.mean)[:, None], 16)
+    # Between the two clusters is less likely than at either of them.
+    mid = np.tile(np.array([0.0, 0.5, 0.0, 0.0])[:, None], 16)
     at = np.tile(np.array([2.0, 0.0, -1.0, 0.5])[:, None], 16)
     assert local_kde.log_density(mid.reshape(1, -1)) < local_kde.log_density(at.reshape(1, -1))
 
@@ -230,7 +229,7 @@ def test_kde_scores_unusual_codes_lower_than_typical_ones(local_kde: LocalLatent
 def test_kde_scoring_is_the_exact_weighted_kernel_sum(local_kde: LocalLatentKDE) -> None:
     # Near and very far queries, against a direct float64 sum over every centre.
     maps = np.concatenate([_code_maps(4, seed=2), 30.0 * _code_maps(2, seed=3)])
-    z = (_as_vectors(maps) - local_kde.mean) / local_kde.scale
+    z = (_as_vectors(maps) - local_kde.mean) @ local_kde.whiten
     h, c = local_kde.bandwidth, local_kde.centres
     d2 = ((z[:, None, :] - c[None, :, :]) ** 2).sum(-1)
     expected = (logsumexp(np.log(local_kde.weights) - 0.5 * d2 / h**2, axis=1)
@@ -246,11 +245,13 @@ def test_kde_centres_cover_the_codes_and_weights_count_them() -> None:
     kde = LocalLatentKDE.fit(maps, channels=4, n_centres=64, seed=0)
     assert kde.centres.shape == (64, 4) and kde.weights.shape == (64,)
     assert np.all(kde.weights > 0) and kde.weights.sum() == pytest.approx(1.0, abs=1e-12)
-    z = (_as_vectors(maps) - kde.mean) / kde.scale
+    z = kde.transform(_as_vectors(maps))
+    # Whitened: the training vectors have zero mean and identity covariance.
+    np.testing.assert_allclose(np.cov(z, rowvar=False, bias=True), np.eye(4), atol=1e-9)
     d2 = ((z[:, None, :] - kde.centres[None, :, :]) ** 2).sum(-1)
     # The rare vector is a centre of its own (farthest-point picks it), weight 1 / 1600.
-    rare = (np.array([9.0, 9.0, -9.0, 9.0]) - kde.mean) / kde.scale
-    assert np.min(((kde.centres - rare) ** 2).sum(1)) == 0.0
+    rare = kde.transform(np.array([[9.0, 9.0, -9.0, 9.0]]))[0]
+    assert np.min(((kde.centres - rare) ** 2).sum(1)) < 1e-20
     assert kde.weights[np.argmin(((kde.centres - rare) ** 2).sum(1))] == 1 / 1600
     # Weights are the shares of vectors nearest to each centre.
     np.testing.assert_allclose(kde.weights, np.bincount(d2.argmin(1), minlength=64) / 1600)
@@ -288,6 +289,7 @@ def test_kde_arrays_round_trip_exact(local_kde: LocalLatentKDE) -> None:
         assert isinstance(back, LocalLatentKDE) and back.channels == 4
         assert back.bandwidth == local_kde.bandwidth
         assert np.array_equal(back.centres, local_kde.centres)
+        assert np.array_equal(back.whiten, local_kde.whiten)
         assert np.array_equal(back.weights, local_kde.weights)
         maps = _code_maps(10, seed=7)
         assert np.array_equal(back.log_density(maps), local_kde.log_density(maps))
