@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")
+    print("\n".join(density_markdown(report)))
     if args.report:
         write_report(report, evs, val_imgs, labels, green)
     return 0
@@ -336,6 +337,26 @@ def write_report(report: dict[str, Any], evs: dict[str, dict[str, Any]],
     print(f"wrote {ROOT / 'docs' / 'benchmarks.md'} and figures in {img_dir}")
 
 
+def density_markdown(report: dict[str, Any]) -> list[str]:
+    """Markdown table of a ``--density`` comparison (empty without one)."""
+    comp = report.get("density_comparison")
+    if not comp:
+        return []
+    preset = comp["preset"]
+    lines = [f"| density (preset {preset}) | combined AUROC | combined AUPRC | density AUROC | "
+             "density AUPRC | TPR @5% | FPR @5% | density fit s | density score ms/image |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for kind, t in comp["timing"].items():
+        m = report["models"][f"{preset}, {kind}"]
+        lines.append(f"| {kind} | {m['combined']['auroc']:.4f} | {m['combined']['auprc']:.4f} | "
+                     f"{m['latent_density']['auroc']:.4f} | {m['latent_density']['auprc']:.4f} "
+                     f"| {m['at_5pct']['tpr']:.3f} | {m['at_5pct']['fpr']:.3f} | "
+                     f"{t['fit_s']:.1f} | {t['score_ms_per_image']:.2f} |")
+    lines += ["", f"Same network for every row: {comp['same_network']} (weights bit-identical). "
+              f"Load average during the timing: {comp['load_average']:.1f}.", ""]
+    return lines
+
+
 def _markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Detection benchmark: NIH malaria cells",
@@ -363,6 +384,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "| published Keras AE + KDE (reference, from the data README) | 0.69 | 0.60 | | | | | |",
         "",
     ]
+    if report.get("density_comparison"):
+        lines += ["## Latent density: KDE vs Gaussian mixture", "", *density_markdown(report)]
     if report["contamination"]:
         lines += ["## Contaminated training sets", "",
                   "| contamination / model | combined AUROC | error AUROC | TPR @5% | FPR @5% | "

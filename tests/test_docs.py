@@ -127,6 +127,8 @@ def test_written_defaults_match_the_code() -> None:
 
     assert re.search(rf'``"{ScoringConfig().density}"`` \(:class:`\w+`, the default\)',
                      density.__doc__ or "")
+    align = ModelConfig().align  # one latent code vector per align x align pixel block
+    assert f"one vector per {align} × {align} pixel block" in README
     # Robust training's adversarial prior is described as off by default.
     assert "off by default" in README[README.index("robust training"):][:600]
     assert d.prior_weight == 0.0
