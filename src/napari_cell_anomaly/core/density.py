@@ -258,8 +258,7 @@ class LocalLatentDensity:
 
 #: Bandwidths tried by cross-validation for :class:`LocalLatentKDE`, in whitened units.
 LOCAL_BANDWIDTH_GRID = np.geomspace(0.01, 3.0, 32)
-#: Pairwise distances per scoring batch (rows x centres), which bounds scoring memory to a few
-#: tens of megabytes.
+#: Kernel evaluations per scoring batch (rows x centres): 32 MB of float64 at most.
 _BATCH_PAIRS = 1 << 22
 
 
@@ -419,15 +418,6 @@ def _cover(z: np.ndarray, n_centres: int, max_vectors: int, rng: np.random.Gener
     return pool[chosen], weights.astype(np.float64)
 
 
-def _sq_distances(z: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances ``(len(z), len(centres))``, in float64."""
-    d2 = z @ centres.T
-    d2 *= -2.0
-    d2 += (z * z).sum(1)[:, None]
-    d2 += (centres * centres).sum(1)[None, :]
-    return np.maximum(d2, 0.0, out=d2)
-
-
 def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
     """``log(sum(exp(a), axis=1))`` for finite ``a``, overwriting ``a``."""
     m = a.max(axis=1)
@@ -438,18 +428,24 @@ def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
 
 def _log_kde(z: np.ndarray, centres: np.ndarray, log_weights: np.ndarray,
              bandwidth: float) -> np.ndarray:
-    """Exact log-density of a weighted Gaussian KDE at each row of ``z``, in batches."""
+    """Exact log-density of a weighted Gaussian KDE at each row of ``z``, in batches.
+
+    ``-|z - c|^2 / 2h^2 = (z . c - |c|^2 / 2) / h^2 - |z|^2 / 2h^2``: the last term is the same
+    for every centre and leaves the log-sum-exp, so each batch costs one matrix product, one
+    broadcast add and the log-sum-exp itself.
+    """
     z = np.asarray(z, dtype=np.float64)
-    c = centres.shape[1]
-    norm = 0.5 * c * np.log(2.0 * np.pi * bandwidth * bandwidth)
+    inv_h2 = 1.0 / (bandwidth * bandwidth)
+    proj = np.ascontiguousarray(centres.T * inv_h2)
+    offset = log_weights - 0.5 * inv_h2 * (centres * centres).sum(1)
     out = np.empty(z.shape[0])
     step = max(1, _BATCH_PAIRS // max(1, centres.shape[0]))
     for start in range(0, z.shape[0], step):
-        a = _sq_distances(z[start:start + step], centres)
-        a *= -0.5 / (bandwidth * bandwidth)
-        a += log_weights[None, :]
+        a = z[start:start + step] @ proj
+        a += offset
         out[start:start + step] = _logsumexp_rows(a)
-    return out - norm
+    c = centres.shape[1]
+    return out - 0.5 * inv_h2 * (z * z).sum(1) - 0.5 * c * np.log(2.0 * np.pi / inv_h2)
 
 
 def _mean_log_kde(queries: np.ndarray, centres: np.ndarray, weights: np.ndarray,
