@@ -5,6 +5,7 @@ Run from the project root::
     python benchmarks/detection.py                   # default + seed preset, clean training
     python benchmarks/detection.py --contamination 0,0.01,0.05,0.1   # robustness sweep
     python benchmarks/detection.py --report          # also write docs/benchmarks.md + figures
+    python benchmarks/detection.py --presets default --density kde,gmm   # density comparison
 
 Trains with the defaults a user gets (``TrainConfig()`` / ``ScoringConfig()``; only the preset
 differs for the ``seed`` row) on ``train/Uninfected`` and evaluates on ``val/`` (600 Uninfected
@@ -13,6 +14,11 @@ vs 600 Parasitized, different slides), through the same public API as the CLI
 prints and writes as JSON (``--json``, default ``benchmarks/detection.json``) per model: image
 AUROC / AUPRC of the reconstruction error, the latent density and the combined score; the
 detection (TPR) and false-alarm (FPR) rates of the calibrated 5% threshold; training time.
+
+``--density kde,gmm`` trains one model per latent density with the same seed (hence the same
+network: the benchmark checks that the weights are bit-identical, so the comparison isolates
+the density), and also times each density's fit on the codes of all training images and its
+scoring of the val images' codes, on that one network.
 
 ``--contamination`` mixes the given fractions of ``train/Parasitized`` (the contamination pool,
 never evaluated) into the training normals and trains a plain and a robust
@@ -41,9 +47,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 
-from napari_cell_anomaly.core.detector import AnomalyDetector, foreground_mask
-from napari_cell_anomaly.core.images import find_images, load_images
+from napari_cell_anomaly.core.density import fit_density
+from napari_cell_anomaly.core.detector import AnomalyDetector, encode_units, foreground_mask
+from napari_cell_anomaly.core.images import find_images, load_images, resize
 from napari_cell_anomaly.core.metrics import image_auprc, image_auroc
+from napari_cell_anomaly.core.scoring import ScoringConfig
 from napari_cell_anomaly.core.training import TrainConfig, run_training
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +97,34 @@ def evaluate(det: AnomalyDetector, images: list[np.ndarray], labels: np.ndarray
     }
     return {"metrics": out, "raw": {"recon_error": err, "log_density": logd, "score": score},
             "results": results}
+
+
+def _unit_codes(det: AnomalyDetector, images: list[np.ndarray]) -> np.ndarray:
+    """Latent codes of whole-mode units (preprocessed, resized images), as at scoring time."""
+    units = np.stack([resize(det.preprocessing(im), (det.size, det.size)) for im in images])
+    return encode_units(det.network, units.astype(np.float32))
+
+
+def density_timing(det: AnomalyDetector, kinds: list[str], train_imgs: list[np.ndarray],
+                   val_imgs: list[np.ndarray]) -> dict[str, dict[str, float]]:
+    """Seconds to fit each density kind on the codes of all ``train_imgs`` and to score the
+    codes of ``val_imgs`` (milliseconds per image), all on ``det``'s network."""
+    train_codes = _unit_codes(det, train_imgs)
+    val_codes = _unit_codes(det, val_imgs)
+    channels = det.network.config.latent_channels
+    out = {}
+    for kind in kinds:
+        t0 = time.perf_counter()
+        dens = fit_density(kind, train_codes, channels=channels, seed=0)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        dens.log_density(val_codes)
+        score_s = time.perf_counter() - t0
+        out[kind] = {"fit_s": round(fit_s, 2),
+                     "score_ms_per_image": round(1000 * score_s / len(val_imgs), 3)}
+        print(f"  density {kind}: fit {fit_s:.1f} s on {len(train_imgs)} images' codes, "
+              f"score {1000 * score_s / len(val_imgs):.2f} ms/image", flush=True)
+    return out
 
 
 def run_one(label: str, train_imgs: list[np.ndarray], val_imgs: list[np.ndarray],
@@ -145,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(plain and robust model each); e.g. 0,0.01,0.05,0.1")
     ap.add_argument("--models", default="plain,robust",
                     help="with --contamination: which of plain,robust to train")
+    ap.add_argument("--density", default=None,
+                    help="comma-separated latent densities (kde,gmm): one model per density "
+                         "and preset, same seed and network (default: ScoringConfig's)")
     ap.add_argument("--epochs", type=int, default=None, help="override (default: TrainConfig)")
     ap.add_argument("--prior-weight", type=float, default=None,
                     help="robust models: TrainConfig.prior_weight (0: no adversarial prior)")
@@ -180,10 +219,27 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['green_floor_benchmark_only']['auroc']:.4f}", flush=True)
     evs: dict[str, dict[str, Any]] = {}
     if args.contamination is None:
+        kinds = ([k.strip() for k in args.density.split(",") if k.strip()]
+                 if args.density else [ScoringConfig().density])
         for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
-            ev = run_one(preset, train_u, val_imgs, labels, TrainConfig(preset=preset, **base))
-            report["models"][preset] = ev["metrics"]
-            evs[preset] = ev
+            nets = []
+            for kind in kinds:
+                name = preset if args.density is None else f"{preset}, {kind}"
+                cfg = TrainConfig(preset=preset, scoring=ScoringConfig(density=kind), **base)
+                ev = run_one(name, train_u, val_imgs, labels, cfg)
+                report["models"][name] = ev["metrics"]
+                evs[name] = ev
+                nets.append(ev["detector"].network.state_dict())
+            if len(kinds) > 1:
+                same = all(torch.equal(nets[0][k], other[k]) for other in nets[1:]
+                           for k in nets[0])
+                print(f"[{preset}] networks bit-identical across densities: {same}",
+                      flush=True)
+                report["density_comparison"] = {
+                    "preset": preset, "same_network": same,
+                    "timing": density_timing(evs[f"{preset}, {kinds[0]}"]["detector"], kinds,
+                                             train_u, val_imgs),
+                    "load_average": os.getloadavg()[0]}
     else:
         pool, _ = _load(args.data / "train" / "Parasitized")
         for frac in [float(f) for f in args.contamination.split(",")]:
@@ -203,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")
+    print("\n".join(density_markdown(report)))
     if args.report:
         write_report(report, evs, val_imgs, labels, green)
     return 0
@@ -280,6 +337,26 @@ def write_report(report: dict[str, Any], evs: dict[str, dict[str, Any]],
     print(f"wrote {ROOT / 'docs' / 'benchmarks.md'} and figures in {img_dir}")
 
 
+def density_markdown(report: dict[str, Any]) -> list[str]:
+    """Markdown table of a ``--density`` comparison (empty without one)."""
+    comp = report.get("density_comparison")
+    if not comp:
+        return []
+    preset = comp["preset"]
+    lines = [f"| density (preset {preset}) | combined AUROC | combined AUPRC | density AUROC | "
+             "density AUPRC | TPR @5% | FPR @5% | density fit s | density score ms/image |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for kind, t in comp["timing"].items():
+        m = report["models"][f"{preset}, {kind}"]
+        lines.append(f"| {kind} | {m['combined']['auroc']:.4f} | {m['combined']['auprc']:.4f} | "
+                     f"{m['latent_density']['auroc']:.4f} | {m['latent_density']['auprc']:.4f} "
+                     f"| {m['at_5pct']['tpr']:.3f} | {m['at_5pct']['fpr']:.3f} | "
+                     f"{t['fit_s']:.1f} | {t['score_ms_per_image']:.2f} |")
+    lines += ["", f"Same network for every row: {comp['same_network']} (weights bit-identical). "
+              f"Load average during the timing: {comp['load_average']:.1f}.", ""]
+    return lines
+
+
 def _markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Detection benchmark: NIH malaria cells",
@@ -307,6 +384,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "| published Keras AE + KDE (reference, from the data README) | 0.69 | 0.60 | | | | | |",
         "",
     ]
+    if report.get("density_comparison"):
+        lines += ["## Latent density: KDE vs Gaussian mixture", "", *density_markdown(report)]
     if report["contamination"]:
         lines += ["## Contaminated training sets", "",
                   "| contamination / model | combined AUROC | error AUROC | TPR @5% | FPR @5% | "

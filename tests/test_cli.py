@@ -175,6 +175,45 @@ def test_train_rejects_a_single_image(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not model.exists()
 
 
+@pytest.mark.parametrize("density", ["kde", "gmm"])
+def test_train_records_the_chosen_density(workspace: dict[str, Path], tmp_path: Path,
+                                          density: str) -> None:
+    from napari_cell_anomaly.core import density as density_mod
+    from napari_cell_anomaly.core.modelfile import load_file
+
+    model = tmp_path / f"{density}.safetensors"
+    code = main(["train", str(workspace["root"] / "normal"), "--out", str(model), "--epochs",
+                 "1", "--batch-size", "24", "--density", density, "--quiet"])
+    assert code == 0
+    _, meta = load_file(model)
+    assert meta["scoring"]["density"] == density
+    assert meta["provenance"]["train_config"]["scoring"]["density"] == density
+    det = AnomalyDetector.load(model)
+    assert det.scoring.density == density
+    assert isinstance(det.density, {"kde": density_mod.LocalLatentKDE,
+                                    "gmm": density_mod.LocalLatentDensity}[density])
+
+
+def test_train_defaults_and_their_help_come_from_train_config(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from napari_cell_anomaly.cli import build_parser
+    from napari_cell_anomaly.core.training import TrainConfig
+
+    d = TrainConfig()
+    args = build_parser().parse_args(["train", "in", "--out", "m.safetensors"])
+    for name in ("epochs", "size", "loss", "preset", "mode", "batch_size", "seed", "robust"):
+        assert getattr(args, name) == getattr(d, name), name
+    assert args.density == d.scoring.density
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for value in (d.epochs, d.size, d.loss, d.preset, d.mode, d.batch_size, d.seed,
+                  d.scoring.density):
+        assert f"default: {value})" in text, value
+    with pytest.raises(SystemExit):  # "kde-flat" is read from old files, never trained
+        build_parser().parse_args(["train", "in", "--out", "m", "--density", "kde-flat"])
+
+
 def test_demo_writes_every_output(tmp_path: Path) -> None:
     from napari_cell_anomaly.demo import run_demo
 

@@ -135,18 +135,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train a model on normal images and save it."""
     from tqdm import tqdm
 
+    from .core.scoring import ScoringConfig
     from .core.training import TrainConfig, train
 
     out = Path(args.out)
     _check_writable_file(out)
     if args.rejected_csv:
         _check_writable_file(Path(args.rejected_csv))
-    defaults = TrainConfig()
     config = TrainConfig(
-        epochs=args.epochs or defaults.epochs, size=args.size or defaults.size,
-        loss=args.loss or defaults.loss, preset=args.preset, seed=args.seed,
-        mode=args.mode, robust=args.robust,
-        batch_size=args.batch_size or defaults.batch_size,
+        epochs=args.epochs, size=args.size, loss=args.loss, preset=args.preset, seed=args.seed,
+        mode=args.mode, robust=args.robust, batch_size=args.batch_size,
+        scoring=ScoringConfig(density=args.density),
     )
     images, paths = _load_inputs(args.inputs)
     labels = None
@@ -266,7 +265,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if show:
         print(file=sys.stderr)
     _report_failures(failures)
-    rate = f"{100 * (args.fpr or 0.05):g}% false-alarm rate"
+    rate = f"{100 * (args.fpr or DEFAULT_FPR):g}% false-alarm rate"
     _say(f"scored {n_ok} images: {n_flagged} flagged anomalous at {rate}; results in "
          f"{csv_path}")
     if per_cell:
@@ -402,30 +401,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    # Help texts quote the library's defaults, so they cannot drift from them.
+    from .core.model import PRESETS
+    from .core.scoring import DEFAULT_FPR, TRAINABLE_DENSITIES
+    from .core.training import LOSSES, MODES, TrainConfig
+
+    d = TrainConfig()
     t = sub.add_parser("train", help="train a model on images of normal cells")
     t.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS",
                    help="image files, folders or glob patterns (PNG, TIFF, JPEG)")
     t.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
-    t.add_argument("--epochs", type=_positive, help="training epochs (default: 30)")
-    t.add_argument("--size", type=_positive, help="model input size in pixels (default: 64)")
-    t.add_argument("--loss", choices=("mse", "ssim", "mix"), help="reconstruction loss")
-    t.add_argument("--preset", choices=("default", "seed"), default="default",
-                   help="network design (seed = the published Keras design)")
-    t.add_argument("--mode", choices=("auto", "whole", "patch", "cells"), default="auto",
+    t.add_argument("--epochs", type=_positive, default=d.epochs,
+                   help=f"training epochs (default: {d.epochs})")
+    t.add_argument("--size", type=_positive, default=d.size,
+                   help=f"model input size in pixels (default: {d.size})")
+    t.add_argument("--loss", choices=LOSSES, default=d.loss,
+                   help=f"reconstruction loss (default: {d.loss})")
+    t.add_argument("--preset", choices=PRESETS, default=d.preset,
+                   help=f"network design (seed = the published Keras design; "
+                        f"default: {d.preset})")
+    t.add_argument("--mode", choices=MODES, default=d.mode,
                    help="whole cell crops, patches of large fields, or one window per cell of "
-                        "a field (default: auto: cells when --labels is given, else whole or "
-                        "patch by image size)")
+                        f"a field (default: {d.mode}: cells when --labels is given, else whole "
+                        "or patch by image size)")
+    t.add_argument("--density", choices=TRAINABLE_DENSITIES, default=d.scoring.density,
+                   help="latent density over the code vectors of single latent positions: "
+                        "kde = kernel density estimate, gmm = Gaussian mixture "
+                        f"(default: {d.scoring.density})")
     t.add_argument("--labels", metavar="DIR|auto",
                    help="cells mode: a folder of label images of the normal cells, matched to "
                         "the images by stem (<stem>.tif, <stem>_labels.tif, .png alike; only "
                         "labelled objects are used), or 'auto' to find the cells with the "
                         "built-in segmentation (turns on --robust)")
     t.add_argument("--robust", action="store_true",
-                   help="reject likely anomalies from the training and calibration sets")
+                   help="give zero weight to the training images with the most anomalous "
+                        "reconstruction error (whole mode), and drop such images from "
+                        "calibration")
     t.add_argument("--rejected-csv", metavar="CSV",
                    help="write the training images rejected by --robust to this CSV")
-    t.add_argument("--batch-size", type=_positive, help="batch size (default: 32)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    t.add_argument("--batch-size", type=_positive, default=d.batch_size,
+                   help=f"batch size (default: {d.batch_size})")
+    t.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -445,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "centroid_y, centroid_x, area, score, recon_error, log_density, "
                         "is_anomaly, percentile, at_border); --csv then holds each image's "
                         "worst cell")
-    s.add_argument("--fpr", type=_fpr, help="target false-alarm rate (default: 0.05)")
+    s.add_argument("--fpr", type=_fpr, help=f"target false-alarm rate (default: {DEFAULT_FPR})")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_score)
 
@@ -468,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", metavar="MODEL")
     e.add_argument("--normal", required=True, metavar="DIR")
     e.add_argument("--anomalous", required=True, metavar="DIR")
-    e.add_argument("--fpr", type=_fpr, help="target false-alarm rate (default: 0.05)")
+    e.add_argument("--fpr", type=_fpr, help=f"target false-alarm rate (default: {DEFAULT_FPR})")
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="train and score on built-in synthetic cells")

@@ -9,8 +9,10 @@ from sklearn.neighbors import KernelDensity
 
 from napari_cell_anomaly.core.density import (
     BANDWIDTH_GRID,
+    LOCAL_BANDWIDTH_GRID,
     LatentDensity,
     LocalLatentDensity,
+    LocalLatentKDE,
     density_from_arrays,
     fit_density,
 )
@@ -168,19 +170,137 @@ def test_local_density_matches_sklearn_mixture_scoring(local: LocalLatentDensity
 def test_local_density_arrays_round_trip_exact(local: LocalLatentDensity) -> None:
     arrays = local.to_arrays()
     copied = {k: np.array(v, order="C") for k, v in arrays.items()}
-    for back in (LocalLatentDensity.from_arrays(arrays), density_from_arrays("local", copied)):
+    for back in (LocalLatentDensity.from_arrays(arrays), density_from_arrays("gmm", copied)):
         assert isinstance(back, LocalLatentDensity) and back.channels == 4
         for q in _code_maps(10, seed=3):
             assert np.array_equal(back.log_density(q[None]), local.log_density(q[None]))
-    assert isinstance(density_from_arrays("kde", LatentDensity.fit(
+    assert isinstance(density_from_arrays("kde-flat", LatentDensity.fit(
         _codes(30, seed=9)).to_arrays()), LatentDensity)
 
 
 def test_fit_density_dispatches_and_validates() -> None:
     maps = _code_maps(40, seed=4)
-    assert isinstance(fit_density("local", maps, channels=4), LocalLatentDensity)
-    assert isinstance(fit_density("kde", maps, channels=4), LatentDensity)
-    with pytest.raises(ValueError, match="unknown density"):
-        fit_density("gmm", maps, channels=4)
+    assert isinstance(fit_density("gmm", maps, channels=4), LocalLatentDensity)
+    assert isinstance(fit_density("kde", maps, channels=4), LocalLatentKDE)
+    assert isinstance(fit_density("kde-flat", maps, channels=4), LatentDensity)
+    for bad in ("local", "bogus"):  # "local" is only an old file's name, mapped on loading
+        with pytest.raises(ValueError, match="unknown density"):
+            fit_density(bad, maps, channels=4)
+        with pytest.raises(ValueError, match="unknown density"):
+            density_from_arrays(bad, {})
     with pytest.raises(ValueError, match="4-channel"):
         LocalLatentDensity.fit(maps[:, :-1], channels=4)
+    with pytest.raises(ValueError, match="4-channel"):
+        LocalLatentKDE.fit(maps[:, :-1], channels=4)
+
+
+# -------------------------------------------------------------------------------------------
+# LocalLatentKDE: a kernel density estimate over the code vectors of single latent positions
+# -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_kde() -> LocalLatentKDE:
+    return LocalLatentKDE.fit(_code_maps(200, seed=0), channels=4, n_centres=300, seed=0)
+
+
+def _as_vectors(maps: np.ndarray, channels: int = 4) -> np.ndarray:
+    n = maps.shape[0]
+    return maps.reshape(n, channels, -1).transpose(0, 2, 1).reshape(-1, channels)
+
+
+def test_kde_scores_unusual_codes_lower_than_typical_ones(local_kde: LocalLatentKDE) -> None:
+    normal = _code_maps(20, seed=1)  # new samples from the training distribution
+    odd = normal.copy().reshape(20, 4, 16)
+    odd[:, :, 5] = [0.0, -3.0, 4.0, 2.0]  # one position far from both clusters
+    odd = odd.reshape(20, -1)
+    per_pos = local_kde.position_log_density(odd)
+    assert per_pos.shape == (20, 16) and np.all(np.isfinite(per_pos))
+    assert np.all(per_pos.argmin(axis=1) == 5)
+    # An image's log-density is that of its least likely position.
+    np.testing.assert_array_equal(local_kde.log_density(odd), per_pos.min(axis=1))
+    assert local_kde.log_density(normal).min() > local_kde.log_density(odd).max()
+    # Between the two clusters is less likely than at either of them.
+    mid = np.tile(np.array([0.0, 0.5, 0.0, 0.0])[:, None], 16)
+    at = np.tile(np.array([2.0, 0.0, -1.0, 0.5])[:, None], 16)
+    assert local_kde.log_density(mid.reshape(1, -1)) < local_kde.log_density(at.reshape(1, -1))
+
+
+def test_kde_scoring_is_the_exact_weighted_kernel_sum(local_kde: LocalLatentKDE) -> None:
+    # Near and very far queries, against a direct float64 sum over every centre.
+    maps = np.concatenate([_code_maps(4, seed=2), 30.0 * _code_maps(2, seed=3)])
+    z = (_as_vectors(maps) - local_kde.mean) @ local_kde.whiten
+    h, c = local_kde.bandwidth, local_kde.centres
+    d2 = ((z[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+    expected = (logsumexp(np.log(local_kde.weights) - 0.5 * d2 / h**2, axis=1)
+                - 0.5 * c.shape[1] * np.log(2 * np.pi * h**2))
+    assert expected.min() < -1000.0  # far enough that a naive sum of exps would underflow
+    got = local_kde.position_log_density(maps).ravel()
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-8)
+
+
+def test_kde_centres_cover_the_codes_and_weights_count_them() -> None:
+    maps = _code_maps(100, seed=5)
+    maps.reshape(100, 4, 16)[0, :, 0] = [9.0, 9.0, -9.0, 9.0]  # one rare code vector
+    kde = LocalLatentKDE.fit(maps, channels=4, n_centres=64, seed=0)
+    assert kde.centres.shape == (64, 4) and kde.weights.shape == (64,)
+    assert np.all(kde.weights > 0) and kde.weights.sum() == pytest.approx(1.0, abs=1e-12)
+    z = kde.transform(_as_vectors(maps))
+    # Whitened: the training vectors have zero mean and identity covariance.
+    np.testing.assert_allclose(np.cov(z, rowvar=False, bias=True), np.eye(4), atol=1e-9)
+    d2 = ((z[:, None, :] - kde.centres[None, :, :]) ** 2).sum(-1)
+    # The rare vector is a centre of its own (farthest-point picks it), weight 1 / 1600.
+    rare = kde.transform(np.array([[9.0, 9.0, -9.0, 9.0]]))[0]
+    assert np.min(((kde.centres - rare) ** 2).sum(1)) < 1e-20
+    assert kde.weights[np.argmin(((kde.centres - rare) ** 2).sum(1))] == 1 / 1600
+    # Weights are the shares of vectors nearest to each centre.
+    np.testing.assert_allclose(kde.weights, np.bincount(d2.argmin(1), minlength=64) / 1600)
+    # Fewer distinct vectors than centres: every distinct vector becomes one centre.
+    few = np.tile(_code_maps(1, seed=6)[:, :8], (10, 1))  # 10 images x 2 positions, 2 vectors
+    small = LocalLatentKDE.fit(few, channels=4, n_centres=64)
+    assert small.centres.shape == (2, 4)
+    np.testing.assert_allclose(small.weights, [0.5, 0.5])
+
+
+def test_kde_bandwidth_is_the_cross_validated_choice() -> None:
+    rng = np.random.default_rng(4)
+
+    def maps(vectors: np.ndarray) -> np.ndarray:  # (n * 16, 3) -> (n, 3 * 16)
+        return vectors.reshape(-1, 16, 3).transpose(0, 2, 1).reshape(-1, 48)
+
+    smooth = maps(rng.normal(size=(3200, 3)))
+    centers = rng.normal(size=(8, 3)) * 8.0
+    clustered = maps(centers[rng.integers(0, 8, 3200)] + 0.3 * rng.normal(size=(3200, 3)))
+    h_smooth = LocalLatentKDE.fit(smooth, channels=3, n_centres=500).bandwidth
+    h_clustered = LocalLatentKDE.fit(clustered, channels=3, n_centres=500).bandwidth
+    for h in (h_smooth, h_clustered):
+        assert np.isfinite(h) and h in LOCAL_BANDWIDTH_GRID
+        # An interior optimum of the held-out likelihood, not an end of the grid.
+        assert LOCAL_BANDWIDTH_GRID[0] < h < LOCAL_BANDWIDTH_GRID[-1]
+    assert h_clustered < h_smooth
+
+
+def test_kde_arrays_round_trip_exact(local_kde: LocalLatentKDE) -> None:
+    arrays = local_kde.to_arrays()
+    assert all(k.startswith("density.") and isinstance(v, np.ndarray)
+               for k, v in arrays.items())
+    copied = {k: np.array(v, order="C") for k, v in arrays.items()}
+    for back in (LocalLatentKDE.from_arrays(arrays), density_from_arrays("kde", copied)):
+        assert isinstance(back, LocalLatentKDE) and back.channels == 4
+        assert back.bandwidth == local_kde.bandwidth
+        assert np.array_equal(back.centres, local_kde.centres)
+        assert np.array_equal(back.whiten, local_kde.whiten)
+        assert np.array_equal(back.weights, local_kde.weights)
+        maps = _code_maps(10, seed=7)
+        assert np.array_equal(back.log_density(maps), local_kde.log_density(maps))
+        for q in maps:
+            assert np.array_equal(back.log_density(q[None]), local_kde.log_density(q[None]))
+
+
+def test_kde_fit_is_reproducible_and_rejects_too_few_vectors() -> None:
+    maps = _code_maps(30, seed=8)
+    a = LocalLatentKDE.fit(maps, channels=4, n_centres=50, seed=3)
+    b = LocalLatentKDE.fit(maps, channels=4, n_centres=50, seed=3)
+    assert np.array_equal(a.centres, b.centres) and a.bandwidth == b.bandwidth
+    with pytest.raises(ValueError, match="at least 2 latent code vectors"):
+        LocalLatentKDE.fit(np.zeros((1, 4)), channels=4)

@@ -320,3 +320,68 @@ def test_tampered_model_file_is_refused(cell_detector, tmp_path: Path) -> None:
         AnomalyDetector.load(truncated)
     with pytest.raises(ModelFileError):
         AnomalyDetector.load(tmp_path / "missing.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny_detectors() -> dict[str, AnomalyDetector]:
+    """One briefly trained detector per latent density kind (same images, same seed)."""
+    from napari_cell_anomaly.core.sample import make_cells
+    from napari_cell_anomaly.core.scoring import DENSITY_KINDS, ScoringConfig
+    from napari_cell_anomaly.core.training import TrainConfig, run_training
+
+    images = make_cells(24, size=32, seed=4).images
+    return {kind: run_training(images, TrainConfig(size=32, max_steps=2, batch_size=8,
+                                                   scoring=ScoringConfig(density=kind)))
+            for kind in DENSITY_KINDS}
+
+
+@pytest.mark.parametrize("kind", ["kde", "gmm", "kde-flat"])
+def test_each_density_round_trips_exactly_through_a_model_file(
+        tiny_detectors, kind: str, tmp_path: Path) -> None:
+    from napari_cell_anomaly.core import density as density_mod
+    from napari_cell_anomaly.core.modelfile import load_file
+    from napari_cell_anomaly.core.sample import make_cells
+
+    det = tiny_detectors[kind]
+    expected_type = {"kde": density_mod.LocalLatentKDE, "gmm": density_mod.LocalLatentDensity,
+                     "kde-flat": density_mod.LatentDensity}[kind]
+    assert det.scoring.density == kind and isinstance(det.density, expected_type)
+    path = tmp_path / f"{kind}.safetensors"
+    det.save(path)
+    _, meta = load_file(path)
+    assert meta["scoring"]["density"] == kind  # the file records the kind by name
+    back = AnomalyDetector.load(path)
+    assert back.scoring == det.scoring and type(back.density) is type(det.density)
+    arrays, back_arrays = det.density.to_arrays(), back.density.to_arrays()
+    assert arrays.keys() == back_arrays.keys()
+    assert all(np.array_equal(arrays[k], back_arrays[k]) for k in arrays)
+    for im in make_cells(4, size=32, anomaly_fraction=0.5, seed=5).images:
+        a, b = det.score(im), back.score(im)
+        assert (a.score, a.log_density, a.percentile) == (b.score, b.log_density, b.percentile)
+
+
+@pytest.mark.parametrize(("old_name", "kind"),
+                         [("local", "gmm"), ("kde", "kde-flat"), (None, "kde-flat")])
+def test_old_model_files_load_and_score_as_before(tiny_detectors, old_name: str | None,
+                                                  kind: str, tmp_path: Path) -> None:
+    from napari_cell_anomaly.core.modelfile import load_file, save_file
+    from napari_cell_anomaly.core.sample import make_cells
+
+    det = tiny_detectors[kind]
+    path = tmp_path / "new.safetensors"
+    det.save(path)
+    tensors, meta = load_file(path)
+    # Rewrite the file as versions before the density names' version 2 wrote it.
+    del meta["scoring"]["density_names"]
+    if old_name is None:
+        del meta["scoring"]["density"]
+    else:
+        meta["scoring"]["density"] = old_name
+    old = tmp_path / "old.safetensors"
+    save_file(old, tensors, meta)
+    back = AnomalyDetector.load(old)
+    assert back.scoring.density == kind and type(back.density) is type(det.density)
+    for im in make_cells(3, size=32, anomaly_fraction=0.5, seed=6).images:
+        a, b = det.score(im), back.score(im)
+        assert (a.score, a.log_density, a.is_anomaly) == (b.score, b.log_density, b.is_anomaly)
+

@@ -10,6 +10,8 @@ import pytest
 
 from napari_cell_anomaly.core.scoring import (
     DEFAULT_FPR,
+    DENSITY_KINDS,
+    DENSITY_NAMES_VERSION,
     MIN_CALIBRATION,
     Calibration,
     ScoringConfig,
@@ -325,3 +327,21 @@ def test_window_adjustment_keeps_far_tail_scores_distinct_and_ordered() -> None:
     adjusted = [cal.window_adjusted(float(r), 64)[0] for r in raw]
     assert adjusted[0] < adjusted[1] < adjusted[2]
     assert all(a <= r for a, r in zip(adjusted, raw, strict=True))
+
+
+def test_scoring_config_reads_the_density_names_of_old_files() -> None:
+    for kind in DENSITY_KINDS:
+        cfg = ScoringConfig(density=kind)
+        assert cfg.to_dict()["density_names"] == DENSITY_NAMES_VERSION
+        assert ScoringConfig.from_dict(cfg.to_dict()) == cfg
+    old = {"error": "lab", "reduce": "max", "sigma": 1.0, "foreground": True, "erode": 3}
+    # Version 1 files: "local" was the per-position mixture, "kde" the whole-code KDE, which
+    # was also what files without a density key used.
+    assert ScoringConfig.from_dict({**old, "density": "local"}).density == "gmm"
+    assert ScoringConfig.from_dict({**old, "density": "kde"}).density == "kde-flat"
+    assert ScoringConfig.from_dict(old).density == "kde-flat"
+    assert ScoringConfig.from_dict({"error": "mse", "reduce": "mean", "sigma": 0.0,
+                                    "foreground": False}).erode == 2
+    with pytest.raises(ValueError, match="unknown density"):
+        ScoringConfig(density="local")
+

@@ -215,11 +215,11 @@ def test_patch_mode_rejects_images_smaller_than_the_patch() -> None:
 def test_robust_training_rejects_valid_training_indices() -> None:
     # 10 % contamination with planted anomalies, which robust training should tend to reject.
     data = make_cells(40, size=32, anomaly_fraction=0.1, seed=12)
-    # The KDE density keeps its training codes, so the exclusion of rejected ones is visible.
+    # The whole-code KDE keeps its training codes, so the exclusion of rejected ones is visible.
     # A low cut so that this short run certainly rejects some (contract test, not quality).
     events, det = _run(data.images, _tiny(robust=True, max_steps=6, reject_nu=0.1, reject_z=0.5,
                                           calibration_z=0.5,
-                                          scoring=ScoringConfig(density="kde")))
+                                          scoring=ScoringConfig(density="kde-flat")))
     assert isinstance(det, AnomalyDetector)
     rej = det.rejected
     assert isinstance(rej, list) and all(isinstance(i, int) for i in rej)

@@ -299,6 +299,18 @@ def test_train_then_score_workflow(make_napari_viewer, qtbot, notes, tmp_path):
 # ------------------------------------------------------------------------------------------
 # stop, close, robust training on a stack
 # ------------------------------------------------------------------------------------------
+def test_density_choice_reaches_the_train_config(make_napari_viewer):
+    from napari_cell_anomaly.core.scoring import TRAINABLE_DENSITIES
+
+    train, _ = _docks(make_napari_viewer())
+    combo = train.density
+    assert [combo.itemData(i) for i in range(combo.count())] == list(TRAINABLE_DENSITIES)
+    assert combo.currentData() == TrainConfig().scoring.density == train.config().scoring.density
+    for kind in TRAINABLE_DENSITIES:
+        combo.setCurrentIndex(TRAINABLE_DENSITIES.index(kind))
+        assert train.config().scoring.density == kind
+
+
 def test_stop_keeps_a_usable_model(make_napari_viewer, qtbot, notes):
     viewer = make_napari_viewer()
     _open_samples(viewer)

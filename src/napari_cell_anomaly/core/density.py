@@ -1,7 +1,26 @@
-"""Latent density model: standardize -> PCA -> Gaussian KDE with a cross-validated bandwidth.
+"""Latent density models over an autoencoder's latent codes, stored as plain arrays.
 
-The density is fitted on the latent codes of the *training* normals only and stored as plain
-arrays (no pickled estimator), so a model file can rebuild it exactly without running code.
+Three kinds, named by :attr:`ScoringConfig.density <.scoring.ScoringConfig>`:
+
+``"kde"`` (:class:`LocalLatentKDE`, the default)
+    A Gaussian kernel density estimate over the whitened code vectors of single latent
+    positions: the kernel centres are a subset of the training vectors chosen to cover the code
+    space (greedy farthest-point), each weighted by the share of training vectors nearest to
+    it; bandwidth by cross-validated likelihood of held-out images' vectors; exact scoring. An
+    image's log-density is that of its least likely position.
+``"gmm"`` (:class:`LocalLatentDensity`)
+    One Gaussian mixture, pooled over the code vectors of all latent positions; an image's
+    log-density is that of its least likely position. (Files written before version 2 of the
+    density names call it ``"local"``.)
+``"kde-flat"`` (:class:`LatentDensity`)
+    The first design, kept so that old model files score exactly as before: a Gaussian KDE over
+    whole flattened code maps, standardized and PCA-reduced. (Old files call it ``"kde"``.)
+
+``"kde"`` and ``"gmm"`` are *position-level*: one model of single code vectors, pooled over all
+positions of all training images (not one model per position), which also fits windows of
+large fields unchanged. Each model is fitted on the latent codes of the *training* normals
+only and stored as plain arrays (no pickled estimator), so a model file rebuilds it exactly
+without running code.
 """
 
 from __future__ import annotations
@@ -14,13 +33,18 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.neighbors import KernelDensity
 
+from .scoring import DENSITY_KINDS
+
 #: Bandwidths tried by cross-validation, relative to unit-variance (whitened) components.
 BANDWIDTH_GRID = np.geomspace(0.05, 3.0, 24)
 
 
 @dataclass
 class LatentDensity:
-    """A fitted Gaussian kernel density over reduced latent codes.
+    """Density kind ``"kde-flat"``: a Gaussian KDE over whole flattened, reduced code maps.
+
+    Kept for model files written before the position-level models; new models use
+    :class:`LocalLatentKDE` or :class:`LocalLatentDensity`.
 
     Attributes
     ----------
@@ -125,20 +149,16 @@ class LatentDensity:
         )
 
 
-#: Latent density models a :class:`ScoringConfig` can name.
-DENSITY_KINDS = ("local", "kde")
-
-
 @dataclass
 class LocalLatentDensity:
-    """A Gaussian mixture over the code vectors at each position of the latent map.
+    """Density kind ``"gmm"``: one Gaussian mixture over the code vectors of all positions.
 
     The flattened bottleneck of a convolutional autoencoder mixes *where* with *what*: a small
     unusual structure moves one position's code and barely moves a global density over whole
     code maps. This model instead learns the distribution of single code vectors (one per
-    ``align x align`` block of the input) over all positions of the training normals, and an
-    image's log-density is that of its least likely position. It works unchanged for windows
-    of large fields.
+    ``align x align`` block of the input), pooled over all positions of the training normals
+    (one mixture for every position, not one per position), and an image's log-density is
+    that of its least likely position. It works unchanged for windows of large fields.
 
     Attributes
     ----------
@@ -236,6 +256,205 @@ class LocalLatentDensity:
                    precisions_chol=arrays[prefix + "precisions_chol"])
 
 
+#: Bandwidths tried by cross-validation for :class:`LocalLatentKDE`, in whitened units.
+LOCAL_BANDWIDTH_GRID = np.geomspace(0.01, 3.0, 32)
+#: Kernel evaluations per scoring batch (rows x centres): 32 MB of float64 at most.
+_BATCH_PAIRS = 1 << 22
+
+
+@dataclass
+class LocalLatentKDE:
+    """Density kind ``"kde"``: a Gaussian KDE over the code vectors of single latent positions.
+
+    Like :class:`LocalLatentDensity` it models single code vectors (one per ``align x align``
+    block of the input) pooled over all positions of the training normals, and an image's
+    log-density is that of its least likely position; the density is a kernel estimate
+    instead of a mixture.
+
+    Fit: code vectors are whitened (centred and multiplied by ``whiten``, so that the training
+    vectors have identity covariance and the kernels follow the codes' correlations; on malaria
+    val crops this gave a better density AUROC than per-channel scaling, 0.809 vs 0.785, a
+    number that guided the choice); up to ``n_centres`` kernel centres are picked from (a
+    random subsample of at most ``max_vectors``) training vectors by greedy farthest-point
+    traversal (k-centre), so they cover the whole code space including its rare parts, and
+    each centre is weighted by the share of those vectors nearest to it; the bandwidth
+    maximises the likelihood of the vectors of held-out training images under a KDE built the
+    same way from the other images. Scoring is exact: a log-sum-exp over every centre, in
+    float64, in batches of bounded memory.
+
+    Attributes
+    ----------
+    channels : int
+        Latent channels ``C`` (codes arrive flattened as ``(N, C * H * W)``, channel-major).
+    mean : np.ndarray
+        ``(C,)`` mean of the training code vectors.
+    whiten : np.ndarray
+        ``(C, C)`` whitening matrix: ``(v - mean) @ whiten`` has identity covariance.
+    centres : np.ndarray
+        ``(M, C)`` kernel centres (whitened units).
+    weights : np.ndarray
+        ``(M,)`` kernel weights (shares of the training vectors, summing to 1).
+    bandwidth : float
+        Kernel standard deviation in whitened units.
+    """
+
+    channels: int
+    mean: np.ndarray
+    whiten: np.ndarray
+    centres: np.ndarray
+    weights: np.ndarray
+    bandwidth: float
+
+    @classmethod
+    def fit(cls, codes: np.ndarray, *, channels: int, n_centres: int = 2048,
+            max_vectors: int = 50000, holdout: float = 0.2, seed: int = 0) -> LocalLatentKDE:
+        """Fit the KDE on training codes.
+
+        Parameters
+        ----------
+        codes : np.ndarray
+            ``(N, C * H * W)`` flattened (channel-major) latent code maps of training normals.
+        channels : int
+            ``C``.
+        n_centres : int
+            Most kernel centres kept (fewer when there are fewer distinct vectors).
+        max_vectors : int
+            Random subsample of code vectors the centres are chosen from and weighted by.
+        holdout : float
+            Fraction of the images (of the vectors, with a single image) whose vectors
+            score the candidate bandwidths in :data:`LOCAL_BANDWIDTH_GRID`.
+        seed : int
+            Seed for the subsampling and the held-out split.
+
+        Returns
+        -------
+        LocalLatentKDE
+        """
+        v = _vectors(codes, channels)
+        n = int(np.asarray(codes).shape[0])
+        if v.shape[0] < 2:
+            raise ValueError(f"need at least 2 latent code vectors, got {v.shape[0]}")
+        rng = np.random.default_rng(seed)
+        mean = v.mean(0)
+        eigval, eigvec = np.linalg.eigh(np.atleast_2d(np.cov(v, rowvar=False, bias=True)))
+        # Directions without variance (dead latent channels) are left unscaled.
+        ok = eigval > 1e-8 * max(float(eigval.max()), 1e-12)
+        whiten = np.ascontiguousarray(eigvec / np.sqrt(np.where(ok, eigval, 1.0)))
+        z = (v - mean) @ whiten
+        # Held-out likelihood: whole images are held out (positions of one image are alike).
+        per = v.shape[0] // n
+        if n >= 2:
+            held_img = np.zeros(n, dtype=bool)
+            held_img[rng.permutation(n)[:max(1, round(holdout * n))]] = True
+            held = np.repeat(held_img, per)
+        else:
+            held = np.zeros(v.shape[0], dtype=bool)
+            held[rng.permutation(v.shape[0])[:max(1, round(holdout * v.shape[0]))]] = True
+        cv_centres, cv_weights = _cover(z[~held], n_centres, max_vectors, rng)
+        queries = z[held]
+        if queries.shape[0] > 5000:
+            queries = queries[rng.choice(queries.shape[0], 5000, replace=False)]
+        scores = _mean_log_kde(queries, cv_centres, cv_weights, LOCAL_BANDWIDTH_GRID)
+        bandwidth = float(LOCAL_BANDWIDTH_GRID[int(np.argmax(scores))])
+        centres, weights = _cover(z, n_centres, max_vectors, rng)
+        return cls(channels=int(channels), mean=mean, whiten=whiten, centres=centres,
+                   weights=weights, bandwidth=bandwidth)
+
+    def transform(self, vectors: np.ndarray) -> np.ndarray:
+        """Whiten code vectors ``(K, C)`` into the space of the kernel centres."""
+        return (np.asarray(vectors, dtype=np.float64) - self.mean) @ self.whiten
+
+    def position_log_density(self, codes: np.ndarray) -> np.ndarray:
+        """Log-density (whitened units) of every position's code vector, ``(N, H * W)``."""
+        n = np.asarray(codes).shape[0]
+        z = self.transform(_vectors(codes, self.channels))
+        return _log_kde(z, self.centres, np.log(self.weights), self.bandwidth).reshape(n, -1)
+
+    def log_density(self, codes: np.ndarray) -> np.ndarray:
+        """Log-density of each image's least likely position, ``(N,)``; low = unusual."""
+        return self.position_log_density(codes).min(axis=1)
+
+    def to_arrays(self, prefix: str = "density.") -> dict[str, np.ndarray]:
+        """Arrays for a model file."""
+        return {
+            prefix + "kde_channels": np.array([self.channels], dtype=np.int64),
+            prefix + "mean": self.mean, prefix + "kde_whiten": self.whiten,
+            prefix + "kde_centres": self.centres, prefix + "kde_weights": self.weights,
+            prefix + "bandwidth": np.array([self.bandwidth], dtype=np.float64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray],
+                    prefix: str = "density.") -> LocalLatentKDE:
+        """Inverse of :meth:`to_arrays`."""
+        return cls(channels=int(arrays[prefix + "kde_channels"][0]),
+                   mean=arrays[prefix + "mean"], whiten=arrays[prefix + "kde_whiten"],
+                   centres=arrays[prefix + "kde_centres"],
+                   weights=arrays[prefix + "kde_weights"],
+                   bandwidth=float(arrays[prefix + "bandwidth"][0]))
+
+
+def _cover(z: np.ndarray, n_centres: int, max_vectors: int, rng: np.random.Generator
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy farthest-point centres of (a subsample of) ``z`` and the share of the vectors
+    nearest to each: ``(M, C)`` centres, ``(M,)`` weights."""
+    pool = z if z.shape[0] <= max_vectors else z[rng.choice(z.shape[0], max_vectors,
+                                                            replace=False)]
+    pool = np.ascontiguousarray(pool)
+    first = int(np.argmin(((pool - pool.mean(0)) ** 2).sum(1)))
+    chosen = [first]
+    dmin = ((pool - pool[first]) ** 2).sum(1)
+    nearest = np.zeros(pool.shape[0], dtype=np.int64)
+    for j in range(1, min(n_centres, pool.shape[0])):
+        i = int(np.argmax(dmin))
+        if dmin[i] <= 0.0:  # every vector coincides with a centre
+            break
+        d = ((pool - pool[i]) ** 2).sum(1)
+        closer = d < dmin
+        dmin[closer] = d[closer]
+        nearest[closer] = j
+        chosen.append(i)
+    weights = np.bincount(nearest, minlength=len(chosen)) / pool.shape[0]
+    return pool[chosen], weights.astype(np.float64)
+
+
+def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
+    """``log(sum(exp(a), axis=1))`` for finite ``a``, overwriting ``a``."""
+    m = a.max(axis=1)
+    a -= m[:, None]
+    np.exp(a, out=a)
+    return np.log(a.sum(axis=1)) + m
+
+
+def _log_kde(z: np.ndarray, centres: np.ndarray, log_weights: np.ndarray,
+             bandwidth: float) -> np.ndarray:
+    """Exact log-density of a weighted Gaussian KDE at each row of ``z``, in batches.
+
+    ``-|z - c|^2 / 2h^2 = (z . c - |c|^2 / 2) / h^2 - |z|^2 / 2h^2``: the last term is the same
+    for every centre and leaves the log-sum-exp, so each batch costs one matrix product, one
+    broadcast add and the log-sum-exp itself.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    inv_h2 = 1.0 / (bandwidth * bandwidth)
+    proj = np.ascontiguousarray(centres.T * inv_h2)
+    offset = log_weights - 0.5 * inv_h2 * (centres * centres).sum(1)
+    out = np.empty(z.shape[0])
+    step = max(1, _BATCH_PAIRS // max(1, centres.shape[0]))
+    for start in range(0, z.shape[0], step):
+        a = z[start:start + step] @ proj
+        a += offset
+        out[start:start + step] = _logsumexp_rows(a)
+    c = centres.shape[1]
+    return out - 0.5 * inv_h2 * (z * z).sum(1) - 0.5 * c * np.log(2.0 * np.pi / inv_h2)
+
+
+def _mean_log_kde(queries: np.ndarray, centres: np.ndarray, weights: np.ndarray,
+                  bandwidths: np.ndarray) -> np.ndarray:
+    """Mean log-density of ``queries`` under the weighted KDE, for each bandwidth."""
+    log_w = np.log(weights)
+    return np.array([_log_kde(queries, centres, log_w, float(h)).mean() for h in bandwidths])
+
+
 def _vectors(codes: np.ndarray, channels: int) -> np.ndarray:
     """``(N, C * P)`` channel-major codes -> ``(N * P, C)`` code vectors."""
     codes = np.asarray(codes, dtype=np.float64)
@@ -245,19 +464,44 @@ def _vectors(codes: np.ndarray, channels: int) -> np.ndarray:
     return codes.reshape(n, channels, -1).transpose(0, 2, 1).reshape(-1, channels)
 
 
-def fit_density(kind: str, codes: np.ndarray, *, channels: int, seed: int = 0
-                ) -> LatentDensity | LocalLatentDensity:
-    """Fit the latent density model named ``kind`` (see :data:`DENSITY_KINDS`)."""
-    if kind == "local":
-        return LocalLatentDensity.fit(codes, channels=channels, seed=seed)
+#: A latent density model of any kind.
+Density = LocalLatentKDE | LocalLatentDensity | LatentDensity
+
+
+def fit_density(kind: str, codes: np.ndarray, *, channels: int, seed: int = 0) -> Density:
+    """Fit the latent density model named ``kind`` (one of :data:`.scoring.DENSITY_KINDS`).
+
+    Parameters
+    ----------
+    kind : {"kde", "gmm", "kde-flat"}
+        See the module docstring.
+    codes : np.ndarray
+        ``(N, C * H * W)`` flattened (channel-major) latent code maps of training normals.
+    channels : int
+        Latent channels ``C``.
+    seed : int
+        Seed of the fit.
+
+    Returns
+    -------
+    LocalLatentKDE or LocalLatentDensity or LatentDensity
+    """
     if kind == "kde":
+        return LocalLatentKDE.fit(codes, channels=channels, seed=seed)
+    if kind == "gmm":
+        return LocalLatentDensity.fit(codes, channels=channels, seed=seed)
+    if kind == "kde-flat":
         return LatentDensity.fit(codes, seed=seed)
     raise ValueError(f"unknown density {kind!r}; expected one of {DENSITY_KINDS}")
 
 
-def density_from_arrays(kind: str, arrays: dict[str, np.ndarray]
-                        ) -> LatentDensity | LocalLatentDensity:
-    """Rebuild a stored density of kind ``kind``."""
-    if kind == "local":
+def density_from_arrays(kind: str, arrays: dict[str, np.ndarray]) -> Density:
+    """Rebuild a stored density of kind ``kind`` (current names; see
+    :meth:`.scoring.ScoringConfig.from_dict` for the names of old files)."""
+    if kind == "kde":
+        return LocalLatentKDE.from_arrays(arrays)
+    if kind == "gmm":
         return LocalLatentDensity.from_arrays(arrays)
-    return LatentDensity.from_arrays(arrays)
+    if kind == "kde-flat":
+        return LatentDensity.from_arrays(arrays)
+    raise ValueError(f"unknown density {kind!r}; expected one of {DENSITY_KINDS}")

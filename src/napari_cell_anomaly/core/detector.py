@@ -31,7 +31,7 @@ from .cellunits import (
     reduction_masks,
     take_cells,
 )
-from .density import LatentDensity, LocalLatentDensity, density_from_arrays
+from .density import Density, density_from_arrays
 from .images import ImageError, Preprocessing, resize
 from .model import Autoencoder, ModelConfig, build_model
 from .modelfile import ModelFileError, load_file, save_file
@@ -58,7 +58,8 @@ class ScoreResult:
     recon_error : float
         Image reconstruction error.
     log_density : float
-        Latent log-density under the KDE of training normals (lower = more unusual).
+        Latent log-density under the density model of the training normals' codes (of the
+        least likely latent position for "kde" and "gmm"; lower = more unusual).
     percentile : float
         Percent of calibration normals that score lower.
     is_anomaly : bool
@@ -123,8 +124,9 @@ class AnomalyDetector:
         Model input side in pixels (resize target in whole mode; window in patch mode).
     scoring : ScoringConfig
         How maps become image errors.
-    density : LatentDensity or LocalLatentDensity
-        Density of training normals' latent codes (kind named by ``scoring.density``).
+    density : LocalLatentKDE or LocalLatentDensity or LatentDensity
+        Density of training normals' latent codes (kind named by ``scoring.density``; see
+        :mod:`.density`).
     calibration : Calibration
         Held-out normals' statistics; all thresholds derive from it.
     provenance : dict
@@ -145,7 +147,7 @@ class AnomalyDetector:
     mode: str
     size: int
     scoring: ScoringConfig
-    density: LatentDensity | LocalLatentDensity
+    density: Density
     calibration: Calibration
     provenance: dict[str, Any] = field(default_factory=dict)
     rejected: list[int] = field(default_factory=list)
@@ -615,13 +617,13 @@ class AnomalyDetector:
             state = {k[4:]: torch.from_numpy(v.copy()) for k, v in tensors.items()
                      if k.startswith("net.")}
             network.load_state_dict(state, strict=True)
+            scoring = ScoringConfig.from_dict(meta["scoring"])
             return cls(
                 network=network,
                 preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
                 mode=str(meta["mode"]), size=int(meta["size"]),
-                scoring=ScoringConfig.from_dict(meta["scoring"]),
-                density=density_from_arrays(
-                    str(meta["scoring"].get("density", "kde")), tensors),
+                scoring=scoring,
+                density=density_from_arrays(scoring.density, tensors),
                 calibration=Calibration.from_arrays(tensors),
                 provenance=dict(meta.get("provenance", {})),
                 rejected=[int(i) for i in tensors.get("rejected", np.zeros(0, np.int64))],

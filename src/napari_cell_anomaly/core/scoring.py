@@ -26,7 +26,16 @@ import numpy as np
 
 ERROR_KINDS = ("lab", "mse", "ssim", "mix")
 REDUCTIONS = ("mean", "p99", "max")
-DENSITY_KINDS = ("local", "kde")
+#: Latent density models (see :mod:`.density`): a KDE and a Gaussian mixture, each one model
+#: over the code vectors of single latent positions pooled over all positions, and the first
+#: design's KDE over whole flattened codes (kept for old model files).
+DENSITY_KINDS = ("kde", "gmm", "kde-flat")
+#: The kinds offered for new models (CLI ``--density``, Train widget).
+TRAINABLE_DENSITIES = ("kde", "gmm")
+#: Version of the density names written to model files. Files without it (version 1) called
+#: the position-level mixture "local" and the whole-code KDE "kde".
+DENSITY_NAMES_VERSION = 2
+_V1_DENSITY_NAMES = {"local": "gmm", "kde": "kde-flat"}
 DEFAULT_FPR = 0.05
 #: Below this many calibration normals :meth:`Calibration.describe` adds a warning.
 MIN_CALIBRATION = 50
@@ -58,10 +67,12 @@ class ScoringConfig:
     erode : int
         Pixels (at model resolution) eroded from the object mask, to drop the outline where
         every normal cell reconstructs imperfectly.
-    density : {"local", "kde"}
-        Latent density: a Gaussian mixture over the code vectors of single latent positions
-        (image = its least likely position), or the Gaussian KDE over PCA-reduced whole code
-        maps.
+    density : {"kde", "gmm", "kde-flat"}
+        Latent density (see :mod:`.density`): a Gaussian kernel density estimate (``"kde"``)
+        or one Gaussian mixture (``"gmm"``) over the code vectors of single latent positions,
+        pooled over all positions (an image's log-density is that of its least likely
+        position); ``"kde-flat"``, the KDE over PCA-reduced whole code maps, is kept for old
+        model files.
     """
 
     error: str = "lab"
@@ -69,7 +80,7 @@ class ScoringConfig:
     sigma: float = 1.0
     foreground: bool = True
     erode: int = 3
-    density: str = "local"
+    density: str = "kde"
 
     def __post_init__(self) -> None:
         if self.error not in ERROR_KINDS:
@@ -85,19 +96,24 @@ class ScoringConfig:
                              f"{DENSITY_KINDS}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
+        """JSON-serialisable form (with the version of the density names)."""
+        return {**asdict(self), "density_names": DENSITY_NAMES_VERSION}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScoringConfig:
         """Inverse of :meth:`to_dict`.
 
         Keys missing from files written before they existed take the values those versions
-        used (erode 2, KDE density), so old models keep scoring the way they were trained.
+        used (erode 2, the whole-code KDE ``"kde-flat"``), and old density names are mapped to
+        the current ones (``"local"`` -> ``"gmm"``, ``"kde"`` -> ``"kde-flat"``), so old models
+        keep scoring the way they were trained.
         """
+        density = str(d.get("density", "kde-flat"))
+        if int(d.get("density_names", 1)) < 2:
+            density = _V1_DENSITY_NAMES.get(density, density)
         return cls(error=str(d["error"]), reduce=str(d["reduce"]), sigma=float(d["sigma"]),
                    foreground=bool(d["foreground"]), erode=int(d.get("erode", 2)),
-                   density=str(d.get("density", "kde")))
+                   density=density)
 
 
 def reduce_map(error_map: np.ndarray, how: str, mask: np.ndarray | None = None) -> float:

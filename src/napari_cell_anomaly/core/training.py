@@ -123,8 +123,9 @@ class TrainConfig:
     augment : bool
         Random flips and 90-degree rotations.
     robust : bool
-        Adversarial autoencoder with iterative rejection of the training samples with the most
-        anomalous image error, and the same rejection among the calibration units.
+        Iterative rejection of the training samples with the most anomalous image error
+        (whole mode), and the same rejection among the calibration units. The adversarial
+        latent prior of the paper is added only when ``prior_weight > 0``.
     reject_z : float
         Robust training: reject samples whose log image error lies more than this many robust
         standard deviations (median / MAD) above the median.

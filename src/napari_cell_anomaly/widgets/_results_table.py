@@ -26,7 +26,8 @@ _COLUMN_TIPS = (
     "Combined anomaly score: the larger of the two robust z-scores below (higher = more "
     "abnormal)",
     "Reconstruction error of the image's most abnormal window",
-    "Log-density of the image's latent code under the training normals (lower = more unusual)",
+    "Latent log-density under the training normals' density model; for the position-level "
+    "densities, that of the least likely latent position (lower = more unusual)",
     "Percentile among the model's held-out normal images",
     "Verdict at the chosen false-alarm rate",
 )

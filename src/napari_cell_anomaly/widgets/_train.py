@@ -44,6 +44,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from ..core.scoring import TRAINABLE_DENSITIES, ScoringConfig
 from ..core.training import LOSSES, MODES, TrainConfig, TrainProgress, train
 from ._common import (
     JobControl,
@@ -77,6 +78,7 @@ _MODE_LABELS = {"auto": "auto (from image size)", "whole": "whole image (cell cr
 NO_CELLS = "none"
 FIND_CELLS = "find"
 _PRESETS = ("default", "seed")
+_DENSITY_LABELS = {"kde": "kernel density (KDE)", "gmm": "Gaussian mixture"}
 
 
 @dataclass
@@ -242,21 +244,31 @@ class TrainWidget(QWidget):
         self.preset = QComboBox()
         self.preset.addItems(list(_PRESETS))
         self.preset.setCurrentText(defaults.preset)
-        self.preset.setToolTip("default: residual autoencoder; seed: the small reference "
-                               "network.")
+        self.preset.setToolTip("default: convolutional autoencoder designed for CPUs (strided "
+                               "convolutions down, transposed convolutions up); seed: the "
+                               "published Keras design the project started from.")
         self.mode = QComboBox()
         for key in MODES:
             self.mode.addItem(_MODE_LABELS.get(key, key), key)
         self.mode.setCurrentIndex(MODES.index(defaults.mode))
         self.robust = QCheckBox("Robust training (ignore outliers)")
         self.robust.setChecked(defaults.robust)
-        self.robust.setToolTip("Adversarial autoencoder that repeatedly gives zero weight to "
-                               "the least likely training images (whole-image mode), for "
-                               "training sets with a few abnormal cells mixed in.")
+        self.robust.setToolTip("Repeatedly gives zero weight to the training images with the "
+                               "most anomalous reconstruction error (whole-image mode) and "
+                               "drops such images from calibration, for training sets with a "
+                               "few abnormal cells mixed in.")
+        self.density = QComboBox()
+        for key in TRAINABLE_DENSITIES:
+            self.density.addItem(_DENSITY_LABELS.get(key, key), key)
+        self.density.setCurrentIndex(TRAINABLE_DENSITIES.index(defaults.scoring.density))
+        self.density.setToolTip("Density model over the code vectors of single latent "
+                                "positions; an image's log-density is that of its least likely "
+                                "position.")
         adv_form.addRow("Batch size", self.batch_size)
         adv_form.addRow("Learning rate", self.lr)
         adv_form.addRow("Network", self.preset)
         adv_form.addRow("Mode", self.mode)
+        adv_form.addRow("Latent density", self.density)
         adv_form.addRow(self.robust)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
@@ -458,6 +470,7 @@ class TrainWidget(QWidget):
             mode="cells" if self.cells_source() != NO_CELLS else self.mode.currentData(),
             preset=self.preset.currentText(),
             robust=self.robust.isChecked(),
+            scoring=ScoringConfig(density=self.density.currentData()),
         )
 
     # ------------------------------------------------------------------------------------
