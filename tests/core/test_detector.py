@@ -23,7 +23,7 @@ from napari_cell_anomaly.core.images import ImageError
 from napari_cell_anomaly.core.metrics import image_auroc, pixel_auroc
 from napari_cell_anomaly.core.modelfile import ModelFileError
 from napari_cell_anomaly.core.sample import make_field
-from napari_cell_anomaly.core.tiling import predict_tiled
+from napari_cell_anomaly.core.tiling import PredictionStopped, predict_tiled
 
 # -------------------------------------------------------------------------------------------
 # detection quality
@@ -213,6 +213,29 @@ def test_patch_mode_refuses_images_smaller_than_its_window(patch_detector) -> No
     with pytest.raises(ImageError, match=r"40x90 pixels.*at least 64") as err:
         patch_detector.score(small, name="crop.tif")
     assert "crop.tif" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_patch_scoring_can_be_stopped_and_an_unused_stop_changes_nothing(patch_detector) -> None:
+    img = make_field((256, 320), seed=4)[0]
+    calls: list[int] = []
+
+    def stop_on(n: int):
+        def stop() -> bool:
+            calls.append(1)
+            return len(calls) >= n
+        return stop
+
+    # 1st call: before the (single) batch of tiles; 2nd: before the first batch of windows.
+    for n in (1, 2):
+        calls.clear()
+        with pytest.raises(PredictionStopped):
+            patch_detector.score(img, stop=stop_on(n))
+        assert len(calls) == n
+    calls.clear()
+    never = patch_detector.score(img, stop=stop_on(10**6))
+    plain = patch_detector.score(img)
+    assert len(calls) >= 2 and never.score == plain.score
+    np.testing.assert_array_equal(never.error_map, plain.error_map)
 
 
 # -------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_cell_anomaly.core.tiling import predict_tiled
+from napari_cell_anomaly.core.tiling import PredictionStopped, predict_tiled
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -282,3 +282,29 @@ def test_accepts_non_float32_input():
     out = predict_tiled(_identity, image, tile=16, margin=0, align=8)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, image.astype(np.float32))
+
+
+def test_stop_ends_the_prediction_between_tile_batches():
+    # 36 tiles in batches of 5 (see above); stop turns True after the second batch ran.
+    image = np.zeros((1, 100, 100), np.float32)
+    rec = _Recorder(_identity)
+    checks = []
+
+    def stop() -> bool:
+        checks.append(len(rec.shapes))
+        return len(rec.shapes) >= 2
+
+    with pytest.raises(PredictionStopped, match="10 of 36 tiles"):
+        predict_tiled(rec, image, tile=32, margin=8, align=8, batch_size=5, stop=stop)
+    assert len(rec.shapes) == 2  # no batch ran after stop() said so
+    assert checks == [0, 1, 2]  # asked before every batch
+    assert not issubclass(PredictionStopped, ValueError)  # a cancel, not a bad input
+
+
+def test_stop_that_never_fires_changes_nothing():
+    image = np.random.default_rng(3).random((2, 90, 70), dtype=np.float32)
+    calls = []
+    out = predict_tiled(_identity, image, tile=32, margin=8, align=8, batch_size=3,
+                        stop=lambda: calls.append(1) is not None)
+    np.testing.assert_array_equal(out, image)
+    assert len(calls) > 1

@@ -186,7 +186,9 @@ def test_train_then_score_workflow(make_napari_viewer, qtbot, notes, tmp_path):
     train, score = _docks(viewer)
     assert isinstance(train, TrainWidget) and isinstance(score, ScoreWidget)
     assert train.state is score.state is get_state(viewer)
-    # Without a shipped default model there is nothing to score with yet.
+    # Without a shipped default model there is nothing to score with yet; with one, it is
+    # read in the background and then enables Score.
+    qtbot.waitUntil(lambda: not score.model_box.loading(), timeout=SCORE_TIMEOUT)
     assert score.score_button.isEnabled() == (default_model_path() is not None)
 
     train.name_filter.setText("normal")
@@ -426,10 +428,11 @@ def test_fpr_slider_reapplies_thresholds_without_rescoring(make_napari_viewer, q
 # ------------------------------------------------------------------------------------------
 # bad input: a clear notification, buttons that match, user layers untouched
 # ------------------------------------------------------------------------------------------
-def test_score_without_a_model(make_napari_viewer, notes):
+def test_score_without_a_model(make_napari_viewer, qtbot, notes):
     viewer = make_napari_viewer()
     _open_samples(viewer)
     score = _score_dock(viewer)
+    qtbot.waitUntil(lambda: not score.model_box.loading(), timeout=SCORE_TIMEOUT)
     get_state(viewer).set_active(None, "")  # no model (even if a default one is installed)
     before = snapshot(viewer)
     assert not score.score_button.isEnabled()
@@ -458,10 +461,11 @@ def test_core_training_error_is_one_notification(make_napari_viewer, qtbot, note
     assert snapshot(viewer) == before
 
 
-def test_shipped_default_model_choice(make_napari_viewer, notes):
+def test_shipped_default_model_choice(make_napari_viewer, qtbot, notes):
     viewer = make_napari_viewer()
     score = _score_dock(viewer)
     state = get_state(viewer)
+    qtbot.waitUntil(lambda: not score.model_box.loading(), timeout=SCORE_TIMEOUT)
     index = score.source_combo.findData("default")
     item = score.source_combo.model().item(index)
     if default_model_path() is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from .images import ImageError, Preprocessing, resize
 from .model import Autoencoder, ModelConfig, build_model
 from .modelfile import ModelFileError, load_file, save_file
 from .scoring import DEFAULT_FPR, Calibration, ScoringConfig, reduce_map
-from .tiling import predict_tiled
+from .tiling import PredictionStopped, predict_tiled
 
 MODES = ("whole", "patch", "cells")
 #: A whole-mode model refuses images whose longer side exceeds this many times the median
@@ -287,8 +287,8 @@ class AnomalyDetector:
         return mask if mask is not None and mask.any() else np.ones(x.shape[:2], dtype=bool)
 
     # -- scoring ------------------------------------------------------------------------------
-    def score(self, image: np.ndarray, *, fpr: float | None = None, name: str = "image"
-              ) -> ScoreResult:
+    def score(self, image: np.ndarray, *, fpr: float | None = None, name: str = "image",
+              stop: Callable[[], bool] | None = None) -> ScoreResult:
         """Score one 2-D image.
 
         Parameters
@@ -299,6 +299,9 @@ class AnomalyDetector:
             Target false-alarm rate for the verdict (default 5%).
         name : str
             Used in error messages.
+        stop : callable, optional
+            Patch mode: called between batches of tiles and of windows; when it returns True,
+            scoring ends by raising :class:`~.tiling.PredictionStopped`.
 
         Returns
         -------
@@ -320,7 +323,7 @@ class AnomalyDetector:
             label = "image" if name == "image" else f"image {name!r}"
             raise ImageError(f"{label} is {x.shape[0]}x{x.shape[1]} pixels; this patch-mode "
                              f"model needs at least {self.size} pixels per side")
-        return self._score_patch(x, fpr)
+        return self._score_patch(x, fpr, stop)
 
     def trained_side(self) -> float | None:
         """Median longer side (pixels) of the training images, when recorded."""
@@ -377,7 +380,8 @@ class AnomalyDetector:
         return self._finish(res["recon_error"][0], logd, fpr, back(res["error_map"][0]),
                             back(res["ssim_map"][0]), back(res["recon"][0]), region=region)
 
-    def analyse_field(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def analyse_field(self, x: np.ndarray, stop: Callable[[], bool] | None = None
+                      ) -> dict[str, np.ndarray]:
         """Run the network over a preprocessed image in overlapping tiles (patch mode) and
         measure each model-size window, the unit that patch-mode calibration and verdicts use.
 
@@ -385,6 +389,9 @@ class AnomalyDetector:
         ----------
         x : np.ndarray
             ``(H, W, C)`` preprocessed float32 image, at least ``size`` per side.
+        stop : callable, optional
+            Called between batches of tiles and of windows; True raises
+            :class:`~.tiling.PredictionStopped`.
 
         Returns
         -------
@@ -404,12 +411,14 @@ class AnomalyDetector:
             se, dssim = self._maps(t, y)
             return torch.cat([y, se, dssim], dim=1)
 
-        out = predict_tiled(fn, chw, tile=TILE, margin=TILE_MARGIN, align=net.align)
+        out = predict_tiled(fn, chw, tile=TILE, margin=TILE_MARGIN, align=net.align, stop=stop)
         error_map = self._primary(out[c], out[c + 1]).astype(np.float32)
         region = np.zeros((h, w), dtype=bool)
         windows = window_origins(h, w, self.size)
         errs, logds, maxima = [], [], []
         for batch_start in range(0, len(windows), 64):
+            if stop is not None and stop():
+                raise PredictionStopped(f"stopped after {batch_start} of {len(windows)} windows")
             batch = windows[batch_start:batch_start + 64]
             crops = np.stack([x[r:r + self.size, q:q + self.size] for r, q in batch])
             logds.append(self.density.log_density(encode_units(net, crops)))
@@ -423,8 +432,9 @@ class AnomalyDetector:
                 "ssim_map": out[c + 1], "region": region, "recon_error": np.asarray(errs),
                 "log_density": np.concatenate(logds), "map_max": np.asarray(maxima)}
 
-    def _score_patch(self, x: np.ndarray, fpr: float) -> ScoreResult:
-        res = self.analyse_field(x)
+    def _score_patch(self, x: np.ndarray, fpr: float,
+                     stop: Callable[[], bool] | None = None) -> ScoreResult:
+        res = self.analyse_field(x, stop)
         # Image numbers: the most anomalous model-size window (the calibration unit).
         scores = self.calibration.combine(res["recon_error"], res["log_density"])
         worst = int(np.argmax(scores))

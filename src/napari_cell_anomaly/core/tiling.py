@@ -23,10 +23,18 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-__all__ = ["predict_tiled"]
+__all__ = ["PredictionStopped", "predict_tiled"]
 
 TileFn = Callable[[torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[int, int], None]
+StopFn = Callable[[], bool]
+
+
+class PredictionStopped(Exception):
+    """:func:`predict_tiled` was asked to stop (its ``stop`` callable returned True).
+
+    Not a ``ValueError``: nothing is wrong with the input, the caller cancelled the work.
+    """
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -143,6 +151,7 @@ def predict_tiled(
     align: int = 8,
     batch_size: int = 4,
     progress: ProgressFn | None = None,
+    stop: StopFn | None = None,
 ) -> np.ndarray:
     """Apply a fully convolutional function to an image of any size, tile by tile.
 
@@ -178,6 +187,10 @@ def predict_tiled(
         Maximum number of tiles passed to ``fn`` in one call. Default 4.
     progress : callable, optional
         Called as ``progress(done_tiles, total_tiles)`` after every batch.
+    stop : callable, optional
+        Called without arguments before every batch of tiles; when it returns True the
+        prediction ends at once by raising :class:`PredictionStopped` (so a GUI can cancel a
+        large image within one batch, e.g. when its window closes).
 
     Returns
     -------
@@ -190,6 +203,8 @@ def predict_tiled(
         If the parameters are inconsistent (``tile`` or ``margin`` not a multiple of ``align``,
         ``tile <= 2 * margin``, non-positive sizes), if ``image`` is not ``(C, H, W)`` with
         positive sides, or if ``fn`` returns a tensor of the wrong shape.
+    PredictionStopped
+        If ``stop()`` returned True before the last batch.
 
     Examples
     --------
@@ -219,6 +234,8 @@ def predict_tiled(
     done = 0
     with torch.inference_mode():
         for index in _batches(total, batch_size):
+            if stop is not None and stop():
+                raise PredictionStopped(f"stopped after {done} of {total} tiles")
             origins = [(tiles[i][0][0], tiles[i][1][0]) for i in index]
             batch = np.stack([padded[:, oy : oy + th, ox : ox + tw] for oy, ox in origins])
             inp = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)

@@ -3,14 +3,19 @@
 Three sources: the model trained in this session (published by the Train widget through the
 viewer's :class:`~._state.ModelState`), a model file, or the shipped default model. The box
 only chooses and describes the active model; it never scores.
+
+The shipped default model is read in a worker thread (a file read plus building the network
+and the density), so opening the Score widget never waits for it; until it has loaded, the box
+says so, and a model trained or loaded meanwhile is not replaced by it.
 """
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -24,10 +29,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.detector import AnomalyDetector, default_model_path
 from ..core.modelfile import ModelFileError
 from ._common import bind
 from ._state import ModelState
+
+if TYPE_CHECKING:
+    from ..core.detector import AnomalyDetector
 
 __all__ = ["ModelSourceBox"]
 
@@ -49,16 +56,13 @@ class ModelSourceBox(QGroupBox):
         self.state = state
         self._file_model: tuple[AnomalyDetector, Path] | None = None
         self._default_model: AnomalyDetector | None = None
+        self._default_worker: Any = None  # the worker reading the default model, while it runs
 
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
         self.combo = QComboBox()
         for key, text in _SOURCES:
             self.combo.addItem(text, key)
-        if default_model_path() is None:
-            item = self.combo.model().item(2)
-            item.setEnabled(False)
-            item.setToolTip("No default model is installed with this copy of the plugin.")
         self.load_button = QPushButton("Load…")
         self.load_button.setToolTip("Load a model file (.safetensors) saved by the Train "
                                     "widget or the command line.")
@@ -73,6 +77,55 @@ class ModelSourceBox(QGroupBox):
         self.combo.activated.connect(self._on_source_chosen)
         self.load_button.clicked.connect(self._load_dialog)
         bind(self, state.model_changed, self.refresh)
+
+    def on_core_ready(self) -> None:
+        """Offer the shipped default model, and read it in the background if no model is set.
+
+        Called by the Score widget once the core (torch) is imported.
+        """
+        from ..core.detector import default_model_path
+
+        if default_model_path() is None:
+            item = self.combo.model().item(2)
+            item.setEnabled(False)
+            item.setToolTip("No default model is installed with this copy of the plugin.")
+        elif self.state.detector is None:
+            self.load_default_model_in_background()
+        self.refresh()
+
+    def load_default_model_in_background(self) -> bool:
+        """Read the shipped default model in a worker; it becomes active if no model is set.
+
+        Returns False if there is no default model or it is already read or being read.
+        """
+        from ..core.detector import AnomalyDetector, default_model_path
+
+        path = default_model_path()
+        if path is None or self._default_model is not None or self._default_worker is not None:
+            return False
+        worker = create_worker(AnomalyDetector.load, path, _ignore_errors=True,
+                               _start_thread=False)
+        self._default_worker = worker
+        worker.returned.connect(lambda detector: self._default_loaded(detector, path))
+        worker.errored.connect(lambda exc: show_error(f"Could not load the default model: "
+                                                      f"{exc}"))
+        worker.finished.connect(self._default_done)
+        worker.start()
+        self.refresh()
+        return True
+
+    def _default_loaded(self, detector: AnomalyDetector, path: Path) -> None:
+        self._default_model = detector
+        if self.state.detector is None and not self.state.busy:
+            self.state.set_active(detector, "default", path)
+
+    def _default_done(self) -> None:
+        self._default_worker = None
+        self.refresh()
+
+    def loading(self) -> bool:
+        """True while the shipped default model is being read in the background."""
+        return self._default_worker is not None
 
     def set_idle(self, idle: bool) -> None:
         """Allow changing the model only while nothing runs."""
@@ -114,6 +167,8 @@ class ModelSourceBox(QGroupBox):
             show_warning(f"Wait until {self.state.status.value} has finished to change the "
                          "model.")
             return False
+        from ..core.detector import AnomalyDetector
+
         path = Path(path)
         try:
             detector = AnomalyDetector.load(path)
@@ -126,7 +181,14 @@ class ModelSourceBox(QGroupBox):
         return True
 
     def use_default_model(self, *, quiet: bool = False) -> bool:
-        """Make the shipped default model the active one; False if there is none."""
+        """Make the shipped default model the active one; False if there is none.
+
+        Reads the file on the calling (GUI) thread if the background read has not finished:
+        this is for an explicit choice of the user; opening the widget uses
+        :meth:`load_default_model_in_background`.
+        """
+        from ..core.detector import AnomalyDetector, default_model_path
+
         path = default_model_path()
         if path is None:
             if not quiet:
@@ -151,7 +213,9 @@ class ModelSourceBox(QGroupBox):
             self.combo.setCurrentIndex(keys.index(state.source))
             self.combo.blockSignals(False)
         detector = state.detector
-        if detector is None:
+        if detector is None and self.loading():
+            self.label.setText("<i>Loading the shipped default model…</i>")
+        elif detector is None:
             self.label.setText("<i>No model yet.</i> Train one with <b>Train anomaly "
                                "model</b>, or load a model file.")
         else:

@@ -48,7 +48,6 @@ from qtpy.QtWidgets import (
 from superqt import QLabeledDoubleSlider
 
 from ..core.cellscores import CELL_COLUMNS, CellScores
-from ..core.detector import AnomalyDetector, ScoreResult, default_model_path
 from ._cells_layer import CELLS, cell_colormap, cell_colors, cell_features, focus_on_cell
 from ._cells_source import CellsSourceBox, labels_problem
 from ._cells_table import CellsTable
@@ -56,6 +55,7 @@ from ._common import (
     PLUGIN_KEY,
     JobControl,
     JobSlot,
+    Plane,
     bind,
     image_hw,
     is_own_layer,
@@ -63,8 +63,10 @@ from ._common import (
     report_error,
     same_layer,
     scoring_problem,
+    snapshot_planes,
     watch_window_close,
 )
+from ._core_loader import when_core_ready
 from ._histogram import ScoreHistogram
 from ._layers import HEATMAP, OUTLINE, RECONSTRUCTION, keep_selection, layer_meta, upsert
 from ._model_source import ModelSourceBox
@@ -74,6 +76,8 @@ from ._state import ModelState, Status, get_state
 
 if TYPE_CHECKING:
     import napari
+
+    from ..core.detector import AnomalyDetector, ScoreResult
 
 __all__ = ["ScoreWidget"]
 
@@ -253,10 +257,12 @@ class ScoreWidget(QWidget):
         bind(self, self.viewer.layers.events.removed, self._on_layer_removed)
         watch_window_close(self, self._jobs)
 
-        if self.state.detector is None and default_model_path() is not None:
-            self.use_default_model(quiet=True)
         self.model_box.refresh()
         self._on_model_changed()
+        # torch loads in the background the first time a widget opens; the shipped default
+        # model is then read in another worker (see ModelSourceBox.on_core_ready).
+        when_core_ready(self, self.model_box.on_core_ready,
+                        partial(report_error, "Could not load the anomaly-detection core"))
 
     # ------------------------------------------------------------------------------------
     # model choice (the box does the work; these keep the widget's public API)
@@ -344,11 +350,14 @@ class ScoreWidget(QWidget):
             job_args: tuple = (score_cells_job, detector, items, self.fpr,
                                self.cells_box.include_border())
         else:
-            job_args = (score_job, detector, [(ly.name, ly.data) for ly in layers], self.fpr)
+            job_args = (score_job, detector,
+                        snapshot_planes([(ly.name, ly.data) for ly in layers]), self.fpr)
         self._job_layers = layers
         self._job_failures = []
         self._job_done = 0
         self._jobs.current = job = JobControl()
+        if job_args[0] is score_job:
+            job_args += (job,)  # its stop flag cancels between batches of tiles
         worker = create_worker(*job_args, _ignore_errors=True, _start_thread=False)
         job.worker = worker
         worker.errored.connect(partial(report_error, "Scoring failed"))
@@ -364,8 +373,8 @@ class ScoreWidget(QWidget):
         return True
 
     def _cell_items(self, detector: AnomalyDetector, layers: list[Layer]
-                    ) -> list[tuple[str, Any, np.ndarray | None]] | None:
-        """Per-cell job items ``(name, image, labels snapshot or None)``; None (notified)
+                    ) -> list[tuple[Plane, np.ndarray | None]] | None:
+        """Per-cell job items ``(image, labels snapshot or None)``; None (notified)
         when the cells cannot come from the chosen source."""
         if detector.mode == "patch":
             show_error("This patch-mode model is calibrated on windows, not cells: train a "
@@ -374,7 +383,8 @@ class ScoreWidget(QWidget):
             return None
         labels = self.cells_box.labels_layer()
         if labels is None:
-            return [(ly.name, ly.data, None) for ly in layers]
+            planes = snapshot_planes([(ly.name, ly.data) for ly in layers])
+            return [(plane, None) for plane in planes]
         if len(layers) != 1:
             show_error(f"The Labels layer {labels.name!r} gives the cells of one image, but "
                        f"{len(layers)} images are to be scored: select one image, or choose "
@@ -391,13 +401,14 @@ class ScoreWidget(QWidget):
             show_error(f"Cannot score cells: the Labels layer {labels.name!r} is empty (every "
                        "pixel is 0, so there are no cells).")
             return None
-        return [(image.name, image.data, snapshot)]
+        return [(snapshot_planes([(image.name, image.data)])[0], snapshot)]
 
     def stop_scoring(self) -> None:
-        """Stop after the image being scored; results so far are kept."""
-        worker = self._jobs.current.worker
-        if self.state.status is Status.SCORING and worker is not None:
-            worker.quit()
+        """Stop now (between batches of tiles); the results so far are kept."""
+        job = self._jobs.current
+        if self.state.status is Status.SCORING and job.worker is not None:
+            job.stop.set()
+            job.worker.quit()
 
     def _on_event(self, event: Scored | CellsScored | Failed) -> None:
         detector = self._job_detector

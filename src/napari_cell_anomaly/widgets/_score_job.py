@@ -1,20 +1,23 @@
 """The Score widget's background job and the typed events it yields.
 
-The job runs in a napari ``thread_worker``; it reads only the arrays it was given (snapshots
-taken on the GUI thread) and talks to the widget through the small event classes below.
+The job runs in a napari ``thread_worker``; it reads only private copies of the images (taken
+on the GUI thread, or by the job itself as its first step: see :func:`._common.snapshot_planes`)
+and talks to the widget through the small event classes below.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..core.cellscores import CellScores
-from ..core.detector import AnomalyDetector, ScoreResult
-from ._common import JobFailure
+from ._common import JobControl, JobFailure, Plane, own_planes
+
+if TYPE_CHECKING:
+    from ..core.cellscores import CellScores
+    from ..core.detector import AnomalyDetector, ScoreResult
 
 __all__ = ["CellsScored", "Failed", "Scored", "score_cells_job", "score_job"]
 
@@ -44,30 +47,41 @@ class Failed:
     reason: str
 
 
-def score_job(detector: AnomalyDetector, items: Sequence[tuple[str, Any]], fpr: float
-              ) -> Generator[Scored | Failed, None, None]:
+def score_job(detector: AnomalyDetector, items: Sequence[Plane], fpr: float,
+              control: JobControl | None = None) -> Generator[Scored | Failed, None, None]:
     """Worker body: score each image; a bad image is reported and the rest still scored.
 
     Parameters
     ----------
     detector : AnomalyDetector
         The model to score with.
-    items : sequence of (str, array-like)
-        ``(name, image)`` pairs; lazy arrays are read here, in the worker thread.
+    items : sequence of Plane
+        The images (from :func:`._common.snapshot_planes`); in-memory ones not yet copied are
+        copied first, lazy arrays are read here, in the worker thread, when scored.
     fpr : float
         False-alarm rate of the verdicts stored in each result.
+    control : JobControl, optional
+        Its ``stop`` flag ends the job between batches of tiles, without an event for the
+        image being scored.
 
     Yields
     ------
     Scored or Failed
         One event per image, in order.
     """
+    from ..core.tiling import PredictionStopped
+
+    stop = control.stop.is_set if control is not None else None
     try:
-        for index, (name, data) in enumerate(items):
+        own_planes(items)  # private copies first: the user may edit the layers meanwhile
+        for index, plane in enumerate(items):
             try:
-                result = detector.score(np.asarray(data), fpr=fpr, name=name)
+                result = detector.score(np.asarray(plane.data), fpr=fpr, name=plane.name,
+                                        stop=stop)
+            except PredictionStopped:
+                return
             except ValueError as exc:  # ImageError (wrong channels, constant image, ...)
-                yield Failed(index, name, str(exc))
+                yield Failed(index, plane.name, str(exc))
                 continue
             yield Scored(index, result)
     except RuntimeError as exc:
@@ -75,7 +89,7 @@ def score_job(detector: AnomalyDetector, items: Sequence[tuple[str, Any]], fpr: 
 
 
 def score_cells_job(detector: AnomalyDetector,
-                    items: Sequence[tuple[str, Any, np.ndarray | None]], fpr: float,
+                    items: Sequence[tuple[Plane, np.ndarray | None]], fpr: float,
                     include_border: bool) -> Generator[CellsScored | Failed, None, None]:
     """Worker body: score the cells of each image; a bad image is reported, the rest scored.
 
@@ -83,9 +97,10 @@ def score_cells_job(detector: AnomalyDetector,
     ----------
     detector : AnomalyDetector
         The model to score with (one that scores cells).
-    items : sequence of (str, array-like, numpy.ndarray or None)
-        ``(name, image, labels)``: ``labels`` is a snapshot of the user's label image, or None
-        to find the cells with the built-in segmentation (run here, in the worker thread).
+    items : sequence of (Plane, numpy.ndarray or None)
+        ``(image, labels)``: the image as in :func:`score_job`; ``labels`` is a snapshot of
+        the user's label image, or None to find the cells with the built-in segmentation (run
+        here, in the worker thread).
     fpr : float
         False-alarm rate of the verdicts stored in each result.
     include_border : bool
@@ -98,10 +113,12 @@ def score_cells_job(detector: AnomalyDetector,
         single-cell crop, whose only cell touches the edge) is a failure.
     """
     try:
-        for index, (name, data, labels) in enumerate(items):
+        own_planes([plane for plane, _ in items])  # private copies first (see score_job)
+        for index, (plane, labels) in enumerate(items):
+            name = plane.name
             try:
-                cells = detector.score_cells(np.asarray(data), labels, fpr=fpr, name=name,
-                                             include_border=include_border)
+                cells = detector.score_cells(np.asarray(plane.data), labels, fpr=fpr,
+                                             name=name, include_border=include_border)
             except ValueError as exc:  # ImageError (no cells found, wrong shape, ...)
                 yield Failed(index, name, str(exc))
                 continue

@@ -44,12 +44,11 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from ..core.scoring import TRAINABLE_DENSITIES, ScoringConfig
-from ..core.training import LOSSES, MODES, TrainConfig, TrainProgress, train
 from ._common import (
     JobControl,
     JobFailure,
     JobSlot,
+    Plane,
     SmallPlot,
     bind,
     format_seconds,
@@ -57,15 +56,19 @@ from ._common import (
     is_own_layer,
     layer_key,
     layer_planes,
+    own_planes,
     report_error,
+    snapshot_planes,
     watch_window_close,
 )
+from ._core_loader import when_core_ready
 from ._state import ModelState, Status, get_state
 
 if TYPE_CHECKING:
     import napari
 
     from ..core.detector import AnomalyDetector
+    from ..core.training import TrainConfig, TrainProgress
 
 __all__ = ["FolderLoaded", "TrainWidget"]
 
@@ -100,7 +103,7 @@ class _Source:
     path: Path | None = None
 
 
-def _train_job(items: Sequence[tuple[str, Any]], folder: str | None, config: TrainConfig,
+def _train_job(items: Sequence[Plane], folder: str | None, config: TrainConfig,
                control: JobControl, labels: Sequence[np.ndarray | None] | None = None
                ) -> Generator[Any, None, AnomalyDetector | None]:
     """Worker body: read the images, then relay every event of :func:`train`.
@@ -109,10 +112,12 @@ def _train_job(items: Sequence[tuple[str, Any]], folder: str | None, config: Tra
     None (their cells are found by the built-in segmentation).
     """
     from ..core.images import find_images, load_images
+    from ..core.training import train
 
     try:
-        images = [np.asarray(data) for _, data in items]
-        names = [name for name, _ in items]
+        own_planes(items)  # private copies first: the user may edit the layers meanwhile
+        images = [np.asarray(plane.data) for plane in items]
+        names = [plane.name for plane in items]
         labels = list(labels) if labels is not None else None
         if folder:
             loaded = load_images(find_images(folder))
@@ -149,6 +154,7 @@ class TrainWidget(QWidget):
         self.viewer = napari_viewer
         self.state: ModelState = get_state(napari_viewer)
         self._jobs = JobSlot()
+        self._ready = False  # until the core's defaults fill the settings
         self._sources: list[_Source] = []
         self._listed: list[Image] = []
         self._name_watched: set[str] = set()
@@ -158,7 +164,6 @@ class TrainWidget(QWidget):
         self._val_y: list[float] = []
         self._last_val: float | None = None
         self._last_event: TrainProgress | None = None
-        defaults = TrainConfig()
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
@@ -205,23 +210,17 @@ class TrainWidget(QWidget):
         settings = QFormLayout()
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 10_000)
-        self.epochs.setValue(defaults.epochs)
         self.epochs.setToolTip("Passes over the training images; training keeps the epoch with "
                                "the lowest validation loss.")
         self.size = QSpinBox()
         self.size.setRange(16, 512)
         self.size.setSingleStep(8)
-        self.size.setValue(defaults.size)
         self.size.setSuffix(" px")
         self.size.setToolTip("Model input side (a multiple of 8): cell crops are resized to it; "
                              "large fields of view are learned in patches of this size.")
         self.loss = QComboBox()
-        for key in LOSSES:
-            self.loss.addItem(_LOSS_LABELS.get(key, key), key)
-        self.loss.setCurrentIndex(LOSSES.index(defaults.loss))
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
-        self.seed.setValue(defaults.seed)
         self.seed.setToolTip("Same images + same settings + same seed = same model.")
         settings.addRow("Epochs", self.epochs)
         settings.addRow("Size", self.size)
@@ -235,32 +234,22 @@ class TrainWidget(QWidget):
         adv_form.setContentsMargins(0, 0, 0, 0)
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 1024)
-        self.batch_size.setValue(defaults.batch_size)
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(5)
         self.lr.setRange(1e-5, 1.0)
         self.lr.setSingleStep(1e-4)
-        self.lr.setValue(defaults.lr)
         self.preset = QComboBox()
         self.preset.addItems(list(_PRESETS))
-        self.preset.setCurrentText(defaults.preset)
         self.preset.setToolTip("default: convolutional autoencoder designed for CPUs (strided "
                                "convolutions down, transposed convolutions up); seed: the "
                                "published Keras design the project started from.")
         self.mode = QComboBox()
-        for key in MODES:
-            self.mode.addItem(_MODE_LABELS.get(key, key), key)
-        self.mode.setCurrentIndex(MODES.index(defaults.mode))
         self.robust = QCheckBox("Robust training (ignore outliers)")
-        self.robust.setChecked(defaults.robust)
         self.robust.setToolTip("Repeatedly gives zero weight to the training images with the "
                                "most anomalous reconstruction error (whole-image mode) and "
                                "drops such images from calibration, for training sets with a "
                                "few abnormal cells mixed in.")
         self.density = QComboBox()
-        for key in TRAINABLE_DENSITIES:
-            self.density.addItem(_DENSITY_LABELS.get(key, key), key)
-        self.density.setCurrentIndex(TRAINABLE_DENSITIES.index(defaults.scoring.density))
         self.density.setToolTip("Density model over the code vectors of single latent "
                                 "positions; an image's log-density is that of its least likely "
                                 "position.")
@@ -346,7 +335,48 @@ class TrainWidget(QWidget):
         watch_window_close(self, self._jobs)
 
         self._on_layers_changed()
+        # The settings' defaults come from the core (torch), imported in the background the
+        # first time a widget opens; until then the settings and Train are disabled.
+        self._settings = [self.epochs, self.size, self.loss, self.seed, self.batch_size,
+                          self.lr, self.preset, self.mode, self.robust, self.density]
+        for control in self._settings:
+            control.setEnabled(False)
+        self.status_label.setText("Loading PyTorch…")
         self._update_buttons()
+        when_core_ready(self, self._on_core_ready,
+                        partial(report_error, "Could not load the anomaly-detection core"))
+
+    def _on_core_ready(self) -> None:
+        """Fill the settings with the core's defaults and enable them."""
+        from ..core.scoring import TRAINABLE_DENSITIES
+        from ..core.training import LOSSES, MODES, TrainConfig
+
+        defaults = TrainConfig()
+        self.epochs.setValue(defaults.epochs)
+        self.size.setValue(defaults.size)
+        for key in LOSSES:
+            self.loss.addItem(_LOSS_LABELS.get(key, key), key)
+        self.loss.setCurrentIndex(LOSSES.index(defaults.loss))
+        self.seed.setValue(defaults.seed)
+        self.batch_size.setValue(defaults.batch_size)
+        self.lr.setValue(defaults.lr)
+        self.preset.setCurrentText(defaults.preset)
+        for key in MODES:
+            self.mode.addItem(_MODE_LABELS.get(key, key), key)
+        self.mode.setCurrentIndex(MODES.index(defaults.mode))
+        self.robust.setChecked(defaults.robust)
+        for key in TRAINABLE_DENSITIES:
+            self.density.addItem(_DENSITY_LABELS.get(key, key), key)
+        self.density.setCurrentIndex(TRAINABLE_DENSITIES.index(defaults.scoring.density))
+        for control in self._settings:
+            control.setEnabled(True)
+        self._ready = True
+        self.status_label.setText("Pick normal images, then press Train.")
+        self._update_buttons()
+
+    def is_ready(self) -> bool:
+        """True once the settings are filled and training can start."""
+        return self._ready
 
     # ------------------------------------------------------------------------------------
     # layer list
@@ -459,6 +489,9 @@ class TrainWidget(QWidget):
 
     def config(self) -> TrainConfig:
         """The :class:`TrainConfig` the controls describe (raises ValueError if invalid)."""
+        from ..core.scoring import ScoringConfig
+        from ..core.training import TrainConfig
+
         self._snap_size()
         return TrainConfig(
             epochs=self.epochs.value(),
@@ -478,7 +511,7 @@ class TrainWidget(QWidget):
     # ------------------------------------------------------------------------------------
     def _update_buttons(self, *_: Any) -> None:
         status = self.state.status
-        self.train_button.setEnabled(status is Status.IDLE)
+        self.train_button.setEnabled(status is Status.IDLE and self._ready)
         self.stop_button.setEnabled(status is Status.TRAINING)
         self.save_button.setEnabled(status is Status.IDLE and self.state.trained is not None)
         self.train_button.setText("Training…" if status in (Status.TRAINING, Status.STOPPING)
@@ -494,6 +527,9 @@ class TrainWidget(QWidget):
 
     def start_training(self) -> bool:
         """Start training from the current choices; False (with a notification) if not."""
+        if not self._ready:
+            show_warning("PyTorch is still loading: press Train again in a moment.")
+            return False
         if self.state.status in (Status.TRAINING, Status.STOPPING):
             show_warning("Training is already running: wait for it or press Stop.")
             return False
@@ -538,15 +574,16 @@ class TrainWidget(QWidget):
         elif cells == FIND_CELLS:
             labels = [None] * sum(int(np.prod(image_hw(ly)[:-2], dtype=int)) for ly in layers)
 
-        items: list[tuple[str, Any]] = []
+        planes: list[tuple[str, Any]] = []
         self._sources = []
         for layer in layers:
             lead = image_hw(layer)[:-2]
             for index, (name, data) in zip(np.ndindex(*lead), layer_planes(layer),
                                            strict=True):
-                items.append((name, data))
+                planes.append((name, data))
                 self._sources.append(_Source(name, layer, index))
 
+        items = snapshot_planes(planes)
         self._reset_progress()
         self._jobs.current = job = JobControl()
         worker = create_worker(_train_job, items, folder, config, job, labels,
@@ -607,6 +644,8 @@ class TrainWidget(QWidget):
         if isinstance(event, FolderLoaded):
             self._on_folder_loaded(event)
             return
+        from ..core.training import TrainProgress  # loaded: the job yields these
+
         if not isinstance(event, TrainProgress):
             return
         self._last_event = event

@@ -1,0 +1,165 @@
+"""Load the core (PyTorch, scikit-learn) in a background thread, so docking a widget is instant.
+
+napari imports a widget's module and builds the widget on the GUI thread when the user opens
+the dock. Importing torch and scikit-learn there froze napari for 2-7 s (measured by
+``benchmarks/responsiveness.py``). The widget modules therefore import only Qt, napari and
+numpy at module level; the core is imported here, once per process, in a worker thread, and
+the widgets finish setting up when it is ready (:func:`when_core_ready`).
+
+Importing in another thread is not free for the GUI thread either: Python code shares the
+GIL, and loading torch's largest shared library (~150 ms of relocation work) holds it
+throughout. :func:`_preload_torch_libraries` loads those libraries first through the C
+library's ``dlopen`` called via :mod:`ctypes`, which releases the GIL during the call; the
+``import torch`` that follows finds them loaded. Where that is unavailable (not Linux or
+macOS, an unusual torch layout) the step is skipped and torch loads as usual.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import QWidget
+
+__all__ = ["CORE_MODULES", "WARM_MODULES", "core_ready", "load_core", "when_core_ready"]
+
+logger = logging.getLogger(__name__)
+
+#: The modules the widgets need before they can train or score.
+CORE_MODULES = (
+    "napari_cell_anomaly.core.detector",
+    "napari_cell_anomaly.core.training",
+    "napari_cell_anomaly.core.density",
+)
+#: Imported next, in the same background thread, but not waited for: torch's optimisers import
+#: ``torch._dynamo`` on their first step (a ~1 s stall of the first training step otherwise).
+WARM_MODULES = ("torch._dynamo",)
+#: torch's shared libraries, largest first; loaded without the GIL before ``import torch``.
+_TORCH_LIBRARIES = ("libtorch_cpu.so", "libtorch.so", "libtorch_python.so")
+
+_lock = threading.Lock()
+_loaded = threading.Event()
+_thread: threading.Thread | None = None
+
+
+class _Notifier(QObject):
+    """Carries the loader thread's news to the GUI thread (queued signals)."""
+
+    ready = Signal()
+    failed = Signal(object)
+
+
+_notifier: _Notifier | None = None
+
+
+def core_ready() -> bool:
+    """True once the core modules are imported (by :func:`load_core` or by anyone else)."""
+    if not _loaded.is_set() and all(name in sys.modules for name in CORE_MODULES):
+        _loaded.set()
+    return _loaded.is_set()
+
+
+def _preload_torch_libraries() -> None:
+    """Load torch's large shared libraries with the GIL released (best effort)."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None or sys.platform not in ("linux", "darwin"):
+        return
+    folder = Path(spec.origin).parent / "lib"
+    suffix = ".dylib" if sys.platform == "darwin" else ".so"
+    try:
+        libc = ctypes.CDLL(None)
+        dlopen = libc.dlopen
+    except (OSError, AttributeError):
+        return
+    dlopen.restype = ctypes.c_void_p
+    dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    for name in _TORCH_LIBRARIES:
+        path = folder / name.replace(".so", suffix)
+        # A CDLL function call releases the GIL; RTLD_LOCAL keeps the symbols private, as
+        # torch's own import does.
+        if path.is_file() and not dlopen(os.fsencode(path), os.RTLD_NOW | os.RTLD_LOCAL):
+            logger.debug("could not preload %s", path)
+
+
+def load_core() -> None:
+    """Import the core modules in the calling thread, once per process (thread-safe)."""
+    with _lock:
+        if core_ready():
+            return
+        if "torch" not in sys.modules:
+            _preload_torch_libraries()
+        for name in CORE_MODULES:
+            importlib.import_module(name)
+        _loaded.set()
+
+
+def _warm_up() -> None:
+    """Import :data:`WARM_MODULES`; failures are left for their real use to report."""
+    for name in WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # only a warm-up
+            logger.debug("could not pre-import %s", name, exc_info=True)
+
+
+def _run_loader(notifier: _Notifier) -> None:
+    """The loader thread: the core, then the news to the GUI thread, then the warm-up."""
+    try:
+        load_core()
+    except Exception as exc:  # reported by the widgets; a thread cannot raise to anyone
+        notifier.failed.emit(exc)
+        return
+    notifier.ready.emit()
+    _warm_up()
+
+
+def _start_loader() -> _Notifier:
+    """Start the background loader once per process; return the notifier of its news."""
+    global _notifier, _thread
+    if _notifier is None:
+        _notifier = _Notifier()  # created on the GUI thread: its signals reach the GUI thread
+    if _thread is None:
+        _thread = threading.Thread(target=_run_loader, args=(_notifier,),
+                                   name="napari-cell-anomaly core loader", daemon=True)
+        _thread.start()
+    return _notifier
+
+
+def when_core_ready(widget: QWidget, callback: Callable[[], None],
+                    on_error: Callable[[BaseException], None] | None = None) -> None:
+    """Call ``callback()`` on the GUI thread once the core is imported.
+
+    At once (synchronously) if it already is; otherwise when the background loader (started
+    on first use) has imported it. Nothing is called if ``widget`` was deleted meanwhile.
+    """
+    if core_ready():
+        if any(name not in sys.modules for name in WARM_MODULES):
+            _start_loader()  # imports only the warm-up modules
+        callback()
+        return
+    notifier = _start_loader()
+    alive = [True]
+    widget.destroyed.connect(lambda *_: alive.__setitem__(0, False))
+
+    def _ready() -> None:
+        if alive[0]:
+            callback()
+
+    def _failed(exc: BaseException) -> None:
+        if alive[0] and on_error is not None:
+            on_error(exc)
+
+    notifier.ready.connect(_ready, Qt.ConnectionType.QueuedConnection)
+    notifier.failed.connect(_failed, Qt.ConnectionType.QueuedConnection)
+    if core_ready():  # the loader finished between the check above and the connections
+        notifier.ready.disconnect(_ready)
+        notifier.failed.disconnect(_failed)
+        callback()

@@ -1,0 +1,154 @@
+"""The GUI-thread promises that tests can check: closes end the workers, stop is immediate, the
+default model loads in the background, jobs read private copies, imports stay light.
+
+Real viewers, real workers, real (tiny) models. How long things take is measured by
+``benchmarks/responsiveness.py``; here only the thread states and generous bounds are checked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from napari_cell_anomaly import KEEP_OMP_ENV
+from napari_cell_anomaly._sample_data import normal_cells
+from napari_cell_anomaly.core.detector import default_model_path
+from napari_cell_anomaly.core.training import TrainConfig, run_training
+from napari_cell_anomaly.widgets import Status, get_state
+
+PLUGIN = "napari-cell-anomaly"
+TINY = {"epochs": 4, "size": 32, "batch_size": 16, "lr": 5e-3, "seed": 0}
+#: Far above the 1 s the shutdown waits at most, for a loaded test machine.
+GENEROUS_CLOSE_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> Any:
+    return run_training([normal_cells()[0][0]], TrainConfig(**TINY))
+
+
+def _big_fields(n: int = 3, side: int = 1024) -> list[np.ndarray]:
+    field = normal_cells()[0][0]
+    reps = -(-side // field.shape[0])
+    return [np.roll(np.tile(field, (reps, reps, 1))[:side, :side], 97 * i, axis=1)
+            for i in range(n)]
+
+
+def _start_scoring(viewer: Any, qtbot: Any, detector: Any, images: list[np.ndarray]) -> Any:
+    for i, image in enumerate(images):
+        viewer.add_image(image, name=f"field {i}", rgb=True)
+    _, score = viewer.window.add_plugin_dock_widget(PLUGIN, "Score images")
+    get_state(viewer).set_active(detector, "trained")
+    score.all_radio.setChecked(True)
+    assert score.start_scoring()
+    return score
+
+
+def test_closing_the_viewer_while_training_ends_the_worker(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "normal_cells")
+    _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train anomaly model")
+    train.select_matching("normal")
+    train.epochs.setValue(500)
+    train.size.setValue(32)
+    train.batch_size.setValue(16)
+    assert train.start_training()
+    job = train._jobs.current
+    qtbot.waitUntil(lambda: len(train._train_x) >= 2, timeout=120_000)
+    assert job.worker.is_running and train.state.status is Status.TRAINING
+    start = time.perf_counter()
+    viewer.close()
+    assert time.perf_counter() - start < GENEROUS_CLOSE_S
+    assert job.finished.is_set() and not job.worker.is_running  # ended before close returned
+    assert get_state(viewer).trained is None  # the aborted job published nothing
+
+
+def test_closing_the_viewer_while_scoring_ends_the_worker(make_napari_viewer, qtbot,
+                                                           tiny_model):
+    viewer = make_napari_viewer()
+    score = _start_scoring(viewer, qtbot, tiny_model, _big_fields())
+    job = score._jobs.current
+    qtbot.waitUntil(lambda: job.worker.is_running, timeout=10_000)
+    qtbot.wait(200)
+    assert score.state.status is Status.SCORING  # inside the first 1024 x 1024 field
+    start = time.perf_counter()
+    viewer.close()
+    assert time.perf_counter() - start < GENEROUS_CLOSE_S
+    assert job.finished.is_set() and not job.worker.is_running
+
+
+def test_stop_ends_scoring_inside_an_image(make_napari_viewer, qtbot, tiny_model):
+    viewer = make_napari_viewer()
+    score = _start_scoring(viewer, qtbot, tiny_model, _big_fields(n=2, side=1536))
+    job = score._jobs.current
+    qtbot.waitUntil(lambda: job.worker.is_running, timeout=10_000)
+    qtbot.wait(200)
+    assert score.state.status is Status.SCORING and score.table.rowCount() == 0
+    score.stop_scoring()
+    assert job.finished.wait(GENEROUS_CLOSE_S)  # ended between tiles, not after two images
+    qtbot.waitUntil(lambda: score.state.status is Status.IDLE, timeout=10_000)
+    assert score.table.rowCount() == 0  # the image being scored gave no (partial) result
+    assert score.progress.format().startswith("stopped")
+
+
+def test_jobs_read_a_private_copy_of_the_layers(make_napari_viewer, qtbot, tiny_model):
+    viewer = make_napari_viewer()
+    image = _big_fields(n=1, side=256)[0]
+    expected = tiny_model.score(image.copy()).score
+    score = _start_scoring(viewer, qtbot, tiny_model, [image])
+    viewer.layers["field 0"].data[:] = 0  # the user edits the layer while it is scored
+    qtbot.waitUntil(lambda: score.state.status is Status.IDLE, timeout=60_000)
+    assert score.results()[0]["score"] == pytest.approx(expected)
+
+
+@pytest.mark.skipif(default_model_path() is None, reason="no shipped default model installed")
+def test_default_model_loads_in_the_background(make_napari_viewer, qtbot, tiny_model):
+    viewer = make_napari_viewer()
+    _, score = viewer.window.add_plugin_dock_widget(PLUGIN, "Score images")
+    state = get_state(viewer)
+    # The widget is built and usable before the model is read (that happens in a worker).
+    assert score.model_box.loading() and state.detector is None
+    assert "Loading the shipped default model" in score.model_label.text()
+    score.all_radio.setChecked(True)
+    assert score.all_radio.isChecked() and not score.score_button.isEnabled()
+    qtbot.waitUntil(lambda: not score.model_box.loading(), timeout=60_000)
+    assert state.source == "default" and score.score_button.isEnabled()
+
+    # A model chosen while the default one loads is not replaced by it.
+    state.set_active(None, "")
+    score.model_box._default_model = None
+    assert score.model_box.load_default_model_in_background()
+    state.set_trained(tiny_model)
+    qtbot.waitUntil(lambda: not score.model_box.loading(), timeout=60_000)
+    assert state.detector is tiny_model and state.source == "trained"
+
+
+def _run(code: str, **env: str) -> str:
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", KEEP_OMP_ENV)}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, check=True,
+                         capture_output=True, text=True, timeout=120)
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, "PASSIVE"),  # the default: idle OpenMP threads sleep
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),  # a user's own value wins
+    ({KEEP_OMP_ENV: "1"}, "unset"),  # the opt-out: the package sets nothing
+])
+def test_omp_wait_policy_default_and_opt_out(env, expected):
+    code = ("import os, napari_cell_anomaly; "
+            "print(os.environ.get('OMP_WAIT_POLICY', 'unset'))")
+    assert _run(code, **env) == expected
+
+
+def test_widget_modules_do_not_import_torch_or_sklearn():
+    code = ("import sys, napari_cell_anomaly.widgets; "
+            "print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))")
+    assert _run(code) == "[]"
