@@ -219,3 +219,102 @@ def pool_cells(tables: Sequence[CellTable]) -> CellTable:
     """The rows of several cell tables in one (labels are no longer unique)."""
     return type(tables[0])(**{f.name: np.concatenate([getattr(t, f.name) for t in tables])
                               for f in dataclasses.fields(tables[0])})
+
+
+#: Names of the columns of :func:`shape_features`, in order (colour means follow, one per
+#: channel).
+SHAPE_FEATURES = ("log_area", "roundness", "elongation", "brightness_spread", "pallor")
+
+
+def shape_features(units: CellUnits) -> np.ndarray:
+    """Morphometry of each cell from its window and mask: ``(N, 5 + C)`` float64.
+
+    Columns: log area; boundary pixels / sqrt(area) (ragged or irregular outlines score
+    higher); elongation (1 - minor / major axis of the second moments); spread of the
+    brightness inside the cell; central pallor (mean brightness of the inner half of the
+    radius minus the outer part); the mean colour of each channel. Computed at the image's
+    own scale on the (balanced) field, so absolute size and colour count, as they do in
+    disease (macrocytes, microcytes, hypochromia).
+    """
+    if not len(units):
+        return np.zeros((0, len(SHAPE_FEATURES)))
+    masks = np.stack(units.masks).astype(np.float64)            # (N, S, S)
+    wins = np.stack(units.windows).astype(np.float64)           # (N, S, S, C)
+    s = masks.shape[1]
+    area = np.maximum(masks.sum((1, 2)), 1.0)
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float64)
+    cy = (masks * yy).sum((1, 2)) / area
+    cx = (masks * xx).sum((1, 2)) / area
+    dy = yy[None] - cy[:, None, None]
+    dx = xx[None] - cx[:, None, None]
+    myy = (masks * dy**2).sum((1, 2)) / area
+    mxx = (masks * dx**2).sum((1, 2)) / area
+    mxy = (masks * dy * dx).sum((1, 2)) / area
+    root = np.sqrt(((myy - mxx) / 2) ** 2 + mxy**2)
+    major = np.sqrt(np.maximum((myy + mxx) / 2 + root, 1e-12))
+    minor = np.sqrt(np.maximum((myy + mxx) / 2 - root, 0.0))
+    own = masks > 0
+    inner = np.zeros_like(own)
+    inner[:, 1:-1, 1:-1] = (own[:, 1:-1, 1:-1] & own[:, :-2, 1:-1] & own[:, 2:, 1:-1]
+                            & own[:, 1:-1, :-2] & own[:, 1:-1, 2:])
+    boundary = (own & ~inner).sum((1, 2))
+    bright = wins.mean(-1)
+    mean_b = (bright * masks).sum((1, 2)) / area
+    spread = np.sqrt(np.maximum((bright**2 * masks).sum((1, 2)) / area - mean_b**2, 0.0))
+    radius = np.sqrt(area / np.pi)
+    centre = (np.hypot(dy, dx) < 0.5 * radius[:, None, None]) & own
+    rim = own & ~centre
+    c_area, r_area = np.maximum(centre.sum((1, 2)), 1), np.maximum(rim.sum((1, 2)), 1)
+    pallor = (bright * centre).sum((1, 2)) / c_area - (bright * rim).sum((1, 2)) / r_area
+    colour = (wins * masks[..., None]).sum((1, 2)) / area[:, None]
+    return np.column_stack([np.log(area), boundary / np.sqrt(area), 1.0 - minor / major,
+                            spread, pallor, colour])
+
+
+@dataclass
+class ShapeDensity:
+    """A Gaussian over the cells' :func:`shape_features`, with a shrunk covariance
+    (Ledoit-Wolf), fitted on training cells; stored as plain arrays.
+
+    In cells mode a cell's log-density is that of its latent code plus this one: the joint
+    log-density of (code, shape) with the two taken as independent, so a cell of unusual size,
+    outline or colour is as unlikely as one with an unusual code.
+    """
+
+    mean: np.ndarray
+    precision: np.ndarray
+    log_norm: float
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> ShapeDensity:
+        """Fit on ``(N, F)`` features of normal training cells (``N >= 2``)."""
+        from sklearn.covariance import LedoitWolf
+
+        f = np.asarray(features, dtype=np.float64)
+        if f.shape[0] < 2:
+            raise ValueError(f"shape density needs at least 2 cells; got {f.shape[0]}")
+        cov = LedoitWolf().fit(f).covariance_
+        cov += 1e-9 * np.trace(cov) / len(cov) * np.eye(len(cov))
+        _, logdet = np.linalg.slogdet(cov)
+        return cls(f.mean(0), np.linalg.inv(cov),
+                   -0.5 * (len(cov) * np.log(2 * np.pi) + logdet))
+
+    def log_density(self, features: np.ndarray) -> np.ndarray:
+        """``(N,)`` Gaussian log-density of ``(N, F)`` features."""
+        d = np.asarray(features, dtype=np.float64) - self.mean
+        return self.log_norm - 0.5 * np.einsum("ni,ij,nj->n", d, self.precision, d)
+
+    def to_arrays(self, prefix: str = "shape.") -> dict[str, np.ndarray]:
+        """Arrays for a model file."""
+        return {prefix + "mean": self.mean, prefix + "precision": self.precision,
+                prefix + "log_norm": np.array([self.log_norm])}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str = "shape."
+                    ) -> ShapeDensity | None:
+        """Inverse of :meth:`to_arrays`; None when the file holds no shape density."""
+        if prefix + "mean" not in arrays:
+            return None
+        return cls(np.asarray(arrays[prefix + "mean"], np.float64),
+                   np.asarray(arrays[prefix + "precision"], np.float64),
+                   float(np.asarray(arrays[prefix + "log_norm"]).ravel()[0]))

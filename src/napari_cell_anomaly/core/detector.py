@@ -25,10 +25,12 @@ from .cellscores import CellScores
 from .cellunits import (
     CONTEXTS,
     CellUnits,
+    ShapeDensity,
     balance_field,
     cut_units,
     readable,
     reduction_masks,
+    shape_features,
     take_cells,
 )
 from .density import Density, density_from_arrays
@@ -137,6 +139,9 @@ class AnomalyDetector:
         Cells mode: what surrounds a cell in its window (see :mod:`.cellunits`).
     balance : bool
         Cells mode: balance each field by its background colour before cutting windows.
+    shape : ShapeDensity or None
+        Cells mode: density of the training cells' morphometry; a cell's log-density is its
+        code's plus its shape's (see :class:`.cellunits.ShapeDensity`).
     segmentation : dict
         Cells mode: keyword arguments of :func:`.cells.segment_cells` used when no labels
         are given (the training fields' image kind, so scoring segments alike).
@@ -153,6 +158,7 @@ class AnomalyDetector:
     rejected: list[int] = field(default_factory=list)
     context: str = "isolate"
     balance: bool = True
+    shape: ShapeDensity | None = None
     segmentation: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -552,6 +558,8 @@ class AnomalyDetector:
                                      with_ssim=False)
             err.append(res["recon_error"])
             logd.append(self.density.log_density(res["codes"]))
+        if self.shape is not None:
+            logd = [np.concatenate(logd) + self.shape.log_density(shape_features(units))]
             maps.extend(res["error_map"])
             recons.extend(res["recon"])
         return np.concatenate(err), np.concatenate(logd), maps, recons
@@ -597,6 +605,8 @@ class AnomalyDetector:
                    for k, v in self.network.state_dict().items()}
         tensors.update(self.density.to_arrays())
         tensors.update(self.calibration.to_arrays())
+        if self.shape is not None:
+            tensors.update(self.shape.to_arrays())
         tensors["rejected"] = np.asarray(self.rejected, dtype=np.int64)
         meta = {
             "model": self.network.config.to_dict(),
@@ -639,6 +649,7 @@ class AnomalyDetector:
                 rejected=[int(i) for i in tensors.get("rejected", np.zeros(0, np.int64))],
                 context=str(meta.get("cells", {}).get("context", "isolate")),
                 balance=bool(meta.get("cells", {}).get("balance", True)),
+                shape=ShapeDensity.from_arrays(tensors),
                 segmentation=dict(meta.get("cells", {}).get("segmentation", {})),
             )
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:

@@ -45,11 +45,14 @@ from torch import nn
 from . import errormaps
 from .cellunits import (
     CONTEXTS,
+    CellUnits,
+    ShapeDensity,
     balance_field,
     cut_units,
     pool_cells,
     readable,
     reduction_masks,
+    shape_features,
     take_cells,
     window_side,
 )
@@ -143,6 +146,9 @@ class TrainConfig:
     balance : bool
         Cells mode: balance each field by its own background colour (flat-field / white
         balance for brightfield, offset for fluorescence) before cutting cell windows.
+    cell_shape : bool
+        Cells mode: add the density of the cells' morphometry (size, outline, elongation,
+        pallor, colour) to the latent density (see :class:`.cellunits.ShapeDensity`).
     max_steps : int or None
         Stop after this many steps in total (for quick tests and previews).
     scoring : ScoringConfig
@@ -169,6 +175,7 @@ class TrainConfig:
     prior_weight: float = 0.0
     context: str = "isolate"
     balance: bool = True
+    cell_shape: bool = True
     max_steps: int | None = None
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
@@ -263,6 +270,8 @@ class _Data:
     calib: np.ndarray | list[np.ndarray] | None = None
     calib_index: np.ndarray | None = None  # image index of each calibration unit
     calib_masks: list[np.ndarray] | None = None  # cells mode: each unit's reduction mask
+    train_shape: np.ndarray | None = None  # cells mode: shape features of the train units
+    calib_shape: np.ndarray | None = None  # ... and of the calibration units
     holdout: str = "images"                # held out by "images" or by "strips" of each one
 
 
@@ -445,6 +454,7 @@ def _prepare_cells(images: Sequence[np.ndarray], xs: Sequence[np.ndarray],
                          f"from {n} image(s): add fields")
     arr = np.stack(units).astype(np.float32)
     red = reduction_masks(masks, cfg.scoring.erode)
+    shape = shape_features(CellUnits(units, masks, np.zeros((len(units), 2), np.int64)))
     info = {"n_cells": len(units), "window_side": side,
             "holdout": "fields" if by_field else "lowest cells of each field",
             "n_fields_validation": len(set(field_a[va].tolist())) if by_field else 0,
@@ -454,6 +464,7 @@ def _prepare_cells(images: Sequence[np.ndarray], xs: Sequence[np.ndarray],
     return _Data("cells", arr[tr], arr[va], field_a[tr], n, shapes, field_a[va], size=side,
                  train_masks=[red[i] for i in tr], val_masks=[red[i] for i in va], info=info,
                  calib=arr[ca], calib_index=field_a[ca], calib_masks=[red[i] for i in ca],
+                 train_shape=shape[tr], calib_shape=shape[ca],
                  holdout="fields" if by_field else "strips")
 
 
@@ -785,6 +796,10 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: _Data, cfg: TrainConfig
         res = det.analyse_units(units, masks)
         errors, map_max = res["recon_error"], res["map_max"]
         log_dens = density.log_density(res["codes"])
+        if data.train_shape is not None and cfg.cell_shape:
+            det.shape = ShapeDensity.fit(data.train_shape[np.setdiff1d(
+                np.arange(len(data.train)), rejected)])
+            log_dens = log_dens + det.shape.log_density(data.calib_shape)
     keep = np.arange(len(errors))
     dropped = np.zeros(0, dtype=np.int64)
     if cfg.robust:
