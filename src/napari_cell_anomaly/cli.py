@@ -221,7 +221,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         sources = dict.fromkeys(paths)  # built-in segmentation
     _say(f"model: {detector.describe_rate(args.fpr or DEFAULT_FPR)}")
     failures: list[tuple[Path, str]] = []
-    n_flagged = n_ok = n_cells = n_cells_flagged = 0
+    n_flagged = n_ok = n_cells = n_cells_flagged = n_skipped = 0
     show = not args.quiet and sys.stderr.isatty()
     with contextlib.ExitStack() as stack:
         writer = csv.writer(stack.enter_context(atomic_text(csv_path)))
@@ -252,6 +252,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             n_flagged += int(result.is_anomaly)
             if cells is not None:
                 n_cells += len(cells)
+                n_skipped += cells.skipped
                 n_cells_flagged += int(cells.table["is_anomaly"].sum())
                 if cell_writer is not None:
                     _write_cell_rows(cell_writer, path, cells)
@@ -272,6 +273,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         _say(f"scored {n_cells} cells: {n_cells_flagged} flagged anomalous (cells cut by the "
              f"image edge are not judged)" + (f"; per-cell rows in {cells_path}"
                                               if cells_path is not None else ""))
+        if n_skipped:
+            from .core.cellunits import MIN_CELL_AREA
+
+            _say(f"left out {n_skipped} objects too small to be read as cells "
+                 f"(under {MIN_CELL_AREA} pixels)")
     return 0 if n_ok else EXIT_BAD_INPUT
 
 
