@@ -66,6 +66,25 @@ def test_kind_is_decided_from_the_image(field) -> None:
     assert image_kind(_fluorescence(field.labels)) == "fluorescence"
 
 
+def test_kind_of_a_nearly_empty_quantised_fluorescence_field() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(1, 5, (128, 128)).astype(np.uint8)  # dark, coarsely quantised
+    yy, xx = np.mgrid[0:128, 0:128]
+    img[np.hypot(yy - 60, xx - 70) <= 3] = 90  # one small nucleus (0.2 % of the field)
+    assert image_kind(img) == "fluorescence"
+    labels = segment_cells(img)
+    assert labels.max() == 1 and labels[60, 70] == 1
+
+
+def test_a_dark_scratch_does_not_hide_the_cells(field) -> None:
+    img = field.image.copy()
+    for k in range(-4, 5):  # a dark diagonal line, 9 px thick
+        idx = np.arange(20, 300)
+        img[idx, np.clip(idx + k, 0, 319)] = (40, 30, 50)
+    matched, n_truth, _ = _matched(field.labels, segment_cells(img))
+    assert matched >= 0.8 * n_truth
+
+
 @pytest.mark.parametrize("kind", ["auto", "fluorescence"])
 def test_segments_a_uint16_fluorescence_field(field, kind: str) -> None:
     img = _fluorescence(field.labels, seed=1)

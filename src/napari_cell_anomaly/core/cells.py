@@ -11,10 +11,10 @@ What :func:`segment_cells` does, in order
 -----------------------------------------
 1. **Validate** the image with :func:`~napari_cell_anomaly.core.images.as_float_image`
    (gray, RGB or RGBA, any dtype, 16-bit too; bad input raises ``ImageError``).
-2. **Decide the kind** (``kind="auto"``, :func:`image_kind`): the brightness of the
-   histogram's main peak (the background of a field), relative to the image's 1-99 %
-   intensity range. A bright background means brightfield (a stained smear), a dark one
-   fluorescence.
+2. **Decide the kind** (``kind="auto"``, :func:`image_kind`): cells are the pixels that
+   stand out of the background, the histogram's main peak. If more pixels lie over 4
+   deviations below the peak than above it, the cells are darker (brightfield, a stained
+   smear), else brighter (fluorescence).
 3. **Flatten the illumination**: a first Otsu split marks likely background pixels; a
    quadratic surface fitted to them (per channel, on a subsample) is the background.
 4. **Cell signal**, larger where a pixel differs from the background the way cells do:
@@ -89,6 +89,7 @@ _SIGNAL_WEIGHT = 0.5        # fluorescence: weight of the signal in the watershe
 _NOISE_K = 10.0             # fluorescence: threshold at most this many noise sigmas up
 _MIN_OTSU_FRACTION = 0.35   # ... but not below this fraction of Otsu's threshold
 _PEAK_FRACTION = 0.2        # fluorescence: keep pixels above this share of their peak
+_CLIP_PERCENTILE = 95.0     # brightfield: signal clipped here before Otsu's threshold
 _MIN_CONTRAST = 4.0         # no cells when the classes differ by fewer noise sigmas
 _DEBRIS_FRACTION = 0.2      # objects below this fraction of the median area are debris
 _HOLE_FRACTION = 0.5        # holes below this fraction of a cell's area are filled
@@ -366,14 +367,22 @@ def _subsample(arr: np.ndarray, n: int = 200_000) -> np.ndarray:
 
 
 def _kind_of(gray: np.ndarray) -> str:
+    """Brightfield when the pixels that stand out of the background are mostly darker."""
     sample = _subsample(gray).ravel()
-    low, high = np.percentile(sample, [1.0, 99.0])
+    low, high = np.percentile(sample, [0.5, 99.5])
     if not high > low:
         low, high = float(sample.min()), float(sample.max())
-    hist, edges = np.histogram(np.clip(sample, low, high), bins=64, range=(low, high))
+    hist, edges = np.histogram(np.clip(sample, low, high), bins=128, range=(low, high))
     hist = ndi.uniform_filter1d(hist.astype(np.float64), 3)
-    peak = 0.5 * (edges[int(np.argmax(hist))] + edges[int(np.argmax(hist)) + 1])
-    position = (peak - low) / (high - low) if high > low else 0.0
+    mode = 0.5 * (edges[int(np.argmax(hist))] + edges[int(np.argmax(hist)) + 1])
+    q25, q75 = np.percentile(sample, [25.0, 75.0])
+    # robust spread; the quartiles keep it above zero on coarsely quantised images
+    spread = max(1.4826 * float(np.median(np.abs(sample - mode))), float(q75 - q25) / 1.349)
+    darker = np.count_nonzero(sample < mode - 4 * spread)
+    brighter = np.count_nonzero(sample > mode + 4 * spread)
+    if darker != brighter:
+        return "brightfield" if darker > brighter else "fluorescence"
+    position = (mode - low) / (high - low) if high > low else 0.0
     return "brightfield" if position > 0.5 else "fluorescence"
 
 
@@ -388,8 +397,10 @@ def image_kind(image: np.ndarray) -> str:
     Returns
     -------
     str
-        ``"brightfield"`` when the histogram's main peak (the background) lies in the upper
-        half of the 1-99 % intensity range, else ``"fluorescence"``.
+        ``"brightfield"`` when more pixels lie over 4 deviations below the histogram's main
+        peak (the background) than above it (cells darker than the background), else
+        ``"fluorescence"``. Deviations: the median absolute distance to the peak (at least the
+        interquartile range / 1.349).
 
     Raises
     ------
@@ -475,7 +486,12 @@ def _foreground(signal: np.ndarray, kind: str) -> np.ndarray:
     Otsu classes differ by less than ``_MIN_CONTRAST`` noise deviations (noise only).
     """
     sample = _subsample(signal)
-    t = _otsu(sample)
+    if kind == "brightfield":
+        # a few very dark pixels (a scratch, dirt) must not pull Otsu's threshold above
+        # pale cells: clip them first
+        t = _otsu(np.minimum(sample, np.percentile(sample, _CLIP_PERCENTILE)))
+    else:
+        t = _otsu(sample)
     low = sample[sample <= t]
     high = sample[sample > t]
     if low.size < 2 or high.size < 2:
