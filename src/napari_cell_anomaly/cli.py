@@ -428,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"default: {d.preset})")
     t.add_argument("--mode", choices=MODES, default=d.mode,
                    help="whole cell crops, patches of large fields, or one window per cell of "
-                        f"a field (default: {d.mode}: cells when --labels is given, else whole "
-                        "or patch by image size)")
+                        "a field; auto: cells when --labels is given, else whole or patch by "
+                        f"image size (default: {d.mode})")
     t.add_argument("--density", choices=TRAINABLE_DENSITIES, default=d.scoring.density,
                    help="latent density over the code vectors of single latent positions: "
                         "kde = kernel density estimate, gmm = Gaussian mixture "
