@@ -35,7 +35,6 @@ import copy
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -43,429 +42,29 @@ import torch
 from torch import nn
 
 from . import errormaps
-from .cellunits import (
-    CONTEXTS,
-    CellUnits,
-    ShapeDensity,
-    balance_field,
-    cut_units,
-    pool_cells,
-    readable,
-    reduction_masks,
-    shape_features,
-    take_cells,
-    window_side,
-)
+from .cellunits import ShapeDensity
 from .density import fit_density
-from .detector import (
-    AnomalyDetector,
-    encode_units,
-    provenance_base,
-    to_tensor,
-    window_origins,
-)
-from .images import ImageError, Preprocessing, random_patches, resize
+from .detector import AnomalyDetector, encode_units, provenance_base, to_tensor
+from .images import ImageError, Preprocessing, random_patches
 from .model import Autoencoder, ModelConfig, build_model
-from .scoring import Calibration, ScoringConfig, robust_location_scale
-
-MODES = ("auto", "whole", "patch", "cells")
-#: Modes whose training units are fixed-size arrays (one unit per image or per cell).
-UNIT_MODES = ("whole", "cells")
-LOSSES = ("mse", "ssim", "mix")
-#: In ``auto`` mode, images whose median longer side exceeds this many model sizes are treated
-#: as fields of view and trained on random patches.
-PATCH_MODE_FACTOR = 4
-#: In patch mode an epoch draws at least this many patches, so that a few large fields of view
-#: (the usual napari case) still get enough optimisation steps.
-MIN_PATCHES_PER_EPOCH = 1024
-
-
-class TrainingStopped(ValueError):
-    """Training was stopped before its first step, so there is no model to return."""
-
-
-@dataclass
-class TrainConfig:
-    """Training settings; the defaults are what users get from the CLI and the widget.
-
-    Parameters
-    ----------
-    epochs : int
-        Passes over the training units.
-    batch_size : int
-        Units per optimisation step.
-    lr : float
-        Adam learning rate (decayed by a cosine schedule).
-    loss : {"mse", "ssim", "mix"}
-        Reconstruction loss.
-    seed : int
-        Seed for initialisation, data split, sampling and augmentation.
-    size : int
-        Model input side (whole-image mode) or patch side (patch mode); a multiple of 8.
-    mode : {"auto", "whole", "patch", "cells"}
-        ``whole``: each image is one cell crop, resized to ``size``. ``patch``: random patches
-        from large fields of view. ``cells``: one native-scale window per cell of a field
-        (cells from the given label images, or found by :func:`.cells.segment_cells`); the
-        window side comes from the training cells' sizes and ``size`` is not used. ``auto``
-        picks ``cells`` when label images are given, else ``whole`` or ``patch`` from the
-        image sizes.
-    preset : {"default", "seed"}
-        Network preset (see :mod:`.model`).
-    channels : {"rgb", "gray"} or None
-        Channel mode; None keeps colour when the images have it.
-    val_fraction : float
-        Fraction of images (whole mode) or of each image's rows (patch mode, few images) held out
-        for the choice of the best checkpoint (and the map scales of ``error="mix"``).
-    calibration_fraction : float
-        Fraction of images (or rows) held out, apart from those, to calibrate the thresholds
-        only: no choice sees them, so the false-alarm rate holds on new normals
-        (see :func:`split_holdout`).
-    patches_per_image : int
-        Patches drawn from each training image per epoch (patch mode; at least
-        ``MIN_PATCHES_PER_EPOCH`` in all).
-    augment : bool
-        Random flips and 90-degree rotations.
-    robust : bool
-        Iterative rejection of the training samples with the most anomalous image error
-        (whole mode), and the same rejection among the calibration units. The adversarial
-        latent prior of the paper is added only when ``prior_weight > 0``.
-    reject_z : float
-        Robust training: reject samples whose log image error lies more than this many robust
-        standard deviations (median / MAD) above the median.
-    reject_nu : float
-        Robust training: the largest fraction of samples rejected per round.
-    calibration_z : float
-        Robust training: held-out calibration units above this robust z-score of the log
-        error are dropped before the thresholds are fitted (stricter than ``reject_z``, as every
-        normal dropped there raises the false-alarm rate).
-    prior_weight : float
-        Robust training: weight of the adversarial standard-normal prior on the latent code
-        (0 turns the adversarial autoencoder off, keeping the rejection).
-    context : {"isolate", "keep"}
-        Cells mode: what surrounds a cell in its window (see :mod:`.cellunits`).
-    balance : bool
-        Cells mode: balance each field by its own background colour (flat-field / white
-        balance for brightfield, offset for fluorescence) before cutting cell windows.
-    cell_shape : bool
-        Cells mode: add the density of the cells' morphometry (size, outline, elongation,
-        pallor, colour) to the latent density (see :class:`.cellunits.ShapeDensity`).
-    max_steps : int or None
-        Stop after this many steps in total (for quick tests and previews).
-    scoring : ScoringConfig
-        How maps become image errors; stored in the model.
-    """
-
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 2e-3
-    loss: str = "mse"
-    seed: int = 0
-    size: int = 64
-    mode: str = "auto"
-    preset: str = "default"
-    channels: str | None = None
-    val_fraction: float = 0.1
-    calibration_fraction: float = 0.1
-    patches_per_image: int = 64
-    augment: bool = True
-    robust: bool = False
-    reject_z: float = 3.0
-    reject_nu: float = 0.15
-    calibration_z: float = 4.0
-    prior_weight: float = 0.0
-    context: str = "isolate"
-    balance: bool = True
-    cell_shape: bool = True
-    max_steps: int | None = None
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; expected one of {LOSSES}")
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
-        if self.size < 16 or self.size % 8:
-            raise ValueError(f"size must be a multiple of 8 and at least 16, got {self.size}")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
-        if self.context not in CONTEXTS:
-            raise ValueError(f"unknown context {self.context!r}; expected one of {CONTEXTS}")
-        if not 0.0 < self.calibration_fraction < 0.5:
-            raise ValueError("calibration_fraction must be in (0, 0.5), got "
-                             f"{self.calibration_fraction}")
-        if not 0.0 < self.reject_nu < 0.5:
-            raise ValueError(f"reject_nu must be in (0, 0.5), got {self.reject_nu}")
-        ModelConfig.from_preset(self.preset)  # validates the preset name
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (recorded in the model file)."""
-        d = asdict(self)
-        d["scoring"] = self.scoring.to_dict()
-        return d
-
-
-@dataclass
-class TrainProgress:
-    """One progress event.
-
-    Attributes
-    ----------
-    phase : str
-        ``"train"`` during optimisation, ``"finalize"`` while fitting density and calibration,
-        ``"done"`` at the end (``stopped`` tells whether the user stopped it early).
-    epoch, epochs : int
-        Current epoch (1-based) and total.
-    step, steps : int
-        Steps done so far and the planned total.
-    train_loss : float
-        Running mean training loss of the current epoch.
-    val_loss : float or None
-        Latest validation loss.
-    best_val_loss : float or None
-        Best validation loss so far (its checkpoint is kept).
-    elapsed, eta : float
-        Seconds since start and estimated seconds left.
-    stopped : bool
-        True when the stop flag ended training early.
-    rejected : int
-        Training samples currently rejected by robust training.
-    """
-
-    phase: str
-    epoch: int
-    epochs: int
-    step: int
-    steps: int
-    train_loss: float
-    val_loss: float | None
-    best_val_loss: float | None
-    elapsed: float
-    eta: float
-    stopped: bool = False
-    rejected: int = 0
-
-
-# ------------------------------------------------------------------------------------------------
-# Data preparation
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class _Data:
-    mode: str
-    train: np.ndarray | list[np.ndarray]   # whole: (N, S, S, C); patch: list of (H, W, C)
-    val: np.ndarray                        # (M, S, S, C) units for the checkpoint choice
-    train_index: np.ndarray                # image index of each train unit (whole mode)
-    n_images: int
-    shapes: list[tuple[int, ...]]
-    val_index: np.ndarray | None = None    # image index of each val unit (whole, cells)
-    size: int = 0                          # unit side (cells mode: from the cells' sizes)
-    train_masks: list[np.ndarray] | None = None  # cells mode: each unit's reduction mask
-    val_masks: list[np.ndarray] | None = None
-    info: dict[str, Any] = field(default_factory=dict)  # provenance of the units
-    # Calibration part, apart from the validation part: whole and cells: (K, S, S, C) units;
-    # patch: list of images; None: calibrate on ``val`` (with ``val_masks``).
-    calib: np.ndarray | list[np.ndarray] | None = None
-    calib_index: np.ndarray | None = None  # image index of each calibration unit
-    calib_masks: list[np.ndarray] | None = None  # cells mode: each unit's reduction mask
-    train_shape: np.ndarray | None = None  # cells mode: shape features of the train units
-    calib_shape: np.ndarray | None = None  # ... and of the calibration units
-    holdout: str = "images"                # held out by "images" or by "strips" of each one
-
-
-def split_holdout(groups: int | Sequence[int] | np.ndarray, val_fraction: float,
-                  calibration_fraction: float, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split units into training, validation and calibration parts, keeping groups together.
-
-    Validation units choose the checkpoint (and any other setting); calibration units only
-    fit the thresholds, so no choice has seen them and their scores are exchangeable with
-    those of new normals. Units of one group (e.g. the cells of one field of view) always go
-    to the same part, so that calibration never sees a field that training or validation saw.
-
-    Parameters
-    ----------
-    groups : int or sequence of int
-        The number of units (each its own group), or a group label per unit.
-    val_fraction, calibration_fraction : float
-        Fractions of the groups held out for validation and for calibration (each at least
-        one group).
-    rng : np.random.Generator
-        Source of the random split.
-
-    Returns
-    -------
-    (np.ndarray, np.ndarray, np.ndarray)
-        Sorted unit indices of the training, validation and calibration parts.
-
-    Raises
-    ------
-    ValueError
-        With fewer than 3 groups (one for each part).
-    """
-    labels = (np.arange(int(groups)) if np.ndim(groups) == 0
-              else np.asarray(groups).ravel())
-    unique = np.unique(labels)
-    n = unique.size
-    if n < 3:
-        raise ValueError(f"need at least 3 images (or groups) to hold out one for validation "
-                         f"and one for calibration; got {n}")
-    n_val = max(1, round(val_fraction * n))
-    n_cal = max(1, round(calibration_fraction * n))
-    while n_val + n_cal > n - 1:  # keep at least one group to train on
-        if n_val >= n_cal and n_val > 1:
-            n_val -= 1
-        else:
-            n_cal -= 1
-    order = rng.permutation(unique)
-    val_idx = np.flatnonzero(np.isin(labels, order[:n_val]))
-    cal_idx = np.flatnonzero(np.isin(labels, order[n_val:n_val + n_cal]))
-    train_idx = np.flatnonzero(np.isin(labels, order[n_val + n_cal:]))
-    return train_idx, val_idx, cal_idx
-
-
-def choose_mode(shapes: Sequence[tuple[int, ...]], size: int) -> str:
-    """``"patch"`` when the images are much larger than the model size, else ``"whole"``."""
-    longest = float(np.median([max(s[0], s[1]) for s in shapes]))
-    return "patch" if longest > PATCH_MODE_FACTOR * size else "whole"
-
-
-def _prepare(images: Sequence[np.ndarray], cfg: TrainConfig, prep: Preprocessing,
-             names: Sequence[str], rng: np.random.Generator,
-             labels: Sequence[np.ndarray | None] | None = None, align: int = 8) -> _Data:
-    xs = [prep(img, name=names[i]) for i, img in enumerate(images)]
-    shapes = [tuple(np.shape(img)) for img in images]
-    if cfg.mode != "auto":
-        mode = cfg.mode
-    elif labels is not None and any(lab is not None for lab in labels):
-        mode = "cells"
-    else:
-        mode = choose_mode(shapes, cfg.size)
-    n = len(xs)
-    if mode == "cells":
-        return _prepare_cells(images, xs, labels, cfg, names, rng, shapes, align)
-    if mode == "whole":
-        if n < 4:  # the latent density needs 2 training codes; 2 images are held out
-            raise ImageError("whole-image training needs at least 4 images: 2 to train on, 1 "
-                             "held out to choose the checkpoint and 1 to calibrate the "
-                             f"thresholds (got {n}); add images or use patch mode")
-        units = np.stack([resize(x, (cfg.size, cfg.size)) for x in xs]).astype(np.float32)
-        train_idx, val_idx, cal_idx = split_holdout(n, cfg.val_fraction,
-                                                    cfg.calibration_fraction, rng)
-        return _Data("whole", units[train_idx], units[val_idx], train_idx, n, shapes, val_idx,
-                     size=cfg.size, calib=units[cal_idx], calib_index=cal_idx)
-
-    small = [names[i] for i, x in enumerate(xs) if min(x.shape[:2]) < cfg.size]
-    if small:
-        raise ImageError(f"patch mode needs images of at least {cfg.size} px per side; "
-                         f"{small[0]} is smaller")
-    if n >= 10:
-        train_idx, val_idx, cal_idx = split_holdout(n, cfg.val_fraction,
-                                                    cfg.calibration_fraction, rng)
-        train_imgs = [xs[i] for i in train_idx]
-        val_imgs = [xs[i] for i in val_idx]
-        cal_imgs = [xs[i] for i in cal_idx]
-        holdout = "images"
-    else:
-        # Few large images: hold out two bottom strips of each one, the lower one for
-        # calibration and the one above it for validation.
-        train_imgs, val_imgs, cal_imgs = [], [], []
-        for x in xs:
-            h = x.shape[0]
-            cal = max(cfg.size, round(cfg.calibration_fraction * h))
-            val = max(cfg.size, round(cfg.val_fraction * h))
-            if h - cal - val < cfg.size:
-                raise ImageError(f"images of {h} px height are too small to hold out {val} "
-                                 f"rows for validation and {cal} for calibration and still "
-                                 f"train on {cfg.size} in patch mode; use a smaller size")
-            train_imgs.append(x[: h - cal - val])
-            val_imgs.append(x[h - cal - val: h - cal])
-            cal_imgs.append(x[h - cal:])
-        holdout = "strips"
-    val_units = [v[r:r + cfg.size, q:q + cfg.size]
-                 for v in val_imgs for r, q in window_origins(*v.shape[:2], cfg.size)]
-    return _Data("patch", train_imgs, np.stack(val_units).astype(np.float32),
-                 np.arange(len(train_imgs)), n, shapes, size=cfg.size, calib=cal_imgs,
-                 holdout=holdout)
-
-
-#: Cells mode holds out whole fields (for validation and for calibration) when at least this
-#: many fields have cells; with fewer, bands of each field's lowest cells are held out.
-MIN_FIELDS_FOR_HOLDOUT = 3
-
-
-def _prepare_cells(images: Sequence[np.ndarray], xs: Sequence[np.ndarray],
-                   labels: Sequence[np.ndarray | None] | None, cfg: TrainConfig,
-                   names: Sequence[str], rng: np.random.Generator,
-                   shapes: list[tuple[int, ...]], align: int) -> _Data:
-    """Cells-mode units: a window per cell, fields split into training and held-out fields."""
-    from .cells import check_labels, image_kind, measure_cells, segment_cells
-
-    n = len(xs)
-    labels = list(labels) if labels is not None else [None] * n
-    if len(labels) != n:
-        raise ImageError(f"got {len(labels)} label images for {n} images")
-    kinds = [image_kind(images[i]) for i in range(n) if labels[i] is None]
-    segmentation = {"kind": max(set(kinds), key=kinds.count)} if kinds else {}
-    fields = []
-    for i, x in enumerate(xs):
-        if labels[i] is None:
-            lab = segment_cells(images[i], **segmentation)
-        else:
-            lab = check_labels(labels[i], x.shape[:2], name=f"the labels of {names[i]}")
-        table = measure_cells(lab)
-        use = readable(table) & ~np.asarray(table.at_border, dtype=bool)
-        fields.append((lab, table, use))
-    n_cells = [int(use.sum()) for _, _, use in fields]
-    if sum(n_cells) < 3:
-        raise ImageError(f"cells mode needs at least 3 whole cells (not cut by the image edge) "
-                         f"to train on; found {sum(n_cells)} in {n} image(s)")
-    all_cells = [take_cells(t, use) for _, t, use in fields]
-    side = window_side(pool_cells(all_cells), align)
-    units, masks, field_of, rows = [], [], [], []
-    for i, (lab, _, _) in enumerate(fields):
-        table = all_cells[i]
-        if not len(table):
-            continue
-        x, fill = balance_field(xs[i], lab) if cfg.balance else (xs[i], None)
-        cu = cut_units(x, lab, table, side, context=cfg.context, fill=fill)
-        units.extend(cu.windows)
-        masks.extend(cu.masks)
-        field_of.extend([i] * len(cu))
-        # rank of each cell by row within its field, 0 (top) .. 1 (bottom)
-        order = np.argsort(np.argsort(table.centroid_y, kind="stable"), kind="stable")
-        rows.extend((order + 0.5) / len(cu))
-    field_a, rows_a = np.asarray(field_of), np.asarray(rows)
-    by_field = len(np.unique(field_a)) >= MIN_FIELDS_FOR_HOLDOUT
-    if by_field:
-        tr, va, ca = split_holdout(field_a, cfg.val_fraction, cfg.calibration_fraction, rng)
-    else:
-        # Too few fields: each field's lowest cells calibrate, the band above them validates.
-        cal_cut = 1.0 - cfg.calibration_fraction
-        val_cut = cal_cut - cfg.val_fraction
-        ca = np.flatnonzero(rows_a >= cal_cut)
-        va = np.flatnonzero((rows_a >= val_cut) & (rows_a < cal_cut))
-        tr = np.flatnonzero(rows_a < val_cut)
-    if len(tr) < 2 or not len(va) or not len(ca):
-        raise ImageError("cells mode needs cells to train on, cells to choose the checkpoint "
-                         f"and cells to calibrate; got {len(tr)}, {len(va)} and {len(ca)} "
-                         f"from {n} image(s): add fields")
-    arr = np.stack(units).astype(np.float32)
-    red = reduction_masks(masks, cfg.scoring.erode)
-    shape = shape_features(CellUnits(units, masks, np.zeros((len(units), 2), np.int64)))
-    info = {"n_cells": len(units), "window_side": side,
-            "holdout": "fields" if by_field else "lowest cells of each field",
-            "n_fields_validation": len(set(field_a[va].tolist())) if by_field else 0,
-            "n_fields_calibration": len(set(field_a[ca].tolist())) if by_field else 0,
-            "segmentation": segmentation,
-            "labels_given": int(sum(lab is not None for lab in labels))}
-    return _Data("cells", arr[tr], arr[va], field_a[tr], n, shapes, field_a[va], size=side,
-                 train_masks=[red[i] for i in tr], val_masks=[red[i] for i in va], info=info,
-                 calib=arr[ca], calib_index=field_a[ca], calib_masks=[red[i] for i in ca],
-                 train_shape=shape[tr], calib_shape=shape[ca],
-                 holdout="fields" if by_field else "strips")
+from .scoring import Calibration, robust_location_scale
+from .trainconfig import (  # noqa: F401  (re-exported: the public training API lives here)
+    LOSSES,
+    MIN_PATCHES_PER_EPOCH,
+    MODES,
+    PATCH_MODE_FACTOR,
+    UNIT_MODES,
+    TrainConfig,
+    TrainingStopped,
+    TrainProgress,
+)
+from .trainingdata import (  # noqa: F401
+    MIN_FIELDS_FOR_HOLDOUT,
+    TrainingData,
+    choose_mode,
+    prepare,
+    split_holdout,
+)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -500,7 +99,7 @@ class _Discriminator(nn.Module):
         return self.net(z.flatten(1))
 
 
-def _probe(net: nn.Module, prep: Preprocessing, data: _Data, cfg: TrainConfig,
+def _probe(net: nn.Module, prep: Preprocessing, data: TrainingData, cfg: TrainConfig,
            provenance: dict[str, Any] | None = None) -> AnomalyDetector:
     """A detector around the current network, only for :meth:`AnomalyDetector.analyse_units`
     (its density and calibration are placeholders)."""
@@ -604,7 +203,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     in_ch = 3 if prep.channels == "rgb" else 1
     mcfg = ModelConfig.from_preset(cfg.preset, in_channels=in_ch)
     net = build_model(mcfg)
-    data = _prepare(images, cfg, prep, names, rng, labels, net.align)
+    data = prepare(images, cfg, prep, names, rng, labels, net.align)
 
     n_units = (len(data.train) if data.mode in UNIT_MODES
                else max(len(data.train) * cfg.patches_per_image, MIN_PATCHES_PER_EPOCH))
@@ -765,7 +364,7 @@ def _shape_summary(shapes: Sequence[tuple[int, ...]]) -> dict[str, Any]:
             "channels": sorted({s[2] if len(s) == 3 else 1 for s in shapes})}
 
 
-def _finalize(net: nn.Module, prep: Preprocessing, data: _Data, cfg: TrainConfig,
+def _finalize(net: nn.Module, prep: Preprocessing, data: TrainingData, cfg: TrainConfig,
               provenance: dict[str, Any], rejected: np.ndarray, rng: np.random.Generator
               ) -> AnomalyDetector:
     """Fit the latent density on training units and calibrate on held-out units."""
