@@ -3,12 +3,17 @@
 Run under a virtual display on a machine without a screen::
 
     xvfb-run -a python scripts/screenshots.py            # writes docs/images/*.png
+    xvfb-run -a python scripts/screenshots.py --only cells   # just docs/images/cells.png
 
 It opens the plugin's own sample data, docks both widgets, and captures
 
 * ``docs/images/train.png``: the Train widget mid-training, with the live loss plot;
 * ``docs/images/score.png``: the anomalous field scored, with its heatmap overlay, the
-  outlined anomalous regions, the results table and the score histogram.
+  outlined anomalous regions, the results table and the score histogram;
+* ``docs/images/cells.png``: a synthetic smear field (``make_cell_field``, 15% of its cells
+  stained) scored per cell with a cells-mode model trained on normal fields and their
+  labels: the cells layer coloured by verdict over the heatmap, and the Score widget's cells
+  table with the worst cell's row selected.
 
 Training is short (a couple of dozen seconds on a laptop CPU) but real.
 """
@@ -23,7 +28,9 @@ import napari
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
-from napari_cell_anomaly.widgets import Status
+from napari_cell_anomaly.core.sample import make_cell_field
+from napari_cell_anomaly.core.training import TrainConfig, run_training
+from napari_cell_anomaly.widgets import Status, get_state
 
 PLUGIN = "napari-cell-anomaly"
 OUT = Path(__file__).resolve().parent.parent / "docs" / "images"
@@ -56,13 +63,57 @@ def _dismiss_notifications(viewer) -> None:
     _settle(0.3)
 
 
+def cells_screenshot(out: Path, width: int, height: int) -> None:
+    """``cells.png``: a field scored per cell, the cells layer, the cells table."""
+    # Cells of one size range in training and test: absolute size is a sign of disease
+    # to a cells-mode model, so a field of larger cells would be flagged as a whole.
+    radius = (14.0, 20.0)
+    normal = [make_cell_field((384, 384), n_cells=50, anomaly_fraction=0.0, seed=s,
+                              radius=radius) for s in range(6)]
+    detector = run_training([f.image for f in normal],
+                            TrainConfig(mode="cells", max_steps=120, epochs=100, seed=0),
+                            labels=[f.labels for f in normal])
+    field = make_cell_field((768, 768), n_cells=150, anomaly_fraction=0.15, seed=11,
+                            radius=radius)
+
+    viewer = napari.Viewer(title="napari-cell-anomaly")
+    viewer.window._qt_window.resize(width, height)
+    image = viewer.add_image(field.image, name="smear", rgb=True)
+    labels = viewer.add_labels(field.labels, name="smear labels", visible=False)
+    dock, score = viewer.window.add_plugin_dock_widget(PLUGIN, "Score images")
+    viewer.window._qt_window.resizeDocks([dock], [560], Qt.Orientation.Horizontal)
+    get_state(viewer).set_trained(detector)
+    viewer.layers.selection.select_only(image)
+    score.cells_box.setChecked(True)
+    score.cells_box.choose_labels(labels)
+    _settle()
+    assert score.start_scoring()
+    _process_until(lambda: score.state.status is Status.IDLE, timeout=600)
+    _settle()
+    record = score._current_cells
+    worst = record.worst()
+    score.show_cell(int(record.cells.table["label"][worst]))
+    viewer.reset_view()  # the whole field: every verdict at a glance
+    viewer.layers.selection.select_only(viewer.layers["smear cells"])
+    _dismiss_notifications(viewer)
+    viewer.screenshot(str(out / "cells.png"), canvas_only=False, flash=False)
+    print("wrote", out / "cells.png")
+    viewer.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT, help="output folder")
     parser.add_argument("--width", type=int, default=1480)
     parser.add_argument("--height", type=int, default=980)
+    parser.add_argument("--only", choices=("train-score", "cells"), default=None,
+                        help="make only these screenshots (default: all)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.only in (None, "cells"):
+        cells_screenshot(args.out, args.width, args.height)
+    if args.only == "cells":
+        return
 
     viewer = napari.Viewer(title="napari-cell-anomaly")
     viewer.window._qt_window.resize(args.width, args.height)

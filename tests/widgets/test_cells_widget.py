@@ -12,15 +12,17 @@ from typing import Any
 import numpy as np
 import pytest
 from napari.layers import Labels
+from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import Qt
-from test_widgets import PLUGIN, SCORE_TIMEOUT, _errors, notes, snapshot  # noqa: F401
 
+from conftest import KEY, PLUGIN, SCORE_TIMEOUT, errors, snapshot
 from napari_cell_anomaly.core.cellscores import CELL_COLUMNS
 from napari_cell_anomaly.core.sample import CellField, make_cell_field
 from napari_cell_anomaly.core.training import TrainConfig, run_training
 from napari_cell_anomaly.widgets import get_state
+from napari_cell_anomaly.widgets._cells_layer import cell_colormap, display_labels, other_labels
+from napari_cell_anomaly.widgets._cells_source import FIND_CELLS
 
-KEY = "napari_cell_anomaly"
 CSV_HEAD = ["path", "cell_id", "centroid_y", "centroid_x", "area", "score", "recon_error",
             "log_density", "is_anomaly"]
 
@@ -68,12 +70,12 @@ def _setup(make_napari_viewer, detector, field, *, with_labels=True):
     return viewer, image, user, score
 
 
-def test_cells_layer_table_and_selection_round_trip(make_napari_viewer, qtbot, notes,  # noqa: F811
+def test_cells_layer_table_and_selection_round_trip(make_napari_viewer, qtbot, notes,
                                                     cells_detector, test_field, tmp_path):
     viewer, image, _, score = _setup(make_napari_viewer, cells_detector, test_field)
     before = snapshot(viewer)
     _score(qtbot, score)
-    assert not _errors(notes)
+    assert not errors(notes)
 
     layer = viewer.layers["field cells"]
     assert isinstance(layer, Labels) and layer.metadata[KEY]["role"] == "cells"
@@ -135,17 +137,17 @@ def test_cells_layer_table_and_selection_round_trip(make_napari_viewer, qtbot, n
     assert [int(r["cell_id"]) for r in rows] == features["label"].tolist()
     assert [r["is_anomaly"] == "True" for r in rows] == features["is_anomaly"].tolist()
     assert {r["path"] for r in rows} == {"field"}
-    assert not _errors(notes)
+    assert not errors(notes)
 
 
-def test_slider_rethresholds_cells(make_napari_viewer, qtbot, notes,  # noqa: F811
+def test_slider_rethresholds_cells(make_napari_viewer, qtbot, notes,
                                    cells_detector):
     # A crop: some cells are cut by its edge; cells come from the built-in segmentation.
     crop = make_cell_field((256, 256), n_cells=24, anomaly_fraction=0.3, seed=9)
     crop.image = crop.image[20:236, 30:256]
     viewer, _, _, score = _setup(make_napari_viewer, cells_detector, crop, with_labels=False)
     _score(qtbot, score)
-    assert not _errors(notes)
+    assert not errors(notes)
     layer = viewer.layers["field cells"]
     record = score._current_cells
     cells, cal = record.cells, cells_detector.calibration
@@ -178,7 +180,7 @@ def test_slider_rethresholds_cells(make_napari_viewer, qtbot, notes,  # noqa: F8
     top, bottom = score.cells_table.cells_model.labels_in_order()[::len(cells) - 1]
     c_top, c_bottom = layer.colormap.map(np.asarray([top, bottom]))
     assert not np.allclose(c_top, c_bottom)
-    assert not _errors(notes)
+    assert not errors(notes)
 
 
 def _edge_only_labels(shape):
@@ -189,23 +191,27 @@ def _edge_only_labels(shape):
 
 @pytest.mark.parametrize("case", ["other shape", "empty", "nothing found", "only edge cells",
                                   "two images"])
-def test_bad_cell_input_is_one_notification(make_napari_viewer, qtbot, notes,  # noqa: F811
+def test_bad_cell_input_is_one_notification(make_napari_viewer, qtbot, notes,
                                             cells_detector, test_field, case):
     viewer = make_napari_viewer()
     image = test_field.image
     if case == "nothing found":
-        image = np.full((128, 128, 3), 200, np.uint8)
-        image[0, 0] = 199
+        # Flat, faint noise: nothing stands out of the background.
+        image = np.random.default_rng(0).integers(195, 206, (128, 128, 3)).astype(np.uint8)
     layer = viewer.add_image(image, name="field", rgb=True)
     score = _score_dock(viewer)
     get_state(viewer).set_trained(cells_detector)
     score.cells_box.setChecked(True)
-    labels = {"other shape": np.ones((100, 90), np.int32),
+    labels = {"other shape": test_field.labels,  # then replaced by another shape, below
               "empty": np.zeros(image.shape[:2], np.int32),
               "only edge cells": _edge_only_labels(image.shape[:2]),
               "two images": test_field.labels}.get(case)
     if labels is not None:
-        score.cells_box.choose_labels(viewer.add_labels(labels, name="cells in"))
+        chosen = viewer.add_labels(labels, name="cells in")
+        viewer.layers.selection.select_only(layer)
+        score.cells_box.choose_labels(chosen)
+        if case == "other shape":  # new data of another shape, after it was chosen
+            chosen.data = np.ones((100, 90), np.int32)
     if case == "two images":
         second = viewer.add_image(image, name="second", rgb=True)
         viewer.layers.selection.update({layer, second})
@@ -214,12 +220,12 @@ def test_bad_cell_input_is_one_notification(make_napari_viewer, qtbot, notes,  #
     before = snapshot(viewer)
     started = score.start_scoring()
     qtbot.waitUntil(lambda: score.state.status.value == "idle", timeout=SCORE_TIMEOUT)
-    errors = _errors(notes)
-    assert len(errors) == 1, errors
+    shown = errors(notes)
+    assert len(shown) == 1, shown
     expected = {"other shape": "has shape (100, 90)", "empty": "is empty",
                 "nothing found": "no cells found", "only edge cells": "touches the image edge",
                 "two images": "select one image"}[case]
-    assert expected in errors[0] and "\n" not in errors[0]
+    assert expected in shown[0] and "\n" not in shown[0]
     assert started == (case in ("nothing found", "only edge cells"))  # found in the worker
     assert snapshot(viewer) == before  # no layer added, changed or removed
     assert score.table.rowCount() == 0 and score._current_cells is None
@@ -228,7 +234,7 @@ def test_bad_cell_input_is_one_notification(make_napari_viewer, qtbot, notes,  #
 # ------------------------------------------------------------------------------------------
 # Train widget: cells from a Labels layer
 # ------------------------------------------------------------------------------------------
-def test_train_widget_learns_from_a_labels_layer(make_napari_viewer, qtbot, notes):  # noqa: F811
+def test_train_widget_learns_from_a_labels_layer(make_napari_viewer, qtbot, notes):
     viewer = make_napari_viewer()
     field = make_cell_field((256, 256), n_cells=24, anomaly_fraction=0.0, seed=5)
     image = viewer.add_image(field.image, name="smear", rgb=True)
@@ -254,10 +260,88 @@ def test_train_widget_learns_from_a_labels_layer(make_napari_viewer, qtbot, note
     train.batch_size.setValue(8)
     assert train.start_training()
     qtbot.waitUntil(lambda: train.state.status.value == "idle", timeout=120_000)
-    assert not _errors(notes)
+    assert not errors(notes)
     detector = train.state.trained
     assert detector is not None and detector.mode == "cells"
     assert snapshot(viewer) == before  # training read the layers, changed nothing
     # The trained model scores cells of a new field.
     test = make_cell_field((256, 256), n_cells=24, anomaly_fraction=0.3, seed=6)
     assert len(detector.score_cells(test.image, test.labels)) > 0
+
+
+# ------------------------------------------------------------------------------------------
+# Cells layer colours, the Labels picker, and results of the other mode
+# ------------------------------------------------------------------------------------------
+def test_cell_colormap_gives_each_cell_its_colour():
+    labels = np.array([1, 2, 3, 5, 7, 300])
+    colors = np.array([[1, 0, 0, 1], [0, 1, 0, 1], [0, 1, 0, 1], [0, 1, 0, 1], [0.5, 0.5, 0.5, 1],
+                       [1, 0, 0, 1]], dtype=np.float32)
+    cmap = cell_colormap(labels, colors, others=np.array([4, 9]))
+    values = np.array([0, *labels, 4, 9, 1000], dtype=np.uint16)
+    mapped = cmap.map(values)
+    np.testing.assert_allclose(mapped[1:-3], colors)
+    np.testing.assert_allclose(mapped[[0, -3, -2]], 0)  # background and non-cells: clear
+    # The numpy colour table equals napari's own (8- and 16-bit data).
+    stock = DirectLabelColormap(color_dict=dict(cmap.color_dict))
+    for dtype in (np.uint8, np.uint16):
+        data = np.arange(np.iinfo(dtype).max + 1, dtype=dtype)
+        np.testing.assert_allclose(cmap._map_without_cache(data),
+                                   stock._map_without_cache(data))
+    # The cells layer stores 16-bit labels when they fit, with the same ids.
+    wide = np.array([[0, 70000]], np.int32)
+    assert display_labels(wide) is wide
+    small = np.array([[0, 3], [65535, 2]], np.int32)
+    assert display_labels(small).dtype == np.uint16
+    np.testing.assert_array_equal(display_labels(small), small)
+    np.testing.assert_array_equal(other_labels(display_labels(small), np.array([2, 3])),
+                                  [65535])
+
+
+def test_labels_picker_follows_image_shape_selection_and_names(make_napari_viewer, test_field):
+    viewer = make_napari_viewer()
+    field = viewer.add_image(test_field.image, name="field", rgb=True)
+    small = viewer.add_image(test_field.image[:100, :120], name="small", rgb=True)
+    mine = viewer.add_labels(test_field.labels.copy(), name="my cells")
+    viewer.add_labels(np.zeros((100, 120), np.int32), name="small cells")
+    score = _score_dock(viewer)
+    box = score.cells_box
+
+    def listed():
+        return [box.source_combo.itemText(i) for i in range(box.source_combo.count())]
+
+    viewer.layers.selection.select_only(field)
+    assert listed() == [FIND_CELLS, "my cells"]
+    box.choose_labels(mine)
+    mine.name = "nuclei"  # renamed: the picker shows the new name, still chosen
+    assert listed() == [FIND_CELLS, "nuclei"] and box.labels_layer().name == "nuclei"
+    viewer.layers.selection.select_only(small)  # another shape: only its own Labels layers
+    assert listed() == [FIND_CELLS, "small cells"] and box.labels_layer() is None
+    with pytest.raises(ValueError):
+        box.choose_labels(mine)
+    viewer.layers.selection.select_only(mine)  # no image chosen: every 2-D Labels layer
+    assert listed() == [FIND_CELLS, "nuclei", "small cells"]
+    score.all_radio.setChecked(True)  # both images, two shapes: none fits both
+    assert listed() == [FIND_CELLS]
+
+
+def test_other_mode_results_do_not_stay_looking_current(make_napari_viewer, qtbot, notes,
+                                                        cells_detector, test_field):
+    viewer, image, user, score = _setup(make_napari_viewer, cells_detector, test_field)
+    score.recon_check.setChecked(True)
+    score.cells_box.setChecked(False)
+    _score(qtbot, score)  # per image: anomaly map, outline, reconstruction
+    assert {"field anomalous region", "field reconstruction"} <= {ly.name for ly in viewer.layers}
+    user_before = snapshot(viewer)[:2]
+    score.cells_box.setChecked(True)
+    _score(qtbot, score)  # per cell: the per-image outline and reconstruction go
+    names = [ly.name for ly in viewer.layers]
+    assert "field cells" in names and "field anomaly map" in names
+    assert "field anomalous region" not in names and "field reconstruction" not in names
+    score.cells_box.setChecked(False)
+    _score(qtbot, score)  # per image again: the cells layer goes, the cells table empties
+    names = [ly.name for ly in viewer.layers]
+    assert "field cells" not in names and "field anomalous region" in names
+    assert score._current_cells is None and score.cells_table.isHidden()
+    assert snapshot(viewer)[:2] == user_before  # the user's image and labels untouched
+    assert user in viewer.layers and image in viewer.layers
+    assert not errors(notes)

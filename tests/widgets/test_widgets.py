@@ -8,33 +8,26 @@ are read from napari's notification manager, i.e. what a user would see.
 from __future__ import annotations
 
 import csv
-import hashlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 from napari.layers import Image, Labels
-from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
 from qtpy.QtCore import Qt, QTimer
 
+from conftest import KEY, PLUGIN, SCORE_TIMEOUT, TRAIN_TIMEOUT, snapshot
+from conftest import errors as _errors
+from conftest import warnings_of as _warnings
 from napari_cell_anomaly._sample_data import anomalous_cells, normal_cells
 from napari_cell_anomaly.core.detector import AnomalyDetector, default_model_path
 from napari_cell_anomaly.core.sample import make_cells
 from napari_cell_anomaly.core.training import TrainConfig, run_training
 from napari_cell_anomaly.widgets import ScoreWidget, Status, TrainWidget, get_state
 
-PLUGIN = "napari-cell-anomaly"
-KEY = "napari_cell_anomaly"
-
 #: Smallest training that still gives a meaningful anomaly map on the sample field: about 16
 #: steps of 16 patches of 32 px (a few seconds on two CPU cores).
 TINY = {"epochs": 4, "size": 32, "batch_size": 16, "lr": 5e-3, "seed": 0}
-
-#: Generous timeouts (ms) for a shared, slow CI machine.
-TRAIN_TIMEOUT = 120_000
-SCORE_TIMEOUT = 60_000
 
 
 @pytest.fixture(scope="session")
@@ -68,29 +61,6 @@ def set_tiny(widget: Any, **overrides: Any) -> None:
         widget.robust.setChecked(values["robust"])
 
 
-@pytest.fixture
-def notes() -> Callable[[], list[Notification]]:
-    """Return a function listing the notifications shown since the test started.
-
-    These are the real notifications napari's ``show_error``/``show_warning`` dispatched
-    (nothing is mocked).
-    """
-    start = len(notification_manager.records)
-    return lambda: list(notification_manager.records[start:])
-
-
-def snapshot(viewer: Any) -> list[tuple[str, str, int, tuple, bytes]]:
-    """Names, types, identities and content digests of every layer (to prove nothing moved)."""
-    out = []
-    for layer in viewer.layers:
-        data = layer.data
-        arr = np.asarray(data)
-        digest = (hashlib.sha1(np.ascontiguousarray(arr).tobytes()).digest()
-                  if arr.size < 5_000_000 else repr(arr.shape).encode())
-        out.append((layer.name, type(layer).__name__, id(data), tuple(layer.scale), digest))
-    return out
-
-
 def _open_samples(viewer):
     viewer.open_sample(PLUGIN, "normal_cells")
     viewer.open_sample(PLUGIN, "anomalous_cells")
@@ -108,14 +78,6 @@ def _score_dock(viewer):
 
 def _wait_idle(qtbot, state, timeout):
     qtbot.waitUntil(lambda: state.status is Status.IDLE, timeout=timeout)
-
-
-def _errors(notes):
-    return [str(n.message) for n in notes() if n.severity == NotificationSeverity.ERROR]
-
-
-def _warnings(notes):
-    return [str(n.message) for n in notes() if n.severity == NotificationSeverity.WARNING]
 
 
 def _click_row(qtbot, table, row):

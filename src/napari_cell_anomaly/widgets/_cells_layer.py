@@ -4,6 +4,13 @@ The Score widget's per-cell results live in a Labels layer ``"<source> cells"`` 
 plugin, refreshed in place): one ``features`` row per cell and a
 :class:`~napari.utils.colormaps.DirectLabelColormap` built from the table's arrays, coloured by
 verdict (anomalous / normal / not judged) or by score. Nothing here loops over pixels.
+
+Speed (issue 7: no GUI stall over 100 ms for 1,000 cells). The layer's data is stored as
+``uint16`` when the largest label fits (:func:`display_labels`, run in the scoring worker):
+napari colours 8- and 16-bit labels on the GPU through a lookup table, while wider labels are
+re-mapped pixel by pixel on the CPU each time the colormap changes. That table (65,536 colours
+for ``uint16``) is built by napari with a Python loop; :class:`CellColormap` builds it with
+numpy instead, since the colours change at every move of the false-alarm slider.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from ..core.cellscores import CELL_COLUMNS, CellScores
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["CELLS", "COLOR_MODES", "cell_colormap", "cell_features", "focus_on_cell"]
+__all__ = ["CELLS", "COLOR_MODES", "CellColormap", "cell_colormap", "cell_features",
+           "display_labels", "focus_on_cell", "other_labels"]
 
 #: Role (and layer-name suffix) of the per-cell Labels layer.
 CELLS = "cells"
@@ -86,11 +94,88 @@ def cell_colors(cells: CellScores, is_anomaly: np.ndarray, judged: np.ndarray, m
     return np.where(np.asarray(judged, bool)[:, None], colors, _NOT_JUDGED).astype(np.float32)
 
 
-def cell_colormap(labels: np.ndarray, colors: np.ndarray) -> DirectLabelColormap:
-    """A direct colormap giving each label its colour; background and unknown labels clear."""
-    color_dict: dict[int | None, np.ndarray] = {None: _CLEAR, 0: _CLEAR}
-    color_dict.update(zip(np.asarray(labels).tolist(), colors, strict=True))
-    return DirectLabelColormap(color_dict=color_dict)
+def display_labels(labels: np.ndarray) -> np.ndarray:
+    """The label image as the cells layer stores it: ``uint16`` when every id fits (ids
+    unchanged), else as given. Meant for the worker thread (it copies the image)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "ui" and labels.dtype.itemsize > 2 and labels.size:
+        if int(labels.min()) >= 0 and int(labels.max()) <= np.iinfo(np.uint16).max:
+            return labels.astype(np.uint16)
+    return labels
+
+
+class CellColormap(DirectLabelColormap):
+    """A :class:`~napari.utils.colormaps.DirectLabelColormap` whose colour table for 8- and
+    16-bit unsigned label data is built with numpy.
+
+    napari (0.9) fills that table (one colour per possible value: 65,536 for ``uint16``) with
+    a Python loop each time a new colormap is set, about 50 ms for ``uint16``; here it is one
+    fancy-indexing step. Other data types, and the "show selected label" mode, use napari's
+    own code. ``tests/widgets/test_cells_widget.py`` checks that both give the same colours.
+    """
+
+    def _map_without_cache(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values)
+        if self.use_selection or values.dtype.kind != "u" or values.dtype.itemsize > 2:
+            return super()._map_without_cache(values)
+        table = np.empty((int(np.iinfo(values.dtype).max) + 1, 4), dtype=np.float32)
+        table[:] = self.default_color
+        keys = [k for k in self.color_dict if k is not None and 0 <= k < table.shape[0]]
+        if keys:
+            table[np.asarray(keys, dtype=np.int64)] = np.asarray(
+                [self.color_dict[k] for k in keys], dtype=np.float32)
+        return table[values]
+
+
+def cell_colormap(labels: np.ndarray, colors: np.ndarray,
+                  others: np.ndarray | None = None) -> CellColormap:
+    """A direct colormap giving each cell its colour; background and ``others`` clear.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        ``(N,)`` labels of the cells.
+    colors : numpy.ndarray
+        ``(N, 4)`` RGBA colour of each cell.
+    others : numpy.ndarray, optional
+        Labels present in the image that are not cells of the table (objects too small to be
+        read): shown clear.
+
+    Notes
+    -----
+    The most common colour becomes the colormap's default (the colour of labels not listed),
+    so only the other cells are listed: napari checks every listed colour when a colormap is
+    made (about 20 us each), and in verdict colours most cells share one colour.
+    """
+    colors = np.asarray(colors, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(labels).reshape(-1)
+    default = _CLEAR
+    if len(colors):
+        unique, inverse, counts = np.unique(colors, axis=0, return_inverse=True,
+                                            return_counts=True)
+        common = int(np.argmax(counts))
+        default = unique[common]
+        keep = np.asarray(inverse).reshape(-1) != common
+        labels, colors = labels[keep], colors[keep]
+    color_dict: dict[int | None, np.ndarray] = {None: default, 0: _CLEAR}
+    color_dict.update(zip(labels.tolist(), colors, strict=True))
+    for label in ([] if others is None else np.asarray(others).reshape(-1).tolist()):
+        color_dict[int(label)] = _CLEAR
+    return CellColormap(color_dict=color_dict)
+
+
+def other_labels(labels: np.ndarray, cell_labels: np.ndarray) -> np.ndarray:
+    """The non-zero values of a label image that are not in ``cell_labels`` (sorted).
+
+    Meant for the worker thread (a pass over the image).
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "u" and labels.dtype.itemsize <= 2:
+        present = np.flatnonzero(np.bincount(labels.reshape(-1)))
+    else:
+        present = np.unique(labels)
+    present = present[present != 0]
+    return np.setdiff1d(present, np.asarray(cell_labels), assume_unique=True).astype(np.int64)
 
 
 def focus_on_cell(viewer: napari.Viewer, layer: Labels, centroid: tuple[float, float],

@@ -8,9 +8,10 @@ The box only holds choices; it never computes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from napari.layers import Labels
+from napari.layers import Image, Labels, Layer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -21,7 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._cells_layer import COLOR_MODES
-from ._common import bind, is_own_layer, layer_key
+from ._common import bind, image_hw, is_own_layer, layer_key
 
 if TYPE_CHECKING:
     import napari
@@ -50,12 +51,20 @@ class CellsSourceBox(QGroupBox):
     Parameters
     ----------
     viewer : napari.Viewer
-        Its Labels layers (other than the plugin's own) are offered as cells sources.
+        Its 2-D Labels layers (other than the plugin's own) are offered as cells sources.
+    images : callable, optional
+        Returns the layers about to be scored. When it gives image layers, only the Labels
+        layers of their height and width are offered; with none, every 2-D Labels layer is.
+        Call :meth:`refresh_sources` when its answer changes (the box itself follows the
+        viewer's layer list and layer names).
     """
 
-    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.Viewer, images: Callable[[], list[Layer]] | None = None,
+                 parent: QWidget | None = None) -> None:
         super().__init__("Per cell", parent)
         self.viewer = viewer
+        self._images = images or (lambda: [])
+        self._name_watched: set[str] = set()
         self.setCheckable(True)
         self.setChecked(False)
         self.setToolTip("Score every cell of a field on its own (needs a model that scores "
@@ -65,7 +74,8 @@ class CellsSourceBox(QGroupBox):
         grid.addWidget(QLabel("Cells from"), 0, 0)
         self.source_combo = QComboBox()
         self.source_combo.setToolTip("A Labels layer with one value per cell, of the image's "
-                                     "height and width, or the built-in segmentation.")
+                                     "height and width (only those are listed), or the "
+                                     "built-in segmentation.")
         grid.addWidget(self.source_combo, 0, 1, 1, 2)
         self.edge_check = QCheckBox("Judge edge cells")
         self.edge_check.setToolTip("Also give a verdict to cells cut by the image edge "
@@ -80,9 +90,10 @@ class CellsSourceBox(QGroupBox):
         grid.addWidget(self.color_combo, 2, 1)
         grid.setColumnStretch(1, 1)
 
-        self.refresh_sources()
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            bind(self, event, self.refresh_sources)
+        self._on_layers_changed()
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed,
+                      viewer.layers.events.moved):
+            bind(self, event, self._on_layers_changed)
 
     # -- choices ------------------------------------------------------------------------------
     def per_cell(self) -> bool:
@@ -107,19 +118,37 @@ class CellsSourceBox(QGroupBox):
         key = None if layer is None else layer_key(layer)
         index = self.source_combo.findData(key)
         if index < 0 and layer is not None:
-            raise ValueError(f"{layer.name!r} is not a Labels layer of this viewer")
+            raise ValueError(f"{layer.name!r} is not offered as a cells source (a 2-D Labels "
+                             "layer of the height and width of the images to score)")
         self.source_combo.setCurrentIndex(max(index, 0))
 
     # -- layer list ----------------------------------------------------------------------------
+    def _on_layers_changed(self, *_: Any) -> None:
+        for layer in self.viewer.layers:
+            key = layer_key(layer)
+            if isinstance(layer, Labels) and key not in self._name_watched:
+                self._name_watched.add(key)
+                bind(self, layer.events.name, self.refresh_sources)
+        self.refresh_sources()
+
+    def offered(self) -> list[Labels]:
+        """The Labels layers listed as cells sources: 2-D, not the plugin's own, and of the
+        height and width of the images about to be scored (when there are any)."""
+        shapes = {image_hw(ly) for ly in self._images() if isinstance(ly, Image)}
+        return [ly for ly in self.viewer.layers
+                if isinstance(ly, Labels) and not is_own_layer(ly) and ly.ndim == 2
+                and not ly.multiscale
+                and (not shapes or shapes == {tuple(int(n) for n in ly.data.shape)})]
+
     def refresh_sources(self, *_: Any) -> None:
-        """List the viewer's own-data Labels layers (2-D), keeping the current choice."""
+        """List the Labels layers of :meth:`offered` under their current names, keeping the
+        current choice where it is still listed."""
         current = self.source_combo.currentData()
         self.source_combo.blockSignals(True)
         self.source_combo.clear()
         self.source_combo.addItem(FIND_CELLS, None)
-        for layer in self.viewer.layers:
-            if isinstance(layer, Labels) and not is_own_layer(layer) and layer.ndim == 2:
-                self.source_combo.addItem(layer.name, layer_key(layer))
+        for layer in self.offered():
+            self.source_combo.addItem(layer.name, layer_key(layer))
         index = self.source_combo.findData(current)
         self.source_combo.setCurrentIndex(max(index, 0))
         self.source_combo.blockSignals(False)

@@ -42,9 +42,12 @@ class ScoreHistogram(SmallPlot):
                                                   style=Qt.PenStyle.DashLine),
             label="threshold", labelOpts={"position": 0.9, "color": (230, 90, 90)})
         self.addItem(self.threshold_line)
+        #: The normals, scored items and bin range last drawn (None: nothing drawn yet).
+        self._shown: tuple[np.ndarray, np.ndarray, tuple[float, float]] | None = None
 
     def clear_scores(self) -> None:
         """Show nothing (no model)."""
+        self._shown = None
         self.normals_curve.setData([], [])
         self.scored_curve.setData([], [])
         self.threshold_line.hide()
@@ -66,6 +69,13 @@ class ScoreHistogram(SmallPlot):
         """
         normals = np.asarray(normals, dtype=float)
         scored = np.asarray(scored, dtype=float)
+        shown = self._shown
+        if (shown is not None and np.array_equal(shown[0], normals)
+                and np.array_equal(shown[1], scored) and shown[2][0] <= threshold <= shown[2][1]):
+            # Same scores, threshold inside the drawn range (a false-alarm-rate change): only
+            # the line moves; redrawing the curves would cost more than the rest of it.
+            self._set_threshold(threshold, fpr)
+            return
         everything = np.concatenate([normals, scored, [threshold]])
         lo, hi = float(everything.min()), float(everything.max())
         if hi <= lo:
@@ -78,6 +88,10 @@ class ScoreHistogram(SmallPlot):
             self.scored_curve.setData(edges, counts.astype(float))
         else:
             self.scored_curve.setData([], [])
+        self._shown = (normals, scored, (lo, hi))
+        self._set_threshold(threshold, fpr)
+
+    def _set_threshold(self, threshold: float, fpr: float) -> None:
         self.threshold_line.setValue(threshold)
         self.threshold_line.label.setFormat(f"{100 * fpr:.1f}% false alarms")
         self.threshold_line.show()

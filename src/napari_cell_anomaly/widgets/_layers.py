@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import napari
 
 __all__ = ["HEATMAP", "OUTLINE", "RECONSTRUCTION", "geometry", "keep_selection", "layer_meta",
-           "upsert"]
+           "remove_own_layers", "upsert"]
 
 #: Roles (and layer-name suffixes) of the layers the widget makes.
 HEATMAP = "anomaly map"
@@ -80,7 +80,11 @@ def upsert(viewer: napari.Viewer, role: str, source: Layer, data: np.ndarray, ki
         # user's display tweaks (opacity, colormap, blending, visibility) are kept.
         layer.data = data
         for key, value in placement.items():
-            setattr(layer, key, value)
+            # Each assignment re-slices the layer: skip those that change nothing.
+            current = getattr(layer, key)
+            current = getattr(current, "affine_matrix", current)
+            if np.shape(current) != np.shape(value) or not np.array_equal(current, value):
+                setattr(layer, key, value)
         if "contrast_limits" in kwargs:
             layer.contrast_limits = kwargs["contrast_limits"]
         layer.metadata = metadata
@@ -93,6 +97,22 @@ def upsert(viewer: napari.Viewer, role: str, source: Layer, data: np.ndarray, ki
         layer.contour = contour
         return layer
     return viewer.add_image(data, name=name, metadata=metadata, **placement, **kwargs)
+
+
+def remove_own_layers(viewer: napari.Viewer, roles: tuple[str, ...], source: Layer) -> list[str]:
+    """Remove the layers of ``roles`` that the plugin made for ``source`` (matched by the
+    source's id: a user's layers, and ours for other sources, are never touched).
+
+    Used when ``source`` is scored in the other mode (per image / per cell), whose results
+    would otherwise stay in the viewer looking current. Returns the names removed.
+    """
+    source_id = layer_key(source)
+    stale = [ly for ly in viewer.layers
+             if isinstance(meta := ly.metadata.get(PLUGIN_KEY), dict)
+             and meta.get("role") in roles and meta.get("source_id") == source_id]
+    for layer in stale:
+        viewer.layers.remove(layer)
+    return [ly.name for ly in stale]
 
 
 @contextlib.contextmanager

@@ -48,7 +48,15 @@ from qtpy.QtWidgets import (
 from superqt import QLabeledDoubleSlider
 
 from ..core.cellscores import CELL_COLUMNS, CellScores
-from ._cells_layer import CELLS, cell_colormap, cell_colors, cell_features, focus_on_cell
+from ._cells_layer import (
+    CELLS,
+    cell_colormap,
+    cell_colors,
+    cell_features,
+    display_labels,
+    focus_on_cell,
+    other_labels,
+)
 from ._cells_source import CellsSourceBox, labels_problem
 from ._cells_table import CellsTable
 from ._common import (
@@ -68,7 +76,15 @@ from ._common import (
 )
 from ._core_loader import when_core_ready
 from ._histogram import ScoreHistogram
-from ._layers import HEATMAP, OUTLINE, RECONSTRUCTION, keep_selection, layer_meta, upsert
+from ._layers import (
+    HEATMAP,
+    OUTLINE,
+    RECONSTRUCTION,
+    keep_selection,
+    layer_meta,
+    remove_own_layers,
+    upsert,
+)
 from ._model_source import ModelSourceBox
 from ._results_table import ImageResultsTable, write_csv
 from ._score_job import CellsScored, Failed, Scored, score_cells_job, score_job
@@ -112,6 +128,10 @@ class _CellsRecord:
     heatmap: Image
     is_anomaly: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     judged: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    #: Objects of ``cells.labels`` that are not scored cells (shown clear).
+    others: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: The verdicts and colours last written to ``layer`` (None: write them next time).
+    shown: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def key(self) -> str:
@@ -185,7 +205,7 @@ class ScoreWidget(QWidget):
         row.addWidget(self.recon_check)
         row.addStretch(1)
         layout.addLayout(row)
-        self.cells_box = CellsSourceBox(self.viewer)
+        self.cells_box = CellsSourceBox(self.viewer, self.layers_to_score)
         layout.addWidget(self.cells_box)
 
         row = QHBoxLayout()
@@ -252,6 +272,8 @@ class ScoreWidget(QWidget):
         self.cells_box.edge_check.toggled.connect(lambda _: self.apply_fpr())
         self.cells_box.color_combo.currentIndexChanged.connect(lambda _: self.apply_fpr())
         self._install_cell_picker()
+        self.all_radio.toggled.connect(self.cells_box.refresh_sources)
+        bind(self, self.viewer.layers.selection.events.changed, self.cells_box.refresh_sources)
         bind(self, self.state.status_changed, self._update_buttons)
         bind(self, self.state.model_changed, self._on_model_changed)
         bind(self, self.viewer.layers.events.removed, self._on_layer_removed)
@@ -423,7 +445,7 @@ class ScoreWidget(QWidget):
         if source not in self.viewer.layers:  # removed while it was being scored
             return
         if isinstance(event, CellsScored):
-            self._render_cells(source, event.cells, detector)
+            self._render_cells(source, event.cells, detector, event.labels, event.others)
         else:
             self._render_result(source, event.result, detector)
 
@@ -448,6 +470,8 @@ class ScoreWidget(QWidget):
     def _render_result(self, source: Layer, result: ScoreResult,
                        detector: AnomalyDetector) -> None:
         self._drop_cells_record(source)
+        # Scored per cell before: its cells layer would stay, looking current.
+        remove_own_layers(self.viewer, (CELLS,), source)
         record = self._record_of(source)
         if record is None:
             record = _Record(source, result, detector, heatmap=None)  # type: ignore[arg-type]
@@ -487,7 +511,7 @@ class ScoreWidget(QWidget):
         return next((r for r in self._cell_records if same_layer(r.source, source)), None)
 
     def _drop_cells_record(self, source: Layer) -> None:
-        """Forget the per-cell result of ``source`` (scored again per image); its layers stay."""
+        """Forget the per-cell result of ``source`` (scored again per image)."""
         record = self._cells_record_of(source)
         if record is None:
             return
@@ -495,19 +519,31 @@ class ScoreWidget(QWidget):
         if self._current_cells is record:
             self._show_cells(self._cell_records[-1] if self._cell_records else None)
 
-    def _render_cells(self, source: Layer, cells: CellScores,
-                      detector: AnomalyDetector) -> None:
-        """Show the cells of ``source``: heatmap, cells layer, table rows, histogram."""
+    def _render_cells(self, source: Layer, cells: CellScores, detector: AnomalyDetector,
+                      labels: np.ndarray | None = None, others: np.ndarray | None = None
+                      ) -> None:
+        """Show the cells of ``source``: heatmap, cells layer, table rows, histogram.
+
+        ``labels`` is ``cells.labels`` as the layer stores it and ``others`` its objects that
+        are not scored cells (both made in the worker, :class:`~._score_job.CellsScored`);
+        None computes them here.
+        """
+        if labels is None:
+            labels = display_labels(cells.labels)
+        if others is None:
+            others = other_labels(labels, cells.table["label"])
         whole = self._record_of(source)
         if whole is not None:  # scored per image before: this result replaces that one
             self._records.remove(whole)
+        # The per-image outline and reconstruction would stay, looking current.
+        remove_own_layers(self.viewer, (OUTLINE, RECONSTRUCTION), source)
         lo, hi = detector.calibration.display_range()
         with keep_selection(self.viewer):
             heatmap = upsert(
                 self.viewer, HEATMAP, source, cells.error_map, "image", colormap="inferno",
                 blending="additive", opacity=0.6, contrast_limits=(float(lo), float(hi)),
                 metadata=layer_meta(HEATMAP, source))
-            layer = upsert(self.viewer, CELLS, source, cells.labels, "labels", opacity=0.5,
+            layer = upsert(self.viewer, CELLS, source, labels, "labels", opacity=0.5,
                            metadata=layer_meta(CELLS, source))
         record = self._cells_record_of(source)
         if record is None:
@@ -515,6 +551,7 @@ class ScoreWidget(QWidget):
             self._cell_records.append(record)
         record.cells, record.detector, record.layer, record.heatmap = (cells, detector, layer,
                                                                        heatmap)
+        record.others, record.shown = np.asarray(others), None
         key = layer_key(layer)
         if key not in self._watched_cell_layers:
             self._watched_cell_layers.add(key)
@@ -538,8 +575,14 @@ class ScoreWidget(QWidget):
             hi = max(float(cal.threshold(0.001)), lo + 1e-6)
             colors = cell_colors(cells, record.is_anomaly, record.judged,
                                  self.cells_box.color_mode(), (lo, hi))
-            layer.features = cell_features(cells, record.is_anomaly)
-            layer.colormap = cell_colormap(cells.table["label"], colors)
+            shown = record.shown
+            # Rewrite features and colours only when they change: each new colormap makes
+            # napari rebuild its colour table and re-upload the layer (tens of ms).
+            if shown is None or not np.array_equal(shown[0], record.is_anomaly):
+                layer.features = cell_features(cells, record.is_anomaly)
+            if shown is None or not np.array_equal(shown[1], colors):
+                layer.colormap = cell_colormap(cells.table["label"], colors, record.others)
+            record.shown = (record.is_anomaly.copy(), colors)
             layer.metadata[PLUGIN_KEY].update({
                 "fpr": fpr, "threshold": threshold, "include_border": include_border,
                 "n_cells": len(cells), "n_anomalous": int(record.is_anomaly.sum()),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._cells_layer import display_labels, other_labels
 from ._common import JobControl, JobFailure, Plane, own_planes
 
 if TYPE_CHECKING:
@@ -32,10 +33,18 @@ class Scored:
 
 @dataclass
 class CellsScored:
-    """Event: the cells of image ``index`` of the job were scored."""
+    """Event: the cells of image ``index`` of the job were scored.
+
+    ``labels`` is ``cells.labels`` as the cells layer stores it
+    (:func:`~._cells_layer.display_labels`) and ``others`` the objects of that image that are
+    not scored cells (:func:`~._cells_layer.other_labels`), both made here so that the GUI
+    thread only hands arrays to napari.
+    """
 
     index: int
     cells: CellScores
+    labels: np.ndarray
+    others: np.ndarray
 
 
 @dataclass
@@ -127,6 +136,7 @@ def score_cells_job(detector: AnomalyDetector,
                              "none can be judged (a crop of a single cell? score crops without "
                              "'Per cell', or tick 'Judge edge cells')")
                 continue
-            yield CellsScored(index, cells)
+            labels = display_labels(cells.labels)
+            yield CellsScored(index, cells, labels, other_labels(labels, cells.table["label"]))
     except RuntimeError as exc:
         raise JobFailure(f"{type(exc).__name__}: {exc}") from exc

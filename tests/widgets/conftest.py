@@ -1,0 +1,57 @@
+"""Shared helpers of the widget tests: the plugin's name, timeouts, the notifications a user
+saw, and a snapshot of the viewer's layers (to prove that nothing was changed or lost).
+
+Test modules import the plain helpers with ``from conftest import ...`` (pytest puts this
+folder on ``sys.path``); the ``notes`` fixture is found by pytest itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
+
+PLUGIN = "napari-cell-anomaly"
+#: The plugin's key in a layer's metadata.
+KEY = "napari_cell_anomaly"
+
+#: Generous timeouts (ms) for a shared, slow CI machine.
+TRAIN_TIMEOUT = 120_000
+SCORE_TIMEOUT = 60_000
+
+
+@pytest.fixture
+def notes() -> Callable[[], list[Notification]]:
+    """Return a function listing the notifications shown since the test started.
+
+    These are the real notifications napari's ``show_error``/``show_warning`` dispatched
+    (nothing is mocked).
+    """
+    start = len(notification_manager.records)
+    return lambda: list(notification_manager.records[start:])
+
+
+def errors(notes: Callable[[], list[Notification]]) -> list[str]:
+    """The texts of the error notifications among ``notes()``."""
+    return [str(n.message) for n in notes() if n.severity == NotificationSeverity.ERROR]
+
+
+def warnings_of(notes: Callable[[], list[Notification]]) -> list[str]:
+    """The texts of the warning notifications among ``notes()``."""
+    return [str(n.message) for n in notes() if n.severity == NotificationSeverity.WARNING]
+
+
+def snapshot(viewer: Any) -> list[tuple[str, str, int, tuple, bytes]]:
+    """Names, types, identities and content digests of every layer (to prove nothing moved)."""
+    out = []
+    for layer in viewer.layers:
+        data = layer.data
+        arr = np.asarray(data)
+        digest = (hashlib.sha1(np.ascontiguousarray(arr).tobytes()).digest()
+                  if arr.size < 5_000_000 else repr(arr.shape).encode())
+        out.append((layer.name, type(layer).__name__, id(data), tuple(layer.scale), digest))
+    return out
