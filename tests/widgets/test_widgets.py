@@ -411,13 +411,13 @@ def test_core_training_error_is_one_notification(make_napari_viewer, qtbot, note
     layer = viewer.add_image(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8), name="one")
     _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train anomaly model")
     train.select_layers([layer])
-    set_tiny(train, mode="whole")  # whole-image mode needs at least 2 images
+    set_tiny(train, mode="whole")  # whole-image mode needs at least 4 images
     before = snapshot(viewer)
     assert train.start_training()
     _wait_idle(qtbot, train.state, TRAIN_TIMEOUT)
     errors = _errors(notes)
     assert len(errors) == 1 and errors[0].startswith("Training failed: ")
-    assert "at least 2 images" in errors[0]
+    assert "at least 4 images" in errors[0]
     assert train.state.trained is None and train.train_button.isEnabled()
     assert not train.save_button.isEnabled() and "failed" in train.status_label.text()
     assert snapshot(viewer) == before

@@ -558,11 +558,12 @@ class AnomalyDetector:
                                      with_ssim=False)
             err.append(res["recon_error"])
             logd.append(self.density.log_density(res["codes"]))
-        if self.shape is not None:
-            logd = [np.concatenate(logd) + self.shape.log_density(shape_features(units))]
             maps.extend(res["error_map"])
             recons.extend(res["recon"])
-        return np.concatenate(err), np.concatenate(logd), maps, recons
+        log_density = np.concatenate(logd)
+        if self.shape is not None:
+            log_density = log_density + self.shape.log_density(shape_features(units))
+        return np.concatenate(err), log_density, maps, recons
 
     def score_field(self, image: np.ndarray, labels: np.ndarray | None = None, *,
                     fpr: float | None = None, name: str = "image",
