@@ -431,9 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "a field; auto: cells when --labels is given, else whole or patch by "
                         f"image size (default: {d.mode})")
     t.add_argument("--density", choices=TRAINABLE_DENSITIES, default=d.scoring.density,
-                   help="latent density over the code vectors of single latent positions: "
-                        "kde = kernel density estimate, gmm = Gaussian mixture "
-                        f"(default: {d.scoring.density})")
+                   help="whole and patch modes: latent density over the code vectors of "
+                        "single latent positions: kde = kernel density estimate, gmm = "
+                        "Gaussian mixture (cells mode always uses a KDE over the whole code "
+                        f"of the cell's centred window) (default: {d.scoring.density})")
     t.add_argument("--labels", metavar="DIR|auto",
                    help="cells mode: a folder of label images of the normal cells, matched to "
                         "the images by stem (<stem>.tif, <stem>_labels.tif, .png alike; only "

@@ -27,8 +27,8 @@ import numpy as np
 ERROR_KINDS = ("lab", "mse", "ssim", "mix")
 REDUCTIONS = ("mean", "p99", "max")
 #: Latent density models (see :mod:`.density`): a KDE and a Gaussian mixture, each one model
-#: over the code vectors of single latent positions pooled over all positions, and the first
-#: design's KDE over whole flattened codes (kept for old model files).
+#: over the code vectors of single latent positions pooled over all positions, and the KDE
+#: over whole flattened codes (cells mode's density, and that of old whole-mode files).
 DENSITY_KINDS = ("kde", "gmm", "kde-flat")
 #: The kinds offered for new models (CLI ``--density``, Train widget).
 TRAINABLE_DENSITIES = ("kde", "gmm")
@@ -71,8 +71,8 @@ class ScoringConfig:
         Latent density (see :mod:`.density`): a Gaussian kernel density estimate (``"kde"``)
         or one Gaussian mixture (``"gmm"``) over the code vectors of single latent positions,
         pooled over all positions (an image's log-density is that of its least likely
-        position); ``"kde-flat"``, the KDE over PCA-reduced whole code maps, is kept for old
-        model files.
+        position); ``"kde-flat"``, the KDE over PCA-reduced whole code maps, is what cells
+        mode uses (its windows are centred on the cell) and what old model files used.
     """
 
     error: str = "lab"

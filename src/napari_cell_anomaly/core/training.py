@@ -32,6 +32,7 @@ paper, by measurement on contaminated malaria crops (docs/benchmarks.md):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -59,6 +60,7 @@ from .trainconfig import (  # noqa: F401  (re-exported: the public training API 
     TrainProgress,
 )
 from .trainingdata import (  # noqa: F401
+    CELLS_DENSITY,
     MIN_FIELDS_FOR_HOLDOUT,
     TrainingData,
     choose_mode,
@@ -374,12 +376,14 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: TrainingData, cfg: Trai
     else:
         per = max(1, 2000 // len(data.train))
         train_units = np.concatenate([random_patches(x, cfg.size, per, rng) for x in data.train])
-    density = fit_density(cfg.scoring.density, _codes(net, train_units),
+    kind = CELLS_DENSITY if data.mode == "cells" else cfg.scoring.density
+    density = fit_density(kind, _codes(net, train_units),
                           channels=net.config.latent_channels, seed=cfg.seed)
     # A provisional detector measures the calibration units; its calibration is replaced
     # below. Map scales come from the validation units, so no choice sees the calibration.
     det = _probe(net, prep, data, cfg, provenance)
     det.density = density
+    det.scoring = dataclasses.replace(cfg.scoring, density=kind)
     if cfg.scoring.error == "mix":
         _set_map_scales(det, data.val)
     if data.mode == "patch" and data.calib is not None:

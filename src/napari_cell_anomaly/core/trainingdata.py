@@ -173,6 +173,12 @@ def prepare(images: Sequence[np.ndarray], cfg: TrainConfig, prep: Preprocessing,
                  holdout=holdout)
 
 
+#: Cells mode's latent density, whatever ``ScoringConfig.density`` says: a KDE over the whole
+#: code map. A cell's window is centred on it, so where in the window a code lies carries the
+#: cell's size and outline, which the position-pooled densities discard (Chula RBC-12, 20
+#: training fields, dev fields: per-cell AUROC 0.83 against 0.80 for the pooled KDE).
+CELLS_DENSITY = "kde-flat"
+
 #: Cells mode holds out whole fields (for validation and for calibration) when at least this
 #: many fields have cells; with fewer, bands of each field's lowest cells are held out.
 MIN_FIELDS_FOR_HOLDOUT = 3
