@@ -441,9 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "labelled objects are used), or 'auto' to find the cells with the "
                         "built-in segmentation (turns on --robust)")
     t.add_argument("--robust", action="store_true",
-                   help="give zero weight to the training images with the most anomalous "
-                        "reconstruction error (whole mode), and drop such images from "
-                        "calibration")
+                   help="give zero weight to the training images (whole mode) or cells "
+                        "(cells mode) with the most anomalous reconstruction error, and drop "
+                        "such units from calibration")
     t.add_argument("--rejected-csv", metavar="CSV",
                    help="write the training images rejected by --robust to this CSV")
     t.add_argument("--batch-size", type=_positive, default=d.batch_size,

@@ -55,10 +55,12 @@ class TrainConfig:
     channels : {"rgb", "gray"} or None
         Channel mode; None keeps colour when the images have it.
     val_fraction : float
-        Fraction of images (whole mode) or of each image's rows (patch mode, few images) held out
-        for the choice of the best checkpoint (and the map scales of ``error="mix"``).
+        Fraction of images (whole mode), of fields (cells mode) or of each image's rows (patch
+        mode, few images; cells mode, fewer than 3 fields) held out for the choice of the best
+        checkpoint (and the map scales of ``error="mix"``).
     calibration_fraction : float
-        Fraction of images (or rows) held out, apart from those, to calibrate the thresholds
+        Fraction of images, fields (or rows) held out, apart from those, to calibrate the
+        thresholds
         only: no choice sees them, so the false-alarm rate holds on new normals
         (see :func:`split_holdout`).
     patches_per_image : int
@@ -68,7 +70,7 @@ class TrainConfig:
         Random flips and 90-degree rotations.
     robust : bool
         Iterative rejection of the training samples with the most anomalous image error
-        (whole mode), and the same rejection among the calibration units. The adversarial
+        (whole and cells modes), and the same rejection among the calibration units. The adversarial
         latent prior of the paper is added only when ``prior_weight > 0``.
     reject_z : float
         Robust training: reject samples whose log image error lies more than this many robust

@@ -39,7 +39,7 @@ class TrainingData:
     mode: str
     train: np.ndarray | list[np.ndarray]   # whole: (N, S, S, C); patch: list of (H, W, C)
     val: np.ndarray                        # (M, S, S, C) units for the checkpoint choice
-    train_index: np.ndarray                # image index of each train unit (whole mode)
+    train_index: np.ndarray                # image index of each train unit
     n_images: int
     shapes: list[tuple[int, ...]]
     val_index: np.ndarray | None = None    # image index of each val unit (whole, cells)
