@@ -134,7 +134,8 @@ class AnomalyDetector:
     provenance : dict
         Training data summary, settings, package versions, date, seed.
     rejected : list of int
-        Indices of training images rejected by robust training.
+        Indices of training images rejected by robust training (cells mode: of the fields
+        holding rejected cells; their number is in ``provenance["cells"]``).
     context : {"isolate", "keep"}
         Cells mode: what surrounds a cell in its window (see :mod:`.cellunits`).
     balance : bool

@@ -328,9 +328,11 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         "train_seconds": round(elapsed, 2),
         "train_config": cfg.to_dict(),
     })
-    if data.mode == "cells":
-        provenance["cells"] = data.info
     rejected_images = [int(data.train_index[i]) for i in rejected_units]
+    if data.mode == "cells":
+        # Cells are rejected, not images: keep each field holding a rejected cell once.
+        provenance["cells"] = {**data.info, "rejected_cells": len(rejected_units)}
+        rejected_images = sorted(set(rejected_images))
     detector = _finalize(net, prep, data, cfg, provenance, rejected_units, rng)
     detector.rejected = rejected_images
     elapsed = time.perf_counter() - t0
