@@ -152,3 +152,23 @@ def test_widget_modules_do_not_import_torch_or_sklearn():
     code = ("import sys, napari_cell_anomaly.widgets; "
             "print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))")
     assert _run(code) == "[]"
+
+
+def test_slider_redraws_outlines_one_per_event_loop_turn(make_napari_viewer, qtbot,
+                                                          tiny_model):
+    viewer = make_napari_viewer()
+    score = _start_scoring(viewer, qtbot, tiny_model, _big_fields(n=3, side=256))
+    qtbot.waitUntil(lambda: score.state.status is Status.IDLE, timeout=60_000)
+    records = list(score._records)
+    assert len(records) == 3 and all(r.outline is not None for r in records)
+    viewer.layers["field 1 anomalous region"].visible = False
+    score.fpr_slider.setValue(0.5)
+    score.apply_fpr()  # what the slider's debounce timer calls
+    # Verdicts and numbers follow at once; the outlines wait for the event loop, visible first.
+    assert all(r.heatmap.metadata["napari_cell_anomaly"]["fpr"] == 0.005 for r in records)
+    assert score.outlines_pending()
+    assert [r.source.name for r in score._outline_queue] == ["field 0", "field 2", "field 1"]
+    qtbot.waitUntil(lambda: not score.outlines_pending(), timeout=5_000)
+    for record in records:
+        level = tiny_model.calibration.pixel_threshold(0.005, record.result.n_windows)
+        np.testing.assert_array_equal(record.outline.data, record.result.error_map > level)

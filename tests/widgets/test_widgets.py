@@ -371,8 +371,8 @@ def test_fpr_slider_reapplies_thresholds_without_rescoring(make_napari_viewer, q
     verdicts, pixels = {}, {}
     for percent in (0.5, 20.0):
         score.fpr_slider.setValue(percent)
-        qtbot.waitUntil(lambda p=percent: abs(heat.metadata[KEY]["fpr"] - p / 100) < 1e-9,
-                        timeout=2000)
+        qtbot.waitUntil(lambda p=percent: abs(heat.metadata[KEY]["fpr"] - p / 100) < 1e-9
+                        and not score.outlines_pending(), timeout=5000)
         verdicts[percent] = shown()
         pixels[percent] = outline_pixels()
         assert verdicts[percent] == expected(percent / 100)

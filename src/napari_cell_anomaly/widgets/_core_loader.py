@@ -81,10 +81,15 @@ def _preload_torch_libraries() -> None:
         return
     dlopen.restype = ctypes.c_void_p
     dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    # First what torch's own import loads first, with the same flags (its global OpenMP
+    # runtime, RTLD_GLOBAL), so that the libraries resolve their symbols as in a plain import.
+    global_deps = folder / f"libtorch_global_deps{suffix}"
+    if not global_deps.is_file() or not dlopen(os.fsencode(global_deps),
+                                                os.RTLD_NOW | os.RTLD_GLOBAL):
+        return
     for name in _TORCH_LIBRARIES:
         path = folder / name.replace(".so", suffix)
-        # A CDLL function call releases the GIL; RTLD_LOCAL keeps the symbols private, as
-        # torch's own import does.
+        # A CDLL function call releases the GIL; RTLD_LOCAL as in torch's import of _C.
         if path.is_file() and not dlopen(os.fsencode(path), os.RTLD_NOW | os.RTLD_LOCAL):
             logger.debug("could not preload %s", path)
 

@@ -170,6 +170,12 @@ class ScoreWidget(QWidget):
         self._fpr_timer.setSingleShot(True)
         self._fpr_timer.setInterval(60)
         self._fpr_timer.timeout.connect(self.apply_fpr)
+        # Outlines are redrawn one layer per event-loop turn after a new false-alarm rate
+        # (each costs napari ~10-30 ms), visible layers first, so the slider never freezes.
+        self._outline_queue: list[_Record] = []
+        self._outline_timer = QTimer(self)
+        self._outline_timer.setInterval(0)
+        self._outline_timer.timeout.connect(self._refresh_next_outline)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
@@ -488,17 +494,21 @@ class ScoreWidget(QWidget):
                     contrast_limits=(0.0, 1.0), visible=False,
                     metadata=layer_meta(RECONSTRUCTION, source))
             lo, hi = cal.display_range()
+            # New layers over a hidden image start hidden: napari draws every visible layer.
+            shown = bool(source.visible)
             record.heatmap = upsert(
                 self.viewer, HEATMAP, source, result.error_map, "image", colormap="inferno",
                 blending="additive", opacity=0.6, contrast_limits=(float(lo), float(hi)),
-                metadata=layer_meta(HEATMAP, source))
+                visible=shown, metadata=layer_meta(HEATMAP, source))
             if self.outline_check.isChecked() or record.outline is not None:
                 record.outline = upsert(
                     self.viewer, OUTLINE, source, self._region(record), "labels", contour=1,
-                    opacity=1.0,
+                    opacity=1.0, visible=shown,
                     colormap=DirectLabelColormap(color_dict={None: "transparent", 1: "cyan"}),
                     metadata=layer_meta(OUTLINE, source))
-        self._apply_record(record)
+        if record in self._outline_queue:
+            self._outline_queue.remove(record)
+        self._apply_record(record, outline=False)  # the outline was just drawn
         r = result
         self.table.set_result(record.key, source.name,
                               (r.score, r.recon_error, r.log_density, r.percentile),
@@ -706,8 +716,11 @@ class ScoreWidget(QWidget):
         level = record.detector.calibration.pixel_threshold(self.fpr, record.result.n_windows)
         return (record.result.error_map > level).astype(np.uint8)
 
-    def _apply_record(self, record: _Record) -> None:
-        """Write the verdict at the current false-alarm rate to the record's layers."""
+    def _apply_record(self, record: _Record, outline: bool = True) -> None:
+        """Write the verdict at the current false-alarm rate to the record's layers.
+
+        With ``outline=False`` the outline layer is left as it is (redrawn by the caller).
+        """
         fpr = self.fpr
         result, cal = record.result, record.detector.calibration
         threshold = cal.threshold(fpr)
@@ -726,8 +739,28 @@ class ScoreWidget(QWidget):
         }
         if record.heatmap in self.viewer.layers:
             record.heatmap.metadata[PLUGIN_KEY].update(info)
-        if record.outline is not None and record.outline in self.viewer.layers:
-            record.outline.data = self._region(record)
+        if outline:
+            self._refresh_outline(record)
+
+    def _refresh_outline(self, record: _Record) -> None:
+        """Redraw the record's outline at the current false-alarm rate, if it changed."""
+        if record.outline is None or record.outline not in self.viewer.layers:
+            return
+        region = self._region(record)
+        if not np.array_equal(region, record.outline.data):
+            record.outline.data = region
+
+    def _refresh_next_outline(self) -> None:
+        if self._outline_queue:
+            record = self._outline_queue.pop(0)
+            if record in self._records:  # not dropped meanwhile
+                self._refresh_outline(record)
+        if not self._outline_queue:
+            self._outline_timer.stop()
+
+    def outlines_pending(self) -> bool:
+        """True while outlines still wait to be redrawn at the current false-alarm rate."""
+        return bool(self._outline_queue)
 
     def is_anomalous(self, record: _Record) -> bool:
         """Verdict of a stored result at the current false-alarm rate."""
@@ -737,8 +770,13 @@ class ScoreWidget(QWidget):
         """Re-apply the thresholds of the slider's false-alarm rate to every stored result."""
         self._fpr_timer.stop()
         for record in self._records:
-            self._apply_record(record)
+            self._apply_record(record, outline=False)
             self.table.set_name(record.key, record.source.name)
+        # Outlines last, one per event-loop turn, the visible ones first.
+        outlined = [r for r in self._records if r.outline is not None]
+        self._outline_queue = sorted(outlined, key=lambda r: not r.outline.visible)
+        if self._outline_queue:
+            self._outline_timer.start()
         self.table.set_verdicts({r.key: self.is_anomalous(r) for r in self._records})
         for cells in self._cell_records:
             self._apply_cells(cells)
