@@ -16,8 +16,8 @@ still running after it returned (target: < 1 s, none).
 Under Xvfb napari draws with software OpenGL: with 20 visible 512 x 512 images and their
 result layers, drawing a frame takes long, and that drawing is part of the gaps measured while
 results arrive (on a machine with a GPU it is not). Adding the images hidden made napari's
-software drawing crash (segmentation fault in ``glDrawArrays``, with and without this
-plugin's changes), so they are visible.
+software drawing crash (segmentation fault in ``glDrawArrays``, with the code before and
+after the responsiveness changes), so they are visible.
 
 Opening the widgets is only meaningful as the first thing a process does (later imports are
 free), which is why each run is a fresh process. With ``DEBUG_GAPS=1`` in the environment it
