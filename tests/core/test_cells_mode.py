@@ -215,3 +215,17 @@ def test_training_without_cells_is_refused():
     blank[::7] = 190
     with pytest.raises(ImageError, match="cells"):
         run_training([blank, blank], TrainConfig(max_steps=2, mode="cells"))
+
+
+def test_shape_criterion_flags_outsized_cells(cells_detector, scored):
+    """Macrocyte-like cells (twice the normal radius, otherwise normal) are caught by the
+    morphometry criterion: absolute size counts in cells mode."""
+    big = make_cell_field((384, 384), n_cells=6, anomaly_fraction=0.0, seed=201,
+                          radius=(21.0, 24.0))
+    cells = cells_detector.score_cells(big.image, big.labels)
+    normal_shape = scored.table["shape_log_density"][~scored.table["is_anomaly"]]
+    assert np.isfinite(cells.table["shape_log_density"]).all()
+    assert cells.table["shape_log_density"].max() < np.quantile(normal_shape, 0.05)
+    judged = ~cells.table["at_border"]
+    assert judged.any() and cells.table["is_anomaly"][judged].all()
+    assert "shape_log_density" in cells_detector.calibration.criteria(0.05)

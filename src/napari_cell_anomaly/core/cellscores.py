@@ -12,7 +12,8 @@ import numpy as np
 
 #: The table's columns, in order (``label`` is the cell's value in :attr:`CellScores.labels`).
 CELL_COLUMNS = ("label", "score", "recon_error", "log_density", "percentile",
-                "is_anomaly", "area", "centroid_y", "centroid_x", "at_border")
+                "is_anomaly", "area", "centroid_y", "centroid_x", "at_border",
+                "shape_log_density")
 
 
 @dataclass
@@ -23,7 +24,10 @@ class CellScores:
     ----------
     table : dict of str to np.ndarray
         The :data:`CELL_COLUMNS`, one row per cell, label ascending. ``score`` is the
-        combined score on the calibration scale (higher = more anomalous), ``percentile`` the
+        combined score on the calibration scale (higher = more anomalous): the largest robust
+        z-score of ``recon_error`` (high), ``log_density`` of the latent code (low) and
+        ``shape_log_density`` of the cell's morphometry (low; NaN when the model has no
+        shape density, e.g. a whole-image model scoring cells as crops), ``percentile`` the
         percent of calibration cells scoring lower, ``is_anomaly`` the verdict at
         :attr:`threshold` (False for cells at the image edge unless ``include_border``).
     labels : np.ndarray

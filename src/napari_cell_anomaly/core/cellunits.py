@@ -276,9 +276,9 @@ class ShapeDensity:
     """A Gaussian over the cells' :func:`shape_features`, with a shrunk covariance
     (Ledoit-Wolf), fitted on training cells; stored as plain arrays.
 
-    In cells mode a cell's log-density is that of its latent code plus this one: the joint
-    log-density of (code, shape) with the two taken as independent, so a cell of unusual size,
-    outline or colour is as unlikely as one with an unusual code.
+    In cells mode it is a third criterion beside the error and the latent density: a cell is
+    anomalous when its error is too high, its code too unlikely, or its morphometry (size,
+    outline, colour) too unlikely, each on the robust z-scale of the calibration cells.
     """
 
     mean: np.ndarray

@@ -357,9 +357,10 @@ class AnomalyDetector:
 
     def _finish(self, err: float, logd: float, fpr: float, error_map: np.ndarray,
                 ssim_map: np.ndarray, recon: np.ndarray, n_windows: int = 1,
-                region: np.ndarray | None = None) -> ScoreResult:
+                region: np.ndarray | None = None, shape_logd: float | None = None
+                ) -> ScoreResult:
         cal = self.calibration
-        score = float(cal.combine(err, logd))
+        score = float(cal.combine(err, logd, shape_logd))
         if n_windows > 1:
             score, percentile = cal.window_adjusted(score, n_windows)
         else:
@@ -522,9 +523,9 @@ class AnomalyDetector:
             units = cut_units(x, labels, table, self.size, context=self.context, fill=fill)
         else:
             units = _cell_crops(x, labels, table, self.size)
-        err, logd, maps, recons = self._measure_cell_units(units)
+        err, logd, shape, maps, recons = self._measure_cell_units(units)
         cal = self.calibration
-        scores = cal.combine(err, logd)
+        scores = cal.combine(err, logd, shape if self.shape is not None else None)
         threshold = cal.threshold(fpr)
         at_border = np.asarray(table.at_border, dtype=bool)
         judged = np.ones_like(at_border) if include_border else ~at_border
@@ -539,6 +540,7 @@ class AnomalyDetector:
             "centroid_y": np.asarray(table.centroid_y, dtype=np.float64),
             "centroid_x": np.asarray(table.centroid_x, dtype=np.float64),
             "at_border": at_border,
+            "shape_log_density": shape.astype(np.float64),
         }
         error_map = _paste_cells(maps, units, labels.shape)
         result = CellScores(cols, labels, error_map, threshold, include_border,
@@ -546,9 +548,10 @@ class AnomalyDetector:
         return result, units, recons, x
 
     def _measure_cell_units(self, units: CellUnits
-                            ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray],
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray],
                                        list[np.ndarray]]:
-        """Error, log-density, error map and reconstruction of each cell unit."""
+        """Error, latent and shape log-densities, error map and reconstruction of each cell
+        unit (shape: NaN without a shape density)."""
         region = (reduction_masks(units.masks, self.scoring.erode) if self.mode == "cells"
                   else None)
         err, logd, maps, recons = [], [], [], []
@@ -561,10 +564,9 @@ class AnomalyDetector:
             logd.append(self.density.log_density(res["codes"]))
             maps.extend(res["error_map"])
             recons.extend(res["recon"])
-        log_density = np.concatenate(logd)
-        if self.shape is not None:
-            log_density = log_density + self.shape.log_density(shape_features(units))
-        return np.concatenate(err), log_density, maps, recons
+        shape = (self.shape.log_density(shape_features(units)) if self.shape is not None
+                 else np.full(len(units), np.nan))
+        return np.concatenate(err), np.concatenate(logd), shape, maps, recons
 
     def score_field(self, image: np.ndarray, labels: np.ndarray | None = None, *,
                     fpr: float | None = None, name: str = "image",
@@ -596,8 +598,10 @@ class AnomalyDetector:
         row = {k: v[worst] for k, v in cells.table.items()}
         recon = _paste_cells(recons, units, x.shape[:2], base=x)
         zeros = np.zeros(x.shape[:2], dtype=np.float32)
+        shape = row["shape_log_density"] if self.shape is not None else None
         result = self._finish(row["recon_error"], row["log_density"], fpr, cells.error_map,
-                              zeros, recon, n_windows=int(cells.judged().sum()))
+                              zeros, recon, n_windows=int(cells.judged().sum()),
+                              shape_logd=shape)
         return result, cells
 
     # -- persistence --------------------------------------------------------------------------

@@ -172,12 +172,16 @@ class Calibration:
         Calibration normals that robust calibration dropped as likely outliers. They count as
         scoring above every threshold (ranks are taken among all ``M + n_trimmed``), so the
         guarantee still holds if they were normals.
+    shape_log_densities : np.ndarray, optional
+        ``(M,)`` log-densities of the same normals' morphometry (cells mode): a third
+        criterion, "shape too unusual", on the same robust z-scale as the other two.
     """
 
     errors: np.ndarray
     log_densities: np.ndarray
     map_maxima: np.ndarray
     n_trimmed: int = 0
+    shape_log_densities: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.errors = np.asarray(self.errors, dtype=np.float64).ravel()
@@ -190,7 +194,15 @@ class Calibration:
             raise ValueError(f"n_trimmed must be >= 0, got {self.n_trimmed}")
         self._err_loc, self._err_scale = robust_location_scale(self.errors)
         self._dens_loc, self._dens_scale = robust_location_scale(self.log_densities)
-        self.scores = self.combine(self.errors, self.log_densities)
+        self._shape_loc = self._shape_scale = 0.0
+        if self.shape_log_densities is not None:
+            self.shape_log_densities = np.asarray(self.shape_log_densities,
+                                                  dtype=np.float64).ravel()
+            if self.shape_log_densities.size != self.errors.size:
+                raise ValueError("calibration needs one shape log-density per normal")
+            self._shape_loc, self._shape_scale = robust_location_scale(
+                self.shape_log_densities)
+        self.scores = self.combine(self.errors, self.log_densities, self.shape_log_densities)
         self._sorted = np.sort(self.scores)
 
     @property
@@ -198,13 +210,20 @@ class Calibration:
         """Number of calibration normals, trimmed ones included (the ``n`` of the ranks)."""
         return int(self.errors.size) + self.n_trimmed
 
-    def combine(self, errors: np.ndarray | float, log_densities: np.ndarray | float) -> np.ndarray:
-        """Combined anomaly score (higher = more anomalous) of errors and log-densities."""
+    def combine(self, errors: np.ndarray | float, log_densities: np.ndarray | float,
+                shape_log_densities: np.ndarray | float | None = None) -> np.ndarray:
+        """Combined anomaly score (higher = more anomalous): the largest robust z-score of the
+        error (high) and the latent log-density (low), and of the shape log-density (low)
+        when this calibration has one (cells mode) and it is given."""
         z_err = (np.asarray(errors, dtype=np.float64) - self._err_loc) / self._err_scale
         z_dens = (self._dens_loc - np.asarray(log_densities, dtype=np.float64)) / self._dens_scale
-        return np.maximum(z_err, z_dens)
+        out = np.maximum(z_err, z_dens)
+        if self.shape_log_densities is not None and shape_log_densities is not None:
+            z_shape = ((self._shape_loc - np.asarray(shape_log_densities, dtype=np.float64))
+                       / self._shape_scale)
+            out = np.maximum(out, z_shape)
+        return out
 
-    # -- the threshold and what it guarantees ---------------------------------------------------
     def threshold(self, fpr: float = DEFAULT_FPR) -> float:
         """Combined-score threshold for false-alarm rate ``fpr``: ``score > threshold`` flags.
 
@@ -351,20 +370,24 @@ class Calibration:
         return level, 100.0 * (1.0 - j / (n + 1.0))
 
     def criteria(self, fpr: float = DEFAULT_FPR) -> dict[str, float]:
-        """The dual criterion's two thresholds for ``fpr``.
+        """The dual criterion's two thresholds for ``fpr`` (three in cells mode).
 
         Returns
         -------
         dict
             ``score``: combined threshold; ``recon_error``: an image is anomalous above this
-            error; ``log_density``: or below this latent log-density.
+            error; ``log_density``: or below this latent log-density; with a shape criterion,
+            ``shape_log_density``: or below this log-density of its morphometry.
         """
         t = self.threshold(fpr)
-        return {
+        out = {
             "score": t,
             "recon_error": self._err_loc + t * self._err_scale,
             "log_density": self._dens_loc - t * self._dens_scale,
         }
+        if self.shape_log_densities is not None:
+            out["shape_log_density"] = self._shape_loc - t * self._shape_scale
+        return out
 
     def pixel_threshold(self, fpr: float = DEFAULT_FPR, n_windows: int = 1) -> float:
         """Error-map level that a normal image's map exceeds anywhere (within the pixels its
@@ -390,9 +413,12 @@ class Calibration:
 
     def to_arrays(self, prefix: str = "calibration.") -> dict[str, np.ndarray]:
         """Arrays for a model file."""
-        return {prefix + "errors": self.errors, prefix + "log_densities": self.log_densities,
-                prefix + "map_maxima": self.map_maxima,
-                prefix + "n_trimmed": np.array([self.n_trimmed], dtype=np.int64)}
+        out = {prefix + "errors": self.errors, prefix + "log_densities": self.log_densities,
+               prefix + "map_maxima": self.map_maxima,
+               prefix + "n_trimmed": np.array([self.n_trimmed], dtype=np.int64)}
+        if self.shape_log_densities is not None:
+            out[prefix + "shape_log_densities"] = self.shape_log_densities
+        return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray],
@@ -401,7 +427,8 @@ class Calibration:
         trimmed = arrays.get(prefix + "n_trimmed")
         return cls(arrays[prefix + "errors"], arrays[prefix + "log_densities"],
                    arrays[prefix + "map_maxima"],
-                   n_trimmed=int(trimmed.ravel()[0]) if trimmed is not None else 0)
+                   n_trimmed=int(trimmed.ravel()[0]) if trimmed is not None else 0,
+                   shape_log_densities=arrays.get(prefix + "shape_log_densities"))
 
 
 def conformal_rank(n: int, fpr: float) -> int:

@@ -401,10 +401,11 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: TrainingData, cfg: Trai
         res = det.analyse_units(units, masks)
         errors, map_max = res["recon_error"], res["map_max"]
         log_dens = density.log_density(res["codes"])
-        if data.train_shape is not None and cfg.cell_shape:
-            det.shape = ShapeDensity.fit(data.train_shape[np.setdiff1d(
-                np.arange(len(data.train)), rejected)])
-            log_dens = log_dens + det.shape.log_density(data.calib_shape)
+    shape_logd = None
+    if data.train_shape is not None and data.calib_shape is not None and cfg.cell_shape:
+        det.shape = ShapeDensity.fit(data.train_shape[np.setdiff1d(
+            np.arange(len(data.train)), rejected)])
+        shape_logd = det.shape.log_density(data.calib_shape)
     keep = np.arange(len(errors))
     dropped = np.zeros(0, dtype=np.int64)
     if cfg.robust:
@@ -422,7 +423,9 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: TrainingData, cfg: Trai
         if index is not None:
             provenance["calibration_dropped_images"] = [int(index[i]) for i in dropped]
     det.calibration = Calibration(errors[keep], log_dens[keep], map_max[keep],
-                                  n_trimmed=int(dropped.size))
+                                  n_trimmed=int(dropped.size),
+                                  shape_log_densities=None if shape_logd is None
+                                  else shape_logd[keep])
     provenance["n_calibration"] = det.calibration.size
     if data.calib is not None:
         provenance["n_calibration_images"] = len(data.calib)
