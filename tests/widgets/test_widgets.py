@@ -177,7 +177,7 @@ def test_train_then_score_workflow(make_napari_viewer, qtbot, notes, tmp_path):
     assert train._jobs.current.worker is worker
     assert any("already running" in w for w in _warnings(notes))
 
-    qtbot.waitUntil(lambda: len(train._train_x) >= 2, timeout=TRAIN_TIMEOUT)
+    qtbot.waitUntil(lambda: len(train.plot.train_x) >= 2, timeout=TRAIN_TIMEOUT)
     assert "elapsed" in train.status_label.text() and "left" in train.status_label.text()
     _wait_idle(qtbot, state, TRAIN_TIMEOUT)
     timer.stop()
@@ -186,9 +186,9 @@ def test_train_then_score_workflow(make_napari_viewer, qtbot, notes, tmp_path):
     detector = state.trained
     assert isinstance(detector, AnomalyDetector) and state.detector is detector
     assert train.progress.value() == train.progress.maximum()
-    xs, ys = train._train_curve.getData()
+    xs, ys = train.plot.train_curve.getData()
     assert len(xs) >= 8 and np.all(np.isfinite(ys))
-    assert len(train._val_curve.getData()[0]) >= 1
+    assert len(train.plot.val_curve.getData()[0]) >= 1
     assert train.train_button.isEnabled() and not train.stop_button.isEnabled()
     assert train.save_button.isEnabled() and score.score_button.isEnabled()
     assert "Trained" in train.model_label.text() and "trained in this session" in \
@@ -280,7 +280,7 @@ def test_stop_keeps_a_usable_model(make_napari_viewer, qtbot, notes):
     train.select_matching("normal")
     set_tiny(train, epochs=500)
     assert train.start_training()
-    qtbot.waitUntil(lambda: len(train._train_x) >= 6, timeout=TRAIN_TIMEOUT)  # past epoch 1
+    qtbot.waitUntil(lambda: len(train.plot.train_x) >= 6, timeout=TRAIN_TIMEOUT)  # past epoch 1
     qtbot.mouseClick(train.stop_button, Qt.MouseButton.LeftButton)
     assert train.state.status is Status.STOPPING and not train.stop_button.isEnabled()
     _wait_idle(qtbot, train.state, TRAIN_TIMEOUT)
@@ -305,7 +305,7 @@ def test_closing_the_viewer_during_training_stops_the_worker(make_napari_viewer,
     set_tiny(train, epochs=500)
     assert train.start_training()
     job = train._jobs.current
-    qtbot.waitUntil(lambda: len(train._train_x) >= 1, timeout=TRAIN_TIMEOUT)
+    qtbot.waitUntil(lambda: len(train.plot.train_x) >= 1, timeout=TRAIN_TIMEOUT)
     viewer.close()
     qtbot.waitUntil(lambda: not job.worker.is_running, timeout=20_000)
     assert job.abort.is_set() or job.worker.abort_requested
@@ -361,7 +361,8 @@ def test_fpr_slider_reapplies_thresholds_without_rescoring(make_napari_viewer, q
         return {r["layer"]: r["verdict"] == "anomalous" for r in score.results()}
 
     def expected(fpr):
-        return {rec.source.name: rec.result.score > cal.threshold(fpr) for rec in score._records}
+        return {rec.source.name: rec.result.score > cal.threshold(fpr)
+                for rec in score.image_results.records}
 
     def outline_pixels():
         return sum(int(ly.data.sum()) for ly in viewer.layers if ly.name.endswith("region"))
