@@ -181,7 +181,7 @@ def test_train_then_score_workflow(make_napari_viewer, qtbot, notes, tmp_path):
     assert "elapsed" in train.status_label.text() and "left" in train.status_label.text()
     _wait_idle(qtbot, state, TRAIN_TIMEOUT)
     timer.stop()
-    assert len(train._train_x) >= 2 and len(ticks) >= 3  # the loop ran while training did
+    assert len(train.plot.train_x) >= 2 and len(ticks) >= 3  # the loop ran while training did
 
     detector = state.trained
     assert isinstance(detector, AnomalyDetector) and state.detector is detector
