@@ -524,3 +524,23 @@ def test_corrupt_model_file_keeps_the_current_model(make_napari_viewer, notes, t
     assert score.load_model(good)
     assert state.source == "file" and score.source_combo.currentData() == "file"
     assert "good.safetensors" in score.model_label.text()
+
+
+def test_threshold_label_states_the_calibration_behind_the_rate(make_napari_viewer,
+                                                                tiny_detector):
+    from napari_cell_anomaly.core.scoring import MIN_CALIBRATION
+
+    viewer = make_napari_viewer()
+    score = _score_dock(viewer)
+    get_state(viewer).set_trained(tiny_detector)
+    cal = tiny_detector.calibration
+    for percent in (5.0, 12.0):
+        score.fpr_slider.setValue(percent)
+        score.apply_fpr()  # what the slider's debounce timer calls
+        text = score.threshold_label.text()
+        assert f"{percent:.0f}% false alarms" in text
+        assert f"calibrated on {cal.size} " in text
+        assert "true rate" in text and "95% confidence" in text
+        # A small calibration sample is flagged next to the rate, not left for the reader.
+        assert ("Warning:" in text) == (cal.size < MIN_CALIBRATION)
+        assert "Anomalous if score &gt;" in text

@@ -23,6 +23,7 @@ export (:mod:`._results_table`), the histogram (:mod:`._histogram`), and for cel
 
 from __future__ import annotations
 
+import html
 import logging
 from functools import partial
 from pathlib import Path
@@ -433,8 +434,13 @@ class ScoreWidget(QWidget):
             self.threshold_label.setText("")
             return
         crit = detector.calibration.criteria(self.fpr)
+        # The rate's sample and interval (and a warning for a small sample) come first.
+        rate, _, warning = detector.describe_rate(self.fpr).partition(". Warning: ")
+        warn = (f"<br><b style='color:#ffb74d'>Warning:</b> {html.escape(warning)}"
+                if warning else "")
         self.threshold_label.setText(
-            f"<small>Anomalous if score &gt; {crit['score']:.2f}, i.e. recon error &gt; "
+            f"<small>{html.escape(rate)}{warn}<br>"
+            f"Anomalous if score &gt; {crit['score']:.2f}, i.e. recon error &gt; "
             f"{crit['recon_error']:.3g} or log-density &lt; {crit['log_density']:.3g}; "
             f"regions where the map &gt; "
             f"{detector.calibration.pixel_threshold(self.fpr):.3g}</small>")
