@@ -72,7 +72,7 @@ def main() -> None:
     for percent in (1.0, 10.0, 3.0, 15.0, 5.0, 12.0):
         score.fpr_slider.setValue(percent)
         slider.append(_timed(app, score.apply_fpr))
-        flagged.append(int(score._current_cells.is_anomaly.sum()))
+        flagged.append(int(score.cell_results.current.is_anomaly.sum()))
     print(f"cells flagged at 1, 10, 3, 15, 5, 12 % false alarms: {flagged}")
     calls, events = np.median([s[0] for s in slider]), np.median([s[1] for s in slider])
     worst = max(sum(s) for s in slider)

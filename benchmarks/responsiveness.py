@@ -236,7 +236,7 @@ def main() -> None:
         w.name_filter.setText("normal")
         w.epochs.setValue(100)
         w.train_button.click()
-        pump_until(lambda: len(w._train_x) >= 2, 300, "two training steps")
+        pump_until(lambda: len(w.plot.train_x) >= 2, 300, "two training steps")
         return w._jobs.current.worker, w.state
 
     def busy_scoring(v: Any) -> Any:

@@ -90,7 +90,7 @@ def cells_screenshot(out: Path, width: int, height: int) -> None:
     assert score.start_scoring()
     _process_until(lambda: score.state.status is Status.IDLE, timeout=600)
     _settle()
-    record = score._current_cells
+    record = score.cell_results.current
     worst = record.worst()
     score.show_cell(int(record.cells.table["label"][worst]))
     viewer.reset_view()  # the whole field: every verdict at a glance
@@ -137,7 +137,7 @@ def main() -> None:
     train.epochs.setValue(20)
     train.advanced.expand(animate=False)
     assert train.start_training()
-    _process_until(lambda: len(train._val_x) >= 8, timeout=900)
+    _process_until(lambda: len(train.plot.val_x) >= 8, timeout=900)
     _dismiss_notifications(viewer)
     viewer.screenshot(str(args.out / "train.png"), canvas_only=False, flash=False)
     print("wrote", args.out / "train.png")

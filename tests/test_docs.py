@@ -142,3 +142,15 @@ def test_written_defaults_match_the_code() -> None:
     # Robust training's adversarial prior is described as off by default.
     assert "off by default" in README[README.index("robust training"):][:600]
     assert d.prior_weight == 0.0
+
+
+def test_architecture_lists_exactly_the_widget_modules() -> None:
+    block = ARCHITECTURE.split("  widgets/", 1)[1].split("\n  cli.py", 1)[0]
+    written = set(re.findall(r"^    (_\w+\.py)\b", block, flags=re.M))
+    package = ROOT / "src" / "napari_cell_anomaly" / "widgets"
+    existing = {p.name for p in package.glob("_*.py") if p.name != "__init__.py"}
+    assert written == existing
+    # Each line's class names its module's class (e.g. "_cells_results.py CellsResults:").
+    for module, name in re.findall(r"^    (_\w+)\.py\s+([A-Z]\w+):", block, flags=re.M):
+        mod = importlib.import_module(f"napari_cell_anomaly.widgets.{module}")
+        assert hasattr(mod, name), f"{module} has no {name}"

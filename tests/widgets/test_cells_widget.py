@@ -149,7 +149,7 @@ def test_slider_rethresholds_cells(make_napari_viewer, qtbot, notes,
     _score(qtbot, score)
     assert not errors(notes)
     layer = viewer.layers["field cells"]
-    record = score._current_cells
+    record = score.cell_results.current
     cells, cal = record.cells, cells_detector.calibration
     border = cells.table["at_border"]
     assert border.any() and not border.all()
@@ -228,7 +228,7 @@ def test_bad_cell_input_is_one_notification(make_napari_viewer, qtbot, notes,
     assert expected in shown[0] and "\n" not in shown[0]
     assert started == (case in ("nothing found", "only edge cells"))  # found in the worker
     assert snapshot(viewer) == before  # no layer added, changed or removed
-    assert score.table.rowCount() == 0 and score._current_cells is None
+    assert score.table.rowCount() == 0 and score.cell_results.current is None
 
 
 # ------------------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ def test_other_mode_results_do_not_stay_looking_current(make_napari_viewer, qtbo
     _score(qtbot, score)  # per image again: the cells layer goes, the cells table empties
     names = [ly.name for ly in viewer.layers]
     assert "field cells" not in names and "field anomalous region" in names
-    assert score._current_cells is None and score.cells_table.isHidden()
+    assert score.cell_results.current is None and score.cells_table.isHidden()
     assert snapshot(viewer)[:2] == user_before  # the user's image and labels untouched
     assert user in viewer.layers and image in viewer.layers
     assert not errors(notes)

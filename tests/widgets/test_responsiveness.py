@@ -60,7 +60,7 @@ def test_closing_the_viewer_while_training_ends_the_worker(make_napari_viewer, q
     train.batch_size.setValue(16)
     assert train.start_training()
     job = train._jobs.current
-    qtbot.waitUntil(lambda: len(train._train_x) >= 2, timeout=120_000)
+    qtbot.waitUntil(lambda: len(train.plot.train_x) >= 2, timeout=120_000)
     assert job.worker.is_running and train.state.status is Status.TRAINING
     start = time.perf_counter()
     viewer.close()
@@ -159,7 +159,7 @@ def test_slider_redraws_outlines_one_per_event_loop_turn(make_napari_viewer, qtb
     viewer = make_napari_viewer()
     score = _start_scoring(viewer, qtbot, tiny_model, _big_fields(n=3, side=256))
     qtbot.waitUntil(lambda: score.state.status is Status.IDLE, timeout=60_000)
-    records = list(score._records)
+    records = list(score.image_results.records)
     assert len(records) == 3 and all(r.outline is not None for r in records)
     viewer.layers["field 1 anomalous region"].visible = False
     score.fpr_slider.setValue(0.5)
@@ -167,7 +167,8 @@ def test_slider_redraws_outlines_one_per_event_loop_turn(make_napari_viewer, qtb
     # Verdicts and numbers follow at once; the outlines wait for the event loop, visible first.
     assert all(r.heatmap.metadata["napari_cell_anomaly"]["fpr"] == 0.005 for r in records)
     assert score.outlines_pending()
-    assert [r.source.name for r in score._outline_queue] == ["field 0", "field 2", "field 1"]
+    queue = score.image_results.outline_queue
+    assert [r.source.name for r in queue] == ["field 0", "field 2", "field 1"]
     qtbot.waitUntil(lambda: not score.outlines_pending(), timeout=5_000)
     for record in records:
         level = tiny_model.calibration.pixel_threshold(0.005, record.result.n_windows)

@@ -177,18 +177,18 @@ def test_train_then_score_workflow(make_napari_viewer, qtbot, notes, tmp_path):
     assert train._jobs.current.worker is worker
     assert any("already running" in w for w in _warnings(notes))
 
-    qtbot.waitUntil(lambda: len(train._train_x) >= 2, timeout=TRAIN_TIMEOUT)
+    qtbot.waitUntil(lambda: len(train.plot.train_x) >= 2, timeout=TRAIN_TIMEOUT)
     assert "elapsed" in train.status_label.text() and "left" in train.status_label.text()
     _wait_idle(qtbot, state, TRAIN_TIMEOUT)
     timer.stop()
-    assert len(train._train_x) >= 2 and len(ticks) >= 3  # the loop ran while training did
+    assert len(train.plot.train_x) >= 2 and len(ticks) >= 3  # the loop ran while training did
 
     detector = state.trained
     assert isinstance(detector, AnomalyDetector) and state.detector is detector
     assert train.progress.value() == train.progress.maximum()
-    xs, ys = train._train_curve.getData()
+    xs, ys = train.plot.train_curve.getData()
     assert len(xs) >= 8 and np.all(np.isfinite(ys))
-    assert len(train._val_curve.getData()[0]) >= 1
+    assert len(train.plot.val_curve.getData()[0]) >= 1
     assert train.train_button.isEnabled() and not train.stop_button.isEnabled()
     assert train.save_button.isEnabled() and score.score_button.isEnabled()
     assert "Trained" in train.model_label.text() and "trained in this session" in \
@@ -280,7 +280,7 @@ def test_stop_keeps_a_usable_model(make_napari_viewer, qtbot, notes):
     train.select_matching("normal")
     set_tiny(train, epochs=500)
     assert train.start_training()
-    qtbot.waitUntil(lambda: len(train._train_x) >= 6, timeout=TRAIN_TIMEOUT)  # past epoch 1
+    qtbot.waitUntil(lambda: len(train.plot.train_x) >= 6, timeout=TRAIN_TIMEOUT)  # past epoch 1
     qtbot.mouseClick(train.stop_button, Qt.MouseButton.LeftButton)
     assert train.state.status is Status.STOPPING and not train.stop_button.isEnabled()
     _wait_idle(qtbot, train.state, TRAIN_TIMEOUT)
@@ -305,7 +305,7 @@ def test_closing_the_viewer_during_training_stops_the_worker(make_napari_viewer,
     set_tiny(train, epochs=500)
     assert train.start_training()
     job = train._jobs.current
-    qtbot.waitUntil(lambda: len(train._train_x) >= 1, timeout=TRAIN_TIMEOUT)
+    qtbot.waitUntil(lambda: len(train.plot.train_x) >= 1, timeout=TRAIN_TIMEOUT)
     viewer.close()
     qtbot.waitUntil(lambda: not job.worker.is_running, timeout=20_000)
     assert job.abort.is_set() or job.worker.abort_requested
@@ -361,7 +361,8 @@ def test_fpr_slider_reapplies_thresholds_without_rescoring(make_napari_viewer, q
         return {r["layer"]: r["verdict"] == "anomalous" for r in score.results()}
 
     def expected(fpr):
-        return {rec.source.name: rec.result.score > cal.threshold(fpr) for rec in score._records}
+        return {rec.source.name: rec.result.score > cal.threshold(fpr)
+                for rec in score.image_results.records}
 
     def outline_pixels():
         return sum(int(ly.data.sum()) for ly in viewer.layers if ly.name.endswith("region"))
@@ -523,3 +524,23 @@ def test_corrupt_model_file_keeps_the_current_model(make_napari_viewer, notes, t
     assert score.load_model(good)
     assert state.source == "file" and score.source_combo.currentData() == "file"
     assert "good.safetensors" in score.model_label.text()
+
+
+def test_threshold_label_states_the_calibration_behind_the_rate(make_napari_viewer,
+                                                                tiny_detector):
+    from napari_cell_anomaly.core.scoring import MIN_CALIBRATION
+
+    viewer = make_napari_viewer()
+    score = _score_dock(viewer)
+    get_state(viewer).set_trained(tiny_detector)
+    cal = tiny_detector.calibration
+    for percent in (5.0, 12.0):
+        score.fpr_slider.setValue(percent)
+        score.apply_fpr()  # what the slider's debounce timer calls
+        text = score.threshold_label.text()
+        assert f"{percent:.0f}% false alarms" in text
+        assert f"calibrated on {cal.size} " in text
+        assert "true rate" in text and "95% confidence" in text
+        # A small calibration sample is flagged next to the rate, not left for the reader.
+        assert ("Warning:" in text) == (cal.size < MIN_CALIBRATION)
+        assert "Anomalous if score &gt;" in text

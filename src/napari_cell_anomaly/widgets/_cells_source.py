@@ -3,7 +3,8 @@
 Cells come from a Labels layer of the user's (cellpose, StarDist, a hand annotation: any label
 image of the image's height and width) or from the built-in segmentation, which runs inside
 the scoring worker (:meth:`~..core.detector.AnomalyDetector.score_cells` with ``labels=None``).
-The box only holds choices; it never computes.
+The box only holds choices and hands the scoring job snapshots of the chosen cells
+(:meth:`CellsSourceBox.job_items`); it never computes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from napari.layers import Image, Labels, Layer
+from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -22,10 +25,12 @@ from qtpy.QtWidgets import (
 )
 
 from ._cells_layer import COLOR_MODES
-from ._common import bind, image_hw, is_own_layer, layer_key
+from ._common import Plane, bind, image_hw, is_own_layer, layer_key, snapshot_planes
 
 if TYPE_CHECKING:
     import napari
+
+    from ..core.detector import AnomalyDetector
 
 __all__ = ["FIND_CELLS", "CellsSourceBox", "labels_problem"]
 
@@ -121,6 +126,40 @@ class CellsSourceBox(QGroupBox):
             raise ValueError(f"{layer.name!r} is not offered as a cells source (a 2-D Labels "
                              "layer of the height and width of the images to score)")
         self.source_combo.setCurrentIndex(max(index, 0))
+
+    def job_items(self, detector: AnomalyDetector, layers: list[Layer]
+                  ) -> list[tuple[Plane, np.ndarray | None]] | None:
+        """The per-cell job's items ``(image, labels snapshot or None)`` for ``layers``;
+        None (notified) when the cells cannot come from the chosen source.
+
+        Snapshots, not views: the user may edit the layers while the worker reads them.
+        """
+        if detector.mode == "patch":
+            show_error("This patch-mode model is calibrated on windows, not cells: train a "
+                       "model with cells (Train widget, 'cells' source) or on cell crops to "
+                       "score per cell, or untick 'Per cell'.")
+            return None
+        labels = self.labels_layer()
+        if labels is None:
+            planes = snapshot_planes([(ly.name, ly.data) for ly in layers])
+            return [(plane, None) for plane in planes]
+        if len(layers) != 1:
+            show_error(f"The Labels layer {labels.name!r} gives the cells of one image, but "
+                       f"{len(layers)} images are to be scored: select one image, or choose "
+                       "'find cells automatically'.")
+            return None
+        image = layers[0]
+        problem = labels_problem(labels, image_hw(image), image.name)
+        if problem is not None:
+            show_error(f"Cannot score cells: {problem}.")
+            return None
+        # A snapshot: the user may paint on the layer while the worker reads it.
+        snapshot = np.array(labels.data, copy=True)
+        if not snapshot.any():
+            show_error(f"Cannot score cells: the Labels layer {labels.name!r} is empty (every "
+                       "pixel is 0, so there are no cells).")
+            return None
+        return [(snapshot_planes([(image.name, image.data)])[0], snapshot)]
 
     # -- layer list ----------------------------------------------------------------------------
     def _on_layers_changed(self, *_: Any) -> None:

@@ -11,88 +11,66 @@ segmentation) are scored one by one (:class:`~..core.cellscores.CellScores`) and
 Labels layer ``"<source> cells"`` whose ``features`` hold one row per cell, coloured by verdict
 or score, and in a per-cell table that stays in step with the viewer's selected cell.
 
-The dock only composes small pieces, each in its own module: the model choice
-(:mod:`._model_source`), the worker jobs and their events (:mod:`._score_job`), the result
-layers (:mod:`._layers`), the results table and CSV export (:mod:`._results_table`), the
-histogram (:mod:`._histogram`), and for cells the options (:mod:`._cells_source`), the cells
-layer (:mod:`._cells_layer`) and the cells table (:mod:`._cells_table`).
+The dock keeps the choice of layers, the Score/Stop flow and the false-alarm slider, and
+composes small pieces, each in its own module: the model choice (:mod:`._model_source`), the
+worker jobs and their events (:mod:`._score_job`), the per-image results (:mod:`._image_results`:
+records, result layers, re-thresholding), the per-cell results (:mod:`._cells_results`:
+records, cells layers, cells table, viewer selection, cells CSV), the images table and CSV
+export (:mod:`._results_table`), the histogram (:mod:`._histogram`), and for cells the options
+(:mod:`._cells_source`), the cells layer (:mod:`._cells_layer`) and the cells table
+(:mod:`._cells_table`).
 """
 
 from __future__ import annotations
 
+import html
 import logging
-import weakref
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Image, Labels, Layer
+from napari.layers import Layer
 from napari.qt.threading import create_worker
-from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QButtonGroup,
     QCheckBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
-    QRadioButton,
     QVBoxLayout,
     QWidget,
 )
 from superqt import QLabeledDoubleSlider
 
-from ..core.cellscores import CELL_COLUMNS, CellScores
-from ._cells_layer import (
-    CELLS,
-    cell_colormap,
-    cell_colors,
-    cell_features,
-    display_labels,
-    focus_on_cell,
-    other_labels,
-)
-from ._cells_source import CellsSourceBox, labels_problem
-from ._cells_table import CellsTable
+from ._cells_layer import CELLS
+from ._cells_results import CellsResults
+from ._cells_source import CellsSourceBox
 from ._common import (
-    PLUGIN_KEY,
     JobControl,
     JobSlot,
-    Plane,
     bind,
-    image_hw,
-    is_own_layer,
-    layer_key,
     report_error,
-    same_layer,
-    scoring_problem,
     snapshot_planes,
     watch_window_close,
 )
 from ._core_loader import when_core_ready
 from ._histogram import ScoreHistogram
-from ._layers import (
-    HEATMAP,
-    OUTLINE,
-    RECONSTRUCTION,
-    keep_selection,
-    layer_meta,
-    remove_own_layers,
-    upsert,
-)
+from ._image_results import ImageRecord, ImageResults
+from ._layers import OUTLINE, RECONSTRUCTION, remove_own_layers
 from ._model_source import ModelSourceBox
 from ._results_table import ImageResultsTable, write_csv
 from ._score_job import CellsScored, Failed, Scored, score_cells_job, score_job
+from ._score_targets import ScoreTargetsBox
 from ._state import ModelState, Status, get_state
 
 if TYPE_CHECKING:
     import napari
 
+    from ..core.cellscores import CellScores
     from ..core.detector import AnomalyDetector, ScoreResult
 
 __all__ = ["ScoreWidget"]
@@ -100,48 +78,9 @@ __all__ = ["ScoreWidget"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class _Record:
-    """One scored layer and the layers made for it."""
-
-    source: Layer
-    result: ScoreResult
-    detector: AnomalyDetector
-    heatmap: Image
-    outline: Labels | None = None
-    reconstruction: Image | None = None
-
-    @property
-    def key(self) -> str:
-        return layer_key(self.source)
-
-
-@dataclass
-class _CellsRecord:
-    """One layer scored per cell, the layers made for it and its verdicts at the current
-    false-alarm rate."""
-
-    source: Layer
-    cells: CellScores
-    detector: AnomalyDetector
-    layer: Labels
-    heatmap: Image
-    is_anomaly: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    judged: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    #: Objects of ``cells.labels`` that are not scored cells (shown clear).
-    others: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    #: The verdicts and colours last written to ``layer`` (None: write them next time).
-    shown: tuple[np.ndarray, np.ndarray] | None = None
-
-    @property
-    def key(self) -> str:
-        return layer_key(self.source)
-
-    def worst(self) -> int:
-        """Row of the highest-scoring judged cell (-1 if none is judged)."""
-        if not self.judged.any():
-            return -1
-        return int(np.argmax(np.where(self.judged, self.cells.table["score"], -np.inf)))
+def _fraction(slider: QLabeledDoubleSlider) -> float:
+    """A percent slider's value as a fraction."""
+    return float(slider.value()) / 100.0
 
 
 class ScoreWidget(QWidget):
@@ -158,10 +97,6 @@ class ScoreWidget(QWidget):
         self.viewer = napari_viewer
         self.state: ModelState = get_state(napari_viewer)
         self._jobs = JobSlot()
-        self._records: list[_Record] = []
-        self._cell_records: list[_CellsRecord] = []
-        self._current_cells: _CellsRecord | None = None
-        self._watched_cell_layers: set[str] = set()
         self._job_layers: list[Layer] = []
         self._job_failures: list[Failed] = []
         self._job_done = 0
@@ -170,12 +105,6 @@ class ScoreWidget(QWidget):
         self._fpr_timer.setSingleShot(True)
         self._fpr_timer.setInterval(60)
         self._fpr_timer.timeout.connect(self.apply_fpr)
-        # Outlines are redrawn one layer per event-loop turn after a new false-alarm rate
-        # (each costs napari ~10-30 ms), visible layers first, so the slider never freezes.
-        self._outline_queue: list[_Record] = []
-        self._outline_timer = QTimer(self)
-        self._outline_timer.setInterval(0)
-        self._outline_timer.timeout.connect(self._refresh_next_outline)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
@@ -188,17 +117,10 @@ class ScoreWidget(QWidget):
         layout.addWidget(self.model_box)
 
         # -- what to score ------------------------------------------------------------------
-        row = QHBoxLayout()
-        self.selected_radio = QRadioButton("Selected layers")
-        self.all_radio = QRadioButton("All image layers")
-        self.selected_radio.setChecked(True)
-        group = QButtonGroup(self)
-        group.addButton(self.selected_radio)
-        group.addButton(self.all_radio)
-        row.addWidget(self.selected_radio)
-        row.addWidget(self.all_radio)
-        row.addStretch(1)
-        layout.addLayout(row)
+        self.targets = ScoreTargetsBox(self.viewer)
+        self.selected_radio = self.targets.selected_radio
+        self.all_radio = self.targets.all_radio
+        layout.addWidget(self.targets)
         row = QHBoxLayout()
         self.outline_check = QCheckBox("Outline anomalous regions")
         self.outline_check.setChecked(True)
@@ -211,7 +133,7 @@ class ScoreWidget(QWidget):
         row.addWidget(self.recon_check)
         row.addStretch(1)
         layout.addLayout(row)
-        self.cells_box = CellsSourceBox(self.viewer, self.layers_to_score)
+        self.cells_box = CellsSourceBox(self.viewer, self.targets.layers)
         layout.addWidget(self.cells_box)
 
         row = QHBoxLayout()
@@ -246,13 +168,14 @@ class ScoreWidget(QWidget):
         # -- results ------------------------------------------------------------------------
         self.table = ImageResultsTable()
         layout.addWidget(self.table, 1)
-        self.cells_label = QLabel()
-        self.cells_label.setWordWrap(True)
+        fpr = partial(_fraction, self.fpr_slider)  # not a method: no cycle through self
+        self.image_results = ImageResults(self, self.viewer, self.state, self.table, fpr)
+        self.cell_results = CellsResults(self, self.viewer, self.state, self.table,
+                                         self.cells_box, fpr)
+        self.cells_label = self.cell_results.label
+        self.cells_table = self.cell_results.table
         layout.addWidget(self.cells_label)
-        self.cells_table = CellsTable()
         layout.addWidget(self.cells_table, 2)
-        self.cells_label.hide()
-        self.cells_table.hide()
         row = QHBoxLayout()
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setToolTip("One row per scored image (for an image scored per "
@@ -272,12 +195,10 @@ class ScoreWidget(QWidget):
         self.export_button.clicked.connect(self._export_dialog)
         self.fpr_slider.valueChanged.connect(lambda _: self._fpr_timer.start())
         self.table.cellClicked.connect(self._on_row_clicked)
-        self.export_cells_button.clicked.connect(self._export_cells_dialog)
-        self.cells_table.cell_clicked.connect(self.show_cell)
+        self.export_cells_button.clicked.connect(self.cell_results.export_dialog)
         self.cells_box.toggled.connect(self._on_per_cell_toggled)
         self.cells_box.edge_check.toggled.connect(lambda _: self.apply_fpr())
         self.cells_box.color_combo.currentIndexChanged.connect(lambda _: self.apply_fpr())
-        self._install_cell_picker()
         self.all_radio.toggled.connect(self.cells_box.refresh_sources)
         bind(self, self.viewer.layers.selection.events.changed, self.cells_box.refresh_sources)
         bind(self, self.state.status_changed, self._update_buttons)
@@ -298,7 +219,7 @@ class ScoreWidget(QWidget):
     @property
     def fpr(self) -> float:
         """The chosen false-alarm rate as a fraction (slider percent / 100)."""
-        return float(self.fpr_slider.value()) / 100.0
+        return _fraction(self.fpr_slider)
 
     def load_model(self, path: str | Path) -> bool:
         """Load a model file and make it the active model; False (notified) if it fails."""
@@ -325,8 +246,9 @@ class ScoreWidget(QWidget):
         self.stop_button.setEnabled(status is Status.SCORING)
         self.model_box.set_idle(idle)
         self.cells_box.setEnabled(idle)
-        self.export_button.setEnabled(bool(self._records or self._cell_records))
-        self.export_cells_button.setEnabled(bool(self._cell_records))
+        self.export_button.setEnabled(bool(self.image_results.records
+                                           or self.cell_results.records))
+        self.export_cells_button.setEnabled(bool(self.cell_results.records))
 
     def _on_per_cell_toggled(self, on: bool) -> None:
         self.outline_check.setEnabled(not on)
@@ -334,10 +256,7 @@ class ScoreWidget(QWidget):
 
     def layers_to_score(self) -> list[Layer]:
         """The layers the Score button would use (before checking them)."""
-        if self.all_radio.isChecked():
-            return [ly for ly in self.viewer.layers
-                    if isinstance(ly, Image) and not is_own_layer(ly)]
-        return [ly for ly in self.viewer.layers if ly in self.viewer.layers.selection]
+        return self.targets.layers()
 
     def start_scoring(self) -> bool:
         """Score the chosen layers; False (with a notification) if nothing can be scored."""
@@ -350,29 +269,12 @@ class ScoreWidget(QWidget):
             show_error("No model to score with: train one with 'Train anomaly model', or load "
                        "a model file.")
             return False
-        layers = self.layers_to_score()
-        if not layers:
-            show_warning("No layer selected: select image layers in the layer list, or "
-                         "choose 'All image layers'." if self.selected_radio.isChecked()
-                         else "There are no image layers to score.")
+        layers = self.targets.scorable()
+        if layers is None:
             return False
-        good = [ly for ly in layers if scoring_problem(ly) is None]
-        # The plugin's own layers (selected along with their source) are skipped silently.
-        problems = [scoring_problem(ly) for ly in layers
-                    if ly not in good and not (good and is_own_layer(ly))]
-        layers = good
-        if problems:
-            text = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)"
-                                              if len(problems) > 3 else "")
-            if layers:
-                show_warning(f"Skipping {len(problems)} layer{'s' * (len(problems) != 1)}: "
-                             f"{text}.")
-            else:
-                show_error(f"Nothing to score: {text}.")
-                return False
 
         if self.cells_box.per_cell():
-            items = self._cell_items(detector, layers)
+            items = self.cells_box.job_items(detector, layers)
             if items is None:
                 return False
             job_args: tuple = (score_cells_job, detector, items, self.fpr,
@@ -399,37 +301,6 @@ class ScoreWidget(QWidget):
         state.set_status(Status.SCORING)
         worker.start()
         return True
-
-    def _cell_items(self, detector: AnomalyDetector, layers: list[Layer]
-                    ) -> list[tuple[Plane, np.ndarray | None]] | None:
-        """Per-cell job items ``(image, labels snapshot or None)``; None (notified)
-        when the cells cannot come from the chosen source."""
-        if detector.mode == "patch":
-            show_error("This patch-mode model is calibrated on windows, not cells: train a "
-                       "model with cells (Train widget, 'cells' source) or on cell crops to "
-                       "score per cell, or untick 'Per cell'.")
-            return None
-        labels = self.cells_box.labels_layer()
-        if labels is None:
-            planes = snapshot_planes([(ly.name, ly.data) for ly in layers])
-            return [(plane, None) for plane in planes]
-        if len(layers) != 1:
-            show_error(f"The Labels layer {labels.name!r} gives the cells of one image, but "
-                       f"{len(layers)} images are to be scored: select one image, or choose "
-                       "'find cells automatically'.")
-            return None
-        image = layers[0]
-        problem = labels_problem(labels, image_hw(image), image.name)
-        if problem is not None:
-            show_error(f"Cannot score cells: {problem}.")
-            return None
-        # A snapshot: the user may paint on the layer while the worker reads it.
-        snapshot = np.array(labels.data, copy=True)
-        if not snapshot.any():
-            show_error(f"Cannot score cells: the Labels layer {labels.name!r} is empty (every "
-                       "pixel is 0, so there are no cells).")
-            return None
-        return [(snapshot_planes([(image.name, image.data)])[0], snapshot)]
 
     def stop_scoring(self) -> None:
         """Stop now (between batches of tiles); the results so far are kept."""
@@ -468,372 +339,67 @@ class ScoreWidget(QWidget):
         self._update_buttons()
 
     # ------------------------------------------------------------------------------------
-    # layers
+    # rendering and re-thresholding (the results do the work)
     # ------------------------------------------------------------------------------------
-    def _record_of(self, source: Layer) -> _Record | None:
-        return next((r for r in self._records if same_layer(r.source, source)), None)
-
     def _render_result(self, source: Layer, result: ScoreResult,
                        detector: AnomalyDetector) -> None:
-        self._drop_cells_record(source)
+        self.cell_results.drop(source)
         # Scored per cell before: its cells layer would stay, looking current.
         remove_own_layers(self.viewer, (CELLS,), source)
-        record = self._record_of(source)
-        if record is None:
-            record = _Record(source, result, detector, heatmap=None)  # type: ignore[arg-type]
-            self._records.append(record)
-        record.result, record.detector = result, detector
-        cal = detector.calibration
-        with keep_selection(self.viewer):
-            if self.recon_check.isChecked():
-                recon = result.reconstruction
-                rgb = recon.ndim == 3 and recon.shape[-1] == 3
-                record.reconstruction = upsert(
-                    self.viewer, RECONSTRUCTION, source,
-                    recon if rgb else recon.reshape(recon.shape[:2]), "image", rgb=rgb,
-                    contrast_limits=(0.0, 1.0), visible=False,
-                    metadata=layer_meta(RECONSTRUCTION, source))
-            lo, hi = cal.display_range()
-            # New layers over a hidden image start hidden: napari draws every visible layer.
-            shown = bool(source.visible)
-            record.heatmap = upsert(
-                self.viewer, HEATMAP, source, result.error_map, "image", colormap="inferno",
-                blending="additive", opacity=0.6, contrast_limits=(float(lo), float(hi)),
-                visible=shown, metadata=layer_meta(HEATMAP, source))
-            if self.outline_check.isChecked() or record.outline is not None:
-                record.outline = upsert(
-                    self.viewer, OUTLINE, source, self._region(record), "labels", contour=1,
-                    opacity=1.0, visible=shown,
-                    colormap=DirectLabelColormap(color_dict={None: "transparent", 1: "cyan"}),
-                    metadata=layer_meta(OUTLINE, source))
-        if record in self._outline_queue:
-            self._outline_queue.remove(record)
-        self._apply_record(record, outline=False)  # the outline was just drawn
-        r = result
-        self.table.set_result(record.key, source.name,
-                              (r.score, r.recon_error, r.log_density, r.percentile),
-                              self.is_anomalous(record))
+        self.image_results.render(source, result, detector,
+                                  reconstruction=self.recon_check.isChecked(),
+                                  outline=self.outline_check.isChecked())
         self._update_histogram()
         self._update_buttons()
-
-    # -- cells -------------------------------------------------------------------------------
-    def _cells_record_of(self, source: Layer) -> _CellsRecord | None:
-        return next((r for r in self._cell_records if same_layer(r.source, source)), None)
-
-    def _drop_cells_record(self, source: Layer) -> None:
-        """Forget the per-cell result of ``source`` (scored again per image)."""
-        record = self._cells_record_of(source)
-        if record is None:
-            return
-        self._cell_records.remove(record)
-        if self._current_cells is record:
-            self._show_cells(self._cell_records[-1] if self._cell_records else None)
 
     def _render_cells(self, source: Layer, cells: CellScores, detector: AnomalyDetector,
                       labels: np.ndarray | None = None, others: np.ndarray | None = None
                       ) -> None:
-        """Show the cells of ``source``: heatmap, cells layer, table rows, histogram.
-
-        ``labels`` is ``cells.labels`` as the layer stores it and ``others`` its objects that
-        are not scored cells (both made in the worker, :class:`~._score_job.CellsScored`);
-        None computes them here.
-        """
-        if labels is None:
-            labels = display_labels(cells.labels)
-        if others is None:
-            others = other_labels(labels, cells.table["label"])
-        whole = self._record_of(source)
-        if whole is not None:  # scored per image before: this result replaces that one
-            self._records.remove(whole)
+        """Show the cells of ``source`` (see :meth:`CellsResults.render`) and its scores in
+        the histogram."""
+        self.image_results.drop(source)  # scored per image before: this result replaces it
         # The per-image outline and reconstruction would stay, looking current.
         remove_own_layers(self.viewer, (OUTLINE, RECONSTRUCTION), source)
-        lo, hi = detector.calibration.display_range()
-        with keep_selection(self.viewer):
-            heatmap = upsert(
-                self.viewer, HEATMAP, source, cells.error_map, "image", colormap="inferno",
-                blending="additive", opacity=0.6, contrast_limits=(float(lo), float(hi)),
-                metadata=layer_meta(HEATMAP, source))
-            layer = upsert(self.viewer, CELLS, source, labels, "labels", opacity=0.5,
-                           metadata=layer_meta(CELLS, source))
-        record = self._cells_record_of(source)
-        if record is None:
-            record = _CellsRecord(source, cells, detector, layer, heatmap)
-            self._cell_records.append(record)
-        record.cells, record.detector, record.layer, record.heatmap = (cells, detector, layer,
-                                                                       heatmap)
-        record.others, record.shown = np.asarray(others), None
-        key = layer_key(layer)
-        if key not in self._watched_cell_layers:
-            self._watched_cell_layers.add(key)
-            bind(self, layer.events.selected_label, self._on_selected_label)
-        self._apply_cells(record)
-        self._show_cells(record)
+        self.cell_results.render(source, cells, detector, labels, others)
         self._update_histogram()
         self._update_buttons()
 
-    def _apply_cells(self, record: _CellsRecord) -> None:
-        """Verdicts at the current false-alarm rate and edge rule -> features, colours, rows."""
-        cells, cal = record.cells, record.detector.calibration
-        fpr, include_border = self.fpr, self.cells_box.include_border()
-        threshold = float(cal.threshold(fpr))
-        record.judged = cells.judged(include_border)
-        record.is_anomaly = cells.verdicts(threshold, include_border)
-        layer = record.layer
-        if layer in self.viewer.layers:
-            normals = np.asarray(cal.scores, dtype=float)
-            lo = float(np.median(normals)) if normals.size else 0.0
-            hi = max(float(cal.threshold(0.001)), lo + 1e-6)
-            colors = cell_colors(cells, record.is_anomaly, record.judged,
-                                 self.cells_box.color_mode(), (lo, hi))
-            shown = record.shown
-            # Rewrite features and colours only when they change: each new colormap makes
-            # napari rebuild its colour table and re-upload the layer (tens of ms).
-            if shown is None or not np.array_equal(shown[0], record.is_anomaly):
-                layer.features = cell_features(cells, record.is_anomaly)
-            if shown is None or not np.array_equal(shown[1], colors):
-                layer.colormap = cell_colormap(cells.table["label"], colors, record.others)
-            record.shown = (record.is_anomaly.copy(), colors)
-            layer.metadata[PLUGIN_KEY].update({
-                "fpr": fpr, "threshold": threshold, "include_border": include_border,
-                "n_cells": len(cells), "n_anomalous": int(record.is_anomaly.sum()),
-                "n_judged": int(record.judged.sum()), "skipped": int(cells.skipped),
-                "color_by": self.cells_box.color_mode(),
-                "model": self.state.describe() if record.detector is self.state.detector
-                else "an earlier model"})
-        worst = record.worst()
-        t = cells.table
-        values = ((t["score"][worst], t["recon_error"][worst], t["log_density"][worst],
-                   t["percentile"][worst]) if worst >= 0 else (np.nan,) * 4)
-        self.table.set_result(record.key, record.source.name, values,
-                              bool(record.is_anomaly.any()))
-        if record is self._current_cells:
-            self.cells_table.cells_model.set_verdicts(record.is_anomaly, record.judged)
-            self._update_cells_label()
-
-    def _show_cells(self, record: _CellsRecord | None) -> None:
-        """Fill the cells table with ``record``'s cells (None: hide it)."""
-        self._current_cells = record
-        model = self.cells_table.cells_model
-        if record is None:
-            model.set_cells(None)
-        else:
-            model.set_cells(record.cells, record.is_anomaly, record.judged)
-        self.cells_table.setVisible(record is not None)
-        self.cells_label.setVisible(record is not None)
-        self._update_cells_label()
-
-    def _update_cells_label(self) -> None:
-        record = self._current_cells
-        if record is None:
-            self.cells_label.setText("")
-            return
-        n, judged = len(record.cells), int(record.judged.sum())
-        text = (f"<b>Cells of {record.source.name}</b>: {n} cell{'s' * (n != 1)}, "
-                f"{int(record.is_anomaly.sum())} anomalous")
-        if judged < n:
-            text += f", {n - judged} cut by the edge (not judged)"
-        if record.cells.skipped:
-            text += f"; {record.cells.skipped} objects too small to read were left out"
-        self.cells_label.setText(text)
-
-    def show_cell(self, label: int) -> bool:
-        """Centre and zoom the view on cell ``label`` of the cells table's image, select it in
-        its cells layer and in the table; False if there is no such cell."""
-        record = self._current_cells
-        if record is None or record.layer not in self.viewer.layers:
-            return False
-        labels = record.cells.table["label"]
-        i = int(np.searchsorted(labels, label))
-        if i >= labels.size or labels[i] != label:
-            return False
-        layer = record.layer
-        layer.visible = True
-        t = record.cells.table
-        focus_on_cell(self.viewer, layer, (float(t["centroid_y"][i]), float(t["centroid_x"][i])),
-                      float(t["area"][i]))
-        layer.selected_label = int(label)
-        self.cells_table.select_label(int(label))
-        return True
-
-    def _on_selected_label(self, event: Any) -> None:
-        """The viewer's selected cell changed (picked, or set in the layer controls)."""
-        layer = event.source
-        record = next((r for r in self._cell_records if same_layer(r.layer, layer)), None)
-        if record is None:
-            return
-        if record is not self._current_cells:
-            self._show_cells(record)
-        self.cells_table.select_label(int(layer.selected_label))
-
-    def pick_cell(self, position: Any) -> int | None:
-        """Select the cell under a world ``position`` (a click in the viewer).
-
-        Looks in the cells layer shown in the table first, then the other visible ones.
-        Returns the label picked, or None where there is no scored cell.
-        """
-        records = sorted(self._cell_records, key=lambda r: r is not self._current_cells)
-        for record in records:
-            layer = record.layer
-            if layer not in self.viewer.layers or not layer.visible:
-                continue
-            value = layer.get_value(position, world=True)
-            if value is None or int(value) <= 0:
-                continue
-            label = int(value)
-            if record is not self._current_cells:
-                self._show_cells(record)
-            layer.selected_label = label
-            self.cells_table.select_label(label)
-            return label
-        return None
-
-    def _install_cell_picker(self) -> None:
-        """A click (not a drag) on the canvas picks the cell under the cursor."""
-        ref = weakref.ref(self)
-
-        def pick_on_click(viewer: Any, event: Any) -> Any:
-            if getattr(event, "button", 1) != 1 or getattr(event, "modifiers", ()):
-                return
-            dragged = False
-            yield
-            while event.type == "mouse_move":
-                dragged = True
-                yield
-            widget = ref()
-            if widget is not None and not dragged and widget._cell_records:
-                widget.pick_cell(event.position)
-
-        callbacks = self.viewer.mouse_drag_callbacks
-        callbacks.append(pick_on_click)
-
-        def remove(*_: Any) -> None:
-            if pick_on_click in callbacks:
-                callbacks.remove(pick_on_click)
-
-        self.destroyed.connect(remove)
-
-    def _region(self, record: _Record) -> np.ndarray:
-        level = record.detector.calibration.pixel_threshold(self.fpr, record.result.n_windows)
-        return (record.result.error_map > level).astype(np.uint8)
-
-    def _apply_record(self, record: _Record, outline: bool = True) -> None:
-        """Write the verdict at the current false-alarm rate to the record's layers.
-
-        With ``outline=False`` the outline layer is left as it is (redrawn by the caller).
-        """
-        fpr = self.fpr
-        result, cal = record.result, record.detector.calibration
-        threshold = cal.threshold(fpr)
-        anomalous = bool(result.score > threshold)
-        info = {
-            "score": float(result.score),
-            "recon_error": float(result.recon_error),
-            "log_density": float(result.log_density),
-            "percentile": float(result.percentile),
-            "is_anomaly": anomalous,
-            "fpr": fpr,
-            "threshold": float(threshold),
-            "pixel_threshold": float(cal.pixel_threshold(fpr, result.n_windows)),
-            "model": self.state.describe() if record.detector is self.state.detector
-            else "an earlier model",
-        }
-        if record.heatmap in self.viewer.layers:
-            record.heatmap.metadata[PLUGIN_KEY].update(info)
-        if outline:
-            self._refresh_outline(record)
-
-    def _refresh_outline(self, record: _Record) -> None:
-        """Redraw the record's outline at the current false-alarm rate, if it changed."""
-        if record.outline is None or record.outline not in self.viewer.layers:
-            return
-        region = self._region(record)
-        if not np.array_equal(region, record.outline.data):
-            record.outline.data = region
-
-    def _refresh_next_outline(self) -> None:
-        if self._outline_queue:
-            record = self._outline_queue.pop(0)
-            if record in self._records:  # not dropped meanwhile
-                self._refresh_outline(record)
-        if not self._outline_queue:
-            self._outline_timer.stop()
+    def is_anomalous(self, record: ImageRecord) -> bool:
+        """Verdict of a stored result at the current false-alarm rate."""
+        return self.image_results.is_anomalous(record)
 
     def outlines_pending(self) -> bool:
         """True while outlines still wait to be redrawn at the current false-alarm rate."""
-        return bool(self._outline_queue)
-
-    def is_anomalous(self, record: _Record) -> bool:
-        """Verdict of a stored result at the current false-alarm rate."""
-        return bool(record.result.score > record.detector.calibration.threshold(self.fpr))
+        return self.image_results.outlines_pending()
 
     def apply_fpr(self) -> None:
         """Re-apply the thresholds of the slider's false-alarm rate to every stored result."""
         self._fpr_timer.stop()
-        for record in self._records:
-            self._apply_record(record, outline=False)
-            self.table.set_name(record.key, record.source.name)
-        # Outlines last, one per event-loop turn, the visible ones first.
-        outlined = [r for r in self._records if r.outline is not None]
-        self._outline_queue = sorted(outlined, key=lambda r: not r.outline.visible)
-        if self._outline_queue:
-            self._outline_timer.start()
-        self.table.set_verdicts({r.key: self.is_anomalous(r) for r in self._records})
-        for cells in self._cell_records:
-            self._apply_cells(cells)
+        self.image_results.apply_all()
+        self.cell_results.apply_all()
         self._update_threshold_label()
         self._update_histogram()
 
     def _on_layer_removed(self, event: Any) -> None:
         removed = event.value
-        for cells in [r for r in self._cell_records if same_layer(r.source, removed)]:
-            self._drop_cells_record(cells.source)
-            self.table.remove(cells.key)
+        if self.cell_results.forget(removed):
             self._update_buttons()
-        gone = [r for r in self._records if same_layer(r.source, removed)]
-        self._records = [r for r in self._records if not same_layer(r.source, removed)]
-        for record in self._records:
-            if same_layer(record.outline, removed):
-                record.outline = None
-            if same_layer(record.reconstruction, removed):
-                record.reconstruction = None
-        if gone:
-            for record in gone:
-                self.table.remove(record.key)
+        if self.image_results.forget(removed):
             self._update_histogram()
             self._update_buttons()
 
     # ------------------------------------------------------------------------------------
-    # table, histogram, labels
+    # cells (the cell results do the work; these keep the widget's public API)
     # ------------------------------------------------------------------------------------
-    def results(self) -> list[dict[str, Any]]:
-        """The table's content: one dict per scored layer, in table order."""
-        by_key = {r.key: r for r in self._records}
-        cells_by_key = {r.key: r for r in self._cell_records}
-        rows = []
-        for key in self.table.keys():
-            if key in cells_by_key:
-                rows.append(self._cells_summary(cells_by_key[key]))
-                continue
-            record = by_key[key]
-            r = record.result
-            cal = record.detector.calibration
-            rows.append({"layer": record.source.name, "score": r.score,
-                         "recon_error": r.recon_error, "log_density": r.log_density,
-                         "percentile": r.percentile,
-                         "verdict": "anomalous" if self.is_anomalous(record) else "normal",
-                         "fpr": self.fpr, "threshold": cal.threshold(self.fpr)})
-        return rows
+    def show_cell(self, label: int) -> bool:
+        """Centre and zoom the view on cell ``label`` of the cells table's image, select it in
+        its cells layer and in the table; False if there is no such cell."""
+        return self.cell_results.show_cell(label)
 
-    def _cells_summary(self, record: _CellsRecord) -> dict[str, Any]:
-        """The images-table row of an image scored per cell: its worst judged cell."""
-        t, worst = record.cells.table, record.worst()
-        value = (lambda name: float(t[name][worst])) if worst >= 0 else (lambda _: np.nan)
-        threshold = record.detector.calibration.threshold(self.fpr)
-        return {"layer": record.source.name, "score": value("score"),
-                "recon_error": value("recon_error"), "log_density": value("log_density"),
-                "percentile": value("percentile"),
-                "verdict": "anomalous" if record.is_anomaly.any() else "normal",
-                "fpr": self.fpr, "threshold": threshold}
+    def pick_cell(self, position: Any) -> int | None:
+        """Select the cell under a world ``position`` (a click in the viewer); the label
+        picked, or None where there is no scored cell."""
+        return self.cell_results.pick_cell(position)
 
     def cell_rows(self) -> list[dict[str, Any]]:
         """One dict per cell of every image scored per cell, at the current false-alarm rate.
@@ -842,56 +408,39 @@ class ScoreWidget(QWidget):
         log_density, is_anomaly`` (as the command line's ``--cells-csv``); ``path`` is the
         image layer's file, or its name when it was not opened from a file.
         """
-        rows = []
-        for record in self._cell_records:
-            t = record.cells.table
-            path = record.source.source.path or record.source.name
-            threshold = float(record.detector.calibration.threshold(self.fpr))
-            cols = {name: t[name].tolist() for name in CELL_COLUMNS}
-            verdicts = record.is_anomaly.tolist()
-            judged = record.judged.tolist()
-            for i in range(len(record.cells)):
-                rows.append({
-                    "path": path, "cell_id": int(cols["label"][i]),
-                    "centroid_y": cols["centroid_y"][i], "centroid_x": cols["centroid_x"][i],
-                    "area": int(cols["area"][i]), "score": cols["score"][i],
-                    "recon_error": cols["recon_error"][i],
-                    "log_density": cols["log_density"][i], "is_anomaly": bool(verdicts[i]),
-                    "percentile": cols["percentile"][i], "at_border": bool(cols["at_border"][i]),
-                    "judged": bool(judged[i]), "layer": record.source.name, "fpr": self.fpr,
-                    "threshold": threshold})
-        return rows
+        return self.cell_results.rows()
+
+    def export_cells_csv(self, path: str | Path) -> bool:
+        """Write one row per scored cell (at the current false-alarm rate) to a CSV file."""
+        return self.cell_results.export_csv(path)
+
+    # ------------------------------------------------------------------------------------
+    # table, histogram, labels
+    # ------------------------------------------------------------------------------------
+    def results(self) -> list[dict[str, Any]]:
+        """The table's content: one dict per scored layer, in table order."""
+        images = {r.key: r for r in self.image_results.records}
+        cells = {r.key: r for r in self.cell_results.records}
+        return [self.cell_results.summary(cells[key]) if key in cells
+                else self.image_results.row(images[key]) for key in self.table.keys()]
 
     def _on_row_clicked(self, row: int, _col: int) -> None:
         key = self.table.key_at(row)
-        cells = next((r for r in self._cell_records if r.key == key), None)
-        if cells is not None:
-            self._show_cells(cells)
-            if cells.source in self.viewer.layers:
-                cells.source.visible = True
-                if cells.layer in self.viewer.layers:
-                    cells.layer.visible = True
-                self.viewer.layers.selection.active = cells.source
-            return
-        record = next((r for r in self._records if r.key == key), None)
-        if record is None:
-            return
-        source = record.source
-        if source not in self.viewer.layers:
-            return
-        source.visible = True
-        if record.heatmap in self.viewer.layers:
-            record.heatmap.visible = True
-        self.viewer.layers.selection.active = source
-
+        if key is not None and not self.cell_results.reveal(key):
+            self.image_results.reveal(key)
     def _update_threshold_label(self) -> None:
         detector = self.state.detector
         if detector is None:
             self.threshold_label.setText("")
             return
         crit = detector.calibration.criteria(self.fpr)
+        # The rate's sample and interval (and a warning for a small sample) come first.
+        rate, _, warning = detector.describe_rate(self.fpr).partition(". Warning: ")
+        warn = (f"<br><b style='color:#ffb74d'>Warning:</b> {html.escape(warning)}"
+                if warning else "")
         self.threshold_label.setText(
-            f"<small>Anomalous if score &gt; {crit['score']:.2f}, i.e. recon error &gt; "
+            f"<small>{html.escape(rate)}{warn}<br>"
+            f"Anomalous if score &gt; {crit['score']:.2f}, i.e. recon error &gt; "
             f"{crit['recon_error']:.3g} or log-density &lt; {crit['log_density']:.3g}; "
             f"regions where the map &gt; "
             f"{detector.calibration.pixel_threshold(self.fpr):.3g}</small>")
@@ -902,10 +451,7 @@ class ScoreWidget(QWidget):
             self.hist.clear_scores()
             return
         cal = detector.calibration
-        scored = [r.result.score for r in self._records if r.detector is detector]
-        for cells in self._cell_records:
-            if cells.detector is detector:
-                scored.extend(cells.cells.table["score"][cells.judged].tolist())
+        scored = self.image_results.scores(detector) + self.cell_results.scores(detector)
         self.hist.show_scores(np.asarray(cal.scores, dtype=float), np.asarray(scored, float),
                               cal.threshold(self.fpr), self.fpr)
 
@@ -913,7 +459,7 @@ class ScoreWidget(QWidget):
     # export
     # ------------------------------------------------------------------------------------
     def _export_dialog(self) -> None:
-        if not self._records:
+        if not self.image_results.records:
             show_warning("Nothing to export yet: score some images first.")
             return
         path, _ = QFileDialog.getSaveFileName(self, "Export results", "anomaly-scores.csv",
@@ -924,22 +470,6 @@ class ScoreWidget(QWidget):
     def export_csv(self, path: str | Path) -> bool:
         """Write the results table (at the current false-alarm rate) to a CSV file."""
         return write_csv(path, self.results())
-
-    def _export_cells_dialog(self) -> None:
-        if not self._cell_records:
-            show_warning("No cells to export yet: score images with 'Per cell' first.")
-            return
-        path, _ = QFileDialog.getSaveFileName(self, "Export cells", "anomaly-cells.csv",
-                                              "CSV (*.csv)")
-        if path:
-            self.export_cells_csv(path)
-
-    def export_cells_csv(self, path: str | Path) -> bool:
-        """Write one row per scored cell (at the current false-alarm rate) to a CSV file."""
-        if not self._cell_records:
-            show_warning("No cells to export yet: score images with 'Per cell' first.")
-            return False
-        return write_csv(path, self.cell_rows(), what="cell")
 
     # ------------------------------------------------------------------------------------
     # lifetime

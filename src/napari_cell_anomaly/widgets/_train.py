@@ -17,44 +17,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyqtgraph as pg
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
-    QListWidget,
-    QListWidgetItem,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
 from ._common import (
     JobControl,
     JobFailure,
     JobSlot,
     Plane,
-    SmallPlot,
     bind,
     format_seconds,
     image_hw,
-    is_own_layer,
-    layer_key,
     layer_planes,
     own_planes,
     report_error,
@@ -62,7 +46,11 @@ from ._common import (
     watch_window_close,
 )
 from ._core_loader import when_core_ready
+from ._loss_plot import LossPlot
+from ._rejected import RejectedImages, TrainingSource
 from ._state import ModelState, Status, get_state
+from ._train_settings import TrainSettings
+from ._train_sources import FIND_CELLS, NO_CELLS, TrainingImagesBox
 
 if TYPE_CHECKING:
     import napari
@@ -74,15 +62,6 @@ __all__ = ["FolderLoaded", "TrainWidget"]
 
 logger = logging.getLogger(__name__)
 
-_LOSS_LABELS = {"mse": "MSE (pixel error)", "ssim": "SSIM (structure)", "mix": "MSE + SSIM"}
-_MODE_LABELS = {"auto": "auto (from image size)", "whole": "whole image (cell crops)",
-                "patch": "patches (fields of view)", "cells": "cells (a window per cell)"}
-#: Cells-combo entries that are not layers.
-NO_CELLS = "none"
-FIND_CELLS = "find"
-_PRESETS = ("default", "seed")
-_DENSITY_LABELS = {"kde": "kernel density (KDE)", "gmm": "Gaussian mixture"}
-
 
 @dataclass
 class FolderLoaded:
@@ -91,16 +70,6 @@ class FolderLoaded:
     folder: str
     paths: list[Path] = field(default_factory=list)
     failures: list[tuple[Path, str]] = field(default_factory=list)
-
-
-@dataclass
-class _Source:
-    """Where one training image came from (for the rejected-images list)."""
-
-    name: str
-    layer: Image | None = None
-    index: tuple[int, ...] = ()
-    path: Path | None = None
 
 
 def _train_job(items: Sequence[Plane], folder: str | None, config: TrainConfig,
@@ -155,112 +124,27 @@ class TrainWidget(QWidget):
         self.state: ModelState = get_state(napari_viewer)
         self._jobs = JobSlot()
         self._ready = False  # until the core's defaults fill the settings
-        self._sources: list[_Source] = []
-        self._listed: list[Image] = []
-        self._name_watched: set[str] = set()
-        self._train_x: list[float] = []
-        self._train_y: list[float] = []
-        self._val_x: list[float] = []
-        self._val_y: list[float] = []
-        self._last_val: float | None = None
         self._last_event: TrainProgress | None = None
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
 
         # -- images -------------------------------------------------------------------------
-        box = QGroupBox("Normal images to learn from")
-        form = QVBoxLayout(box)
-        self.layer_list = QListWidget()
-        self.layer_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.layer_list.setToolTip("Image layers of normal cells (Ctrl/Shift-click to pick "
-                                   "several). Each plane of a stack counts as one image.")
-        self.layer_list.setMinimumHeight(70)
-        self.layer_list.setMaximumHeight(120)
-        form.addWidget(self.layer_list)
-        self.name_filter = QLineEdit()
-        self.name_filter.setPlaceholderText("select layers whose name contains…")
-        self.name_filter.setClearButtonEnabled(True)
-        form.addWidget(self.name_filter)
-        row = QHBoxLayout()
-        self.folder_edit = QLineEdit()
-        self.folder_edit.setPlaceholderText("optional: folder of normal images")
-        self.folder_edit.setClearButtonEnabled(True)
-        self.folder_button = QPushButton("Browse…")
-        row.addWidget(self.folder_edit, 1)
-        row.addWidget(self.folder_button)
-        form.addLayout(row)
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Cells"))
-        self.cells_combo = QComboBox()
-        self.cells_combo.setToolTip(
-            "Learn cell by cell (cells mode): from a Labels layer of the normal cells of the "
-            "chosen image (same height and width; only labelled objects are used), or from "
-            "cells found automatically in every training image. 'none': learn whole images "
-            "or patches.")
-        row.addWidget(self.cells_combo, 1)
-        form.addLayout(row)
-        self.selection_label = QLabel()
-        self.selection_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.selection_label.setWordWrap(True)
-        form.addWidget(self.selection_label)
-        layout.addWidget(box)
+        self.images_box = TrainingImagesBox(self.viewer)
+        self.layer_list = self.images_box.layer_list
+        self.name_filter = self.images_box.name_filter
+        self.folder_edit = self.images_box.folder_edit
+        self.folder_button = self.images_box.folder_button
+        self.cells_combo = self.images_box.cells_combo
+        self.selection_label = self.images_box.selection_label
+        layout.addWidget(self.images_box)
 
         # -- settings -----------------------------------------------------------------------
-        settings = QFormLayout()
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 10_000)
-        self.epochs.setToolTip("Passes over the training images; training keeps the epoch with "
-                               "the lowest validation loss.")
-        self.size = QSpinBox()
-        self.size.setRange(16, 512)
-        self.size.setSingleStep(8)
-        self.size.setSuffix(" px")
-        self.size.setToolTip("Model input side (a multiple of 8): cell crops are resized to it; "
-                             "large fields of view are learned in patches of this size.")
-        self.loss = QComboBox()
-        self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
-        self.seed.setToolTip("Same images + same settings + same seed = same model.")
-        settings.addRow("Epochs", self.epochs)
-        settings.addRow("Size", self.size)
-        settings.addRow("Loss", self.loss)
-        settings.addRow("Seed", self.seed)
-        layout.addLayout(settings)
-
-        self.advanced = QCollapsible("Advanced")
-        adv = QWidget()
-        adv_form = QFormLayout(adv)
-        adv_form.setContentsMargins(0, 0, 0, 0)
-        self.batch_size = QSpinBox()
-        self.batch_size.setRange(1, 1024)
-        self.lr = QDoubleSpinBox()
-        self.lr.setDecimals(5)
-        self.lr.setRange(1e-5, 1.0)
-        self.lr.setSingleStep(1e-4)
-        self.preset = QComboBox()
-        self.preset.addItems(list(_PRESETS))
-        self.preset.setToolTip("default: convolutional autoencoder designed for CPUs (strided "
-                               "convolutions down, transposed convolutions up); seed: the "
-                               "published Keras design the project started from.")
-        self.mode = QComboBox()
-        self.robust = QCheckBox("Robust training (ignore outliers)")
-        self.robust.setToolTip("Repeatedly gives zero weight to the training images with the "
-                               "most anomalous reconstruction error (whole-image mode) and "
-                               "drops such images from calibration, for training sets with a "
-                               "few abnormal cells mixed in.")
-        self.density = QComboBox()
-        self.density.setToolTip("Density model over the code vectors of single latent "
-                                "positions; an image's log-density is that of its least likely "
-                                "position.")
-        adv_form.addRow("Batch size", self.batch_size)
-        adv_form.addRow("Learning rate", self.lr)
-        adv_form.addRow("Network", self.preset)
-        adv_form.addRow("Mode", self.mode)
-        adv_form.addRow("Latent density", self.density)
-        adv_form.addRow(self.robust)
-        self.advanced.addWidget(adv)
-        layout.addWidget(self.advanced)
+        self.settings = TrainSettings()
+        for name in ("epochs", "size", "loss", "seed", "advanced", "batch_size", "lr", "preset",
+                     "mode", "robust", "density"):
+            setattr(self, name, getattr(self.settings, name))
+        layout.addWidget(self.settings)
 
         # -- run ----------------------------------------------------------------------------
         row = QHBoxLayout()
@@ -281,19 +165,7 @@ class TrainWidget(QWidget):
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
 
-        self.plot = SmallPlot(background=None)
-        self.plot.setMinimumHeight(150)
-        self.plot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.plot.setLabel("bottom", "epoch")
-        self.plot.setLabel("left", "loss")
-        self.plot.getAxis("left").enableAutoSIPrefix(False)
-        self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.plot.addLegend(offset=(-8, 8))
-        self._train_curve = self.plot.plot([], [], pen=pg.mkPen("#4fc3f7", width=2),
-                                           name="train")
-        self._val_curve = self.plot.plot([], [], pen=pg.mkPen("#ffb74d", width=2),
-                                         symbol="o", symbolSize=6, symbolBrush="#ffb74d",
-                                         name="validation")
+        self.plot = LossPlot()
         layout.addWidget(self.plot, 1)
 
         # -- result -------------------------------------------------------------------------
@@ -305,42 +177,25 @@ class TrainWidget(QWidget):
         self.save_button.setToolTip("Write the trained model to one .safetensors file, usable "
                                     "in the Score widget, the CLI and Python.")
         layout.addWidget(self.save_button)
-        self.rejected_label = QLabel("Rejected by robust training (click to show):")
-        self.rejected_label.setWordWrap(True)
-        self.rejected_list = QListWidget()
-        self.rejected_list.setMaximumHeight(90)
+        self.rejected = RejectedImages(self.viewer)
+        self.rejected_label = self.rejected.label
+        self.rejected_list = self.rejected.list
         layout.addWidget(self.rejected_label)
         layout.addWidget(self.rejected_list)
-        self.rejected_label.hide()
-        self.rejected_list.hide()
 
         # -- connections --------------------------------------------------------------------
         self.train_button.clicked.connect(self.start_training)
         self.stop_button.clicked.connect(self.stop_training)
         self.save_button.clicked.connect(self._save_dialog)
-        self.folder_button.clicked.connect(self._folder_dialog)
-        self.folder_edit.textChanged.connect(self._update_selection_label)
-        self.name_filter.textChanged.connect(self.select_matching)
-        self.layer_list.itemSelectionChanged.connect(self._update_selection_label)
-        self.rejected_list.itemClicked.connect(self._show_rejected)
-        self.size.editingFinished.connect(self._snap_size)
 
-        layers = self.viewer.layers
-        bind(self, layers.events.inserted, self._on_layers_changed)
-        bind(self, layers.events.removed, self._on_layers_changed)
-        bind(self, layers.events.moved, self._on_layers_changed)
         bind(self, self.state.status_changed, self._update_buttons)
         bind(self, self.state.model_changed, self._update_buttons)
         # Closing the viewer (or this dock widget) ends a running training first.
         watch_window_close(self, self._jobs)
 
-        self._on_layers_changed()
         # The settings' defaults come from the core (torch), imported in the background the
         # first time a widget opens; until then the settings and Train are disabled.
-        self._settings = [self.epochs, self.size, self.loss, self.seed, self.batch_size,
-                          self.lr, self.preset, self.mode, self.robust, self.density]
-        for control in self._settings:
-            control.setEnabled(False)
+        self.settings.set_enabled(False)
         self.status_label.setText("Loading PyTorch…")
         self._update_buttons()
         when_core_ready(self, self._on_core_ready,
@@ -348,28 +203,8 @@ class TrainWidget(QWidget):
 
     def _on_core_ready(self) -> None:
         """Fill the settings with the core's defaults and enable them."""
-        from ..core.scoring import TRAINABLE_DENSITIES
-        from ..core.training import LOSSES, MODES, TrainConfig
-
-        defaults = TrainConfig()
-        self.epochs.setValue(defaults.epochs)
-        self.size.setValue(defaults.size)
-        for key in LOSSES:
-            self.loss.addItem(_LOSS_LABELS.get(key, key), key)
-        self.loss.setCurrentIndex(LOSSES.index(defaults.loss))
-        self.seed.setValue(defaults.seed)
-        self.batch_size.setValue(defaults.batch_size)
-        self.lr.setValue(defaults.lr)
-        self.preset.setCurrentText(defaults.preset)
-        for key in MODES:
-            self.mode.addItem(_MODE_LABELS.get(key, key), key)
-        self.mode.setCurrentIndex(MODES.index(defaults.mode))
-        self.robust.setChecked(defaults.robust)
-        for key in TRAINABLE_DENSITIES:
-            self.density.addItem(_DENSITY_LABELS.get(key, key), key)
-        self.density.setCurrentIndex(TRAINABLE_DENSITIES.index(defaults.scoring.density))
-        for control in self._settings:
-            control.setEnabled(True)
+        self.settings.fill_defaults()
+        self.settings.set_enabled(True)
         self._ready = True
         self.status_label.setText("Pick normal images, then press Train.")
         self._update_buttons()
@@ -379,132 +214,31 @@ class TrainWidget(QWidget):
         return self._ready
 
     # ------------------------------------------------------------------------------------
-    # layer list
+    # training data (the box does the work; these keep the widget's public API)
     # ------------------------------------------------------------------------------------
-    def _on_layers_changed(self, event: Any = None) -> None:
-        for layer in self.viewer.layers:
-            if layer_key(layer) not in self._name_watched:
-                self._name_watched.add(layer_key(layer))
-                bind(self, layer.events.name, self._refresh_layer_list)
-        self._refresh_layer_list()
-
-    def _trainable_layers(self) -> list[Image]:
-        return [ly for ly in self.viewer.layers if isinstance(ly, Image) and not is_own_layer(ly)]
-
-    def _refresh_cells_combo(self) -> None:
-        """Offer 'none', 'find cells automatically' and the 2-D Labels layers whose shape
-        matches the chosen image(s), keeping the current choice where it still fits."""
-        current = self.cells_combo.currentData()
-        shapes = {image_hw(ly) for ly in self.selected_layers()}
-        self.cells_combo.blockSignals(True)
-        self.cells_combo.clear()
-        self.cells_combo.addItem("none (whole images or patches)", NO_CELLS)
-        self.cells_combo.addItem("find cells automatically", FIND_CELLS)
-        for layer in self.viewer.layers:
-            if (isinstance(layer, Labels) and not is_own_layer(layer) and layer.ndim == 2
-                    and not layer.multiscale and shapes == {tuple(layer.data.shape)}):
-                self.cells_combo.addItem(f"Labels: {layer.name}", layer_key(layer))
-        self.cells_combo.setCurrentIndex(max(self.cells_combo.findData(current), 0))
-        self.cells_combo.blockSignals(False)
-
-    def cells_source(self) -> str | Labels:
-        """``"none"``, ``"find"`` or the chosen Labels layer."""
-        key = self.cells_combo.currentData()
-        if key in (NO_CELLS, FIND_CELLS, None):
-            return key or NO_CELLS
-        return next((ly for ly in self.viewer.layers if layer_key(ly) == key), NO_CELLS)
-
-    def choose_cells(self, source: str | Labels) -> None:
-        """Choose the cells source: ``"none"``, ``"find"`` or a listed Labels layer."""
-        key = source if isinstance(source, str) else layer_key(source)
-        index = self.cells_combo.findData(key)
-        if index < 0:
-            raise ValueError(f"{source!r} is not offered as a cells source for the chosen "
-                             "images (a Labels layer must have their height and width)")
-        self.cells_combo.setCurrentIndex(index)
-
-    def _refresh_layer_list(self, event: Any = None) -> None:
-        """Rebuild the list from the viewer's image layers, keeping the selection."""
-        selected = {layer_key(ly) for ly in self.selected_layers()}
-        self.layer_list.blockSignals(True)
-        self.layer_list.clear()
-        self._listed = self._trainable_layers()
-        for layer in self._listed:
-            shape = image_hw(layer)
-            text = layer.name
-            if len(shape) > 2:
-                text += f"  ({int(np.prod(shape[:-2]))} planes)"
-            item = QListWidgetItem(text)
-            kind = "RGB" if layer.rgb else "grayscale"
-            item.setToolTip(f"{kind} image, shape {tuple(layer.data.shape)}")
-            self.layer_list.addItem(item)
-            item.setSelected(layer_key(layer) in selected)
-        self.layer_list.blockSignals(False)
-        self._update_selection_label()
-
     def selected_layers(self) -> list[Image]:
         """The image layers chosen for training, in list order."""
-        rows = sorted(self.layer_list.row(it) for it in self.layer_list.selectedItems())
-        return [self._listed[r] for r in rows if r < len(self._listed)]
+        return self.images_box.selected_layers()
 
     def select_layers(self, layers: Sequence[Image]) -> None:
         """Select exactly ``layers`` in the list."""
-        wanted = {layer_key(ly) for ly in layers}
-        self.layer_list.blockSignals(True)
-        for row, layer in enumerate(self._listed):
-            self.layer_list.item(row).setSelected(layer_key(layer) in wanted)
-        self.layer_list.blockSignals(False)
-        self._update_selection_label()
+        self.images_box.select_layers(layers)
 
     def select_matching(self, text: str) -> None:
         """Select every listed layer whose name contains ``text`` (case-insensitive)."""
-        text = text.strip().lower()
-        if text:
-            self.select_layers([ly for ly in self._listed if text in ly.name.lower()])
+        self.images_box.select_matching(text)
 
-    def _update_selection_label(self, *_: Any) -> None:
-        self._refresh_cells_combo()
-        layers = self.selected_layers()
-        n_images = sum(int(np.prod(image_hw(ly)[:-2], dtype=int)) for ly in layers)
-        parts = []
-        if layers:
-            parts.append(f"{len(layers)} layer{'s' * (len(layers) != 1)} "
-                         f"({n_images} image{'s' * (n_images != 1)})")
-        if self.folder_edit.text().strip():
-            parts.append("the images in the folder")
-        self.selection_label.setText(
-            ("Training on " + " + ".join(parts)) if parts else "No training images selected.")
+    def cells_source(self) -> str | Labels:
+        """``"none"``, ``"find"`` or the chosen Labels layer."""
+        return self.images_box.cells_source()
 
-    def _folder_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Folder of normal images")
-        if folder:
-            self.folder_edit.setText(folder)
-
-    # ------------------------------------------------------------------------------------
-    # settings
-    # ------------------------------------------------------------------------------------
-    def _snap_size(self) -> None:
-        value = self.size.value()
-        self.size.setValue(max(16, round(value / 8) * 8))
+    def choose_cells(self, source: str | Labels) -> None:
+        """Choose the cells source: ``"none"``, ``"find"`` or a listed Labels layer."""
+        self.images_box.choose_cells(source)
 
     def config(self) -> TrainConfig:
         """The :class:`TrainConfig` the controls describe (raises ValueError if invalid)."""
-        from ..core.scoring import ScoringConfig
-        from ..core.training import TrainConfig
-
-        self._snap_size()
-        return TrainConfig(
-            epochs=self.epochs.value(),
-            batch_size=self.batch_size.value(),
-            lr=float(self.lr.value()),
-            loss=self.loss.currentData(),
-            seed=self.seed.value(),
-            size=self.size.value(),
-            mode="cells" if self.cells_source() != NO_CELLS else self.mode.currentData(),
-            preset=self.preset.currentText(),
-            robust=self.robust.isChecked(),
-            scoring=ScoringConfig(density=self.density.currentData()),
-        )
+        return self.settings.config(cells=self.cells_source() != NO_CELLS)
 
     # ------------------------------------------------------------------------------------
     # running
@@ -537,7 +271,7 @@ class TrainWidget(QWidget):
             show_warning("Scoring is running: train when it has finished.")
             return False
         layers = self.selected_layers()
-        folder = self.folder_edit.text().strip() or None
+        folder = self.images_box.folder()
         if not layers and not folder:
             show_warning("No training images: select image layers of normal cells in the "
                          "list, or choose a folder of normal images.")
@@ -575,13 +309,14 @@ class TrainWidget(QWidget):
             labels = [None] * sum(int(np.prod(image_hw(ly)[:-2], dtype=int)) for ly in layers)
 
         planes: list[tuple[str, Any]] = []
-        self._sources = []
+        sources = self.rejected.sources
+        sources.clear()
         for layer in layers:
             lead = image_hw(layer)[:-2]
             for index, (name, data) in zip(np.ndindex(*lead), layer_planes(layer),
                                            strict=True):
                 planes.append((name, data))
-                self._sources.append(_Source(name, layer, index))
+                sources.append(TrainingSource(name, layer, index))
 
         items = snapshot_planes(planes)
         self._reset_progress()
@@ -625,20 +360,12 @@ class TrainWidget(QWidget):
     # rendering events
     # ------------------------------------------------------------------------------------
     def _reset_progress(self) -> None:
-        self._train_x.clear()
-        self._train_y.clear()
-        self._val_x.clear()
-        self._val_y.clear()
-        self._last_val = None
+        self.plot.reset()
         self._last_event = None
-        self._train_curve.setData([], [])
-        self._val_curve.setData([], [])
         self.progress.setRange(0, 1000)
         self.progress.setValue(0)
         self.progress.setFormat("")
-        self.rejected_list.clear()
-        self.rejected_list.hide()
-        self.rejected_label.hide()
+        self.rejected.reset()
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, FolderLoaded):
@@ -661,8 +388,7 @@ class TrainWidget(QWidget):
             if self.state.status is Status.STOPPING:
                 text = "Stopping after this step…"
             self.status_label.setText(text)
-            self._train_x.append(event.step * epochs / steps)
-            self._train_y.append(float(event.train_loss))
+            self.plot.add_train(event.step * epochs / steps, float(event.train_loss))
         elif event.phase == "finalize":
             self.progress.setRange(0, 0)  # busy indicator: no steps to count
             self.status_label.setText(f"{format_seconds(event.elapsed)} elapsed: fitting the "
@@ -673,17 +399,12 @@ class TrainWidget(QWidget):
             how = "stopped early" if event.stopped else "done"
             self.progress.setFormat(f"{how}: {event.epoch} epoch{'s' * (event.epoch != 1)}")
             self.status_label.setText(f"Trained in {format_seconds(event.elapsed)}.")
-        if event.val_loss is not None and event.val_loss != self._last_val:
-            self._last_val = event.val_loss
-            x = float(event.epoch - 1 if event.phase == "train" else event.epoch)
-            self._val_x.append(x)
-            self._val_y.append(float(event.val_loss))
-            self._val_curve.setData(self._val_x, self._val_y)
-        if event.phase == "train":
-            self._train_curve.setData(self._train_x, self._train_y)
+        if event.val_loss is not None:
+            self.plot.add_validation(event.epoch - 1 if event.phase == "train" else event.epoch,
+                                     event.val_loss)
 
     def _on_folder_loaded(self, event: FolderLoaded) -> None:
-        self._sources += [_Source(p.name, path=p) for p in event.paths]
+        self.rejected.sources += [TrainingSource(p.name, path=p) for p in event.paths]
         if event.failures:
             first = event.failures[0][1]
             more = f" (and {len(event.failures) - 1} more)" if len(event.failures) > 1 else ""
@@ -696,7 +417,7 @@ class TrainWidget(QWidget):
         if value is None:
             return
         detector = value
-        self._show_rejected_list(detector)
+        self.rejected.show(detector)
         self._update_buttons()
         stopped = bool(detector.provenance.get("stopped_early"))
         show_info("Anomaly model trained" + (" (stopped early; best epoch kept)" if stopped
@@ -707,41 +428,6 @@ class TrainWidget(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat("")
         self.status_label.setText(f"Training failed: {exc}")
-
-    def _show_rejected_list(self, detector: AnomalyDetector) -> None:
-        self.rejected_list.clear()
-        rejected = list(getattr(detector, "rejected", []) or [])
-        for index in rejected:
-            source = self._sources[index] if 0 <= index < len(self._sources) else None
-            item = QListWidgetItem(source.name if source else f"image {index}")
-            item.setData(Qt.ItemDataRole.UserRole, index)
-            if source is not None and source.path is not None:
-                item.setToolTip(str(source.path))
-            self.rejected_list.addItem(item)
-        self.rejected_label.setText(f"Rejected by robust training: {len(rejected)} "
-                                    "image(s) (click to show)")
-        self.rejected_label.setVisible(bool(rejected))
-        self.rejected_list.setVisible(bool(rejected))
-
-    def _show_rejected(self, item: QListWidgetItem) -> None:
-        index = item.data(Qt.ItemDataRole.UserRole)
-        if index is None or not 0 <= index < len(self._sources):
-            return
-        source = self._sources[index]
-        layer = source.layer
-        if layer is None or layer not in self.viewer.layers:
-            if source.path is not None:
-                show_info(f"{source.name} is a file of the training folder: {source.path}")
-            return
-        layer.visible = True
-        self.viewer.layers.selection.active = layer
-        if source.index:
-            step = list(self.viewer.dims.current_step)
-            axes = list(range(layer.ndim - 2))
-            world_axes = [self.viewer.dims.ndim - layer.ndim + a for a in axes]
-            for axis, i in zip(world_axes, source.index, strict=True):
-                step[axis] = i
-            self.viewer.dims.current_step = tuple(step)
 
     # ------------------------------------------------------------------------------------
     # saving
