@@ -37,9 +37,15 @@ def _torch_build() -> str:
     return f"torch {torch.__version__}, {kind}"
 
 
+def _current_cuda() -> int:
+    """The current CUDA device's index, without initialising CUDA (which costs seconds and
+    GPU memory) when nothing has yet: it is then 0."""
+    return torch.cuda.current_device() if torch.cuda.is_initialized() else 0
+
+
 def _auto() -> torch.device:
     if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda", _current_cuda())
     if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
@@ -90,7 +96,7 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
             raise DeviceError(f"{text} requested but this machine has no CUDA device "
                               f"({_torch_build()})")
         count = torch.cuda.device_count()
-        index = torch.cuda.current_device() if dev.index is None else dev.index
+        index = _current_cuda() if dev.index is None else dev.index
         if index >= count:
             raise DeviceError(f"{text} requested but this machine has {count} CUDA "
                               f"device{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
@@ -117,6 +123,8 @@ def module_device(module: torch.nn.Module) -> torch.device:
 def describe_devices() -> str:
     """One line on the devices found and what ``"auto"`` picks, for help texts and logs.
 
+    It does not initialise CUDA, so GPU names are given only once something has.
+
     Examples
     --------
     ``"devices found: cpu, cuda:0 (NVIDIA H100 80GB HBM3); auto picks cuda:0
@@ -124,7 +132,8 @@ def describe_devices() -> str:
     """
     found = ["cpu"]
     if torch.cuda.is_available():
-        found += [f"cuda:{i} ({torch.cuda.get_device_name(i)})"
+        named = torch.cuda.is_initialized()
+        found += [f"cuda:{i}" + (f" ({torch.cuda.get_device_name(i)})" if named else "")
                   for i in range(torch.cuda.device_count())]
     if _mps_available():
         found.append("mps")
