@@ -168,6 +168,51 @@ def test_bad_input_gives_one_clear_line_and_writes_nothing(
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_device_option_gives_the_default_results(workspace: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    root, model = workspace["root"], str(workspace["model"])
+    tables = {}
+    for extra in ([], ["--device", "cpu"]):
+        out = tmp_path / f"scores{len(extra)}.csv"
+        assert main(["score", model, str(root / "test_anomalous"), "--csv", str(out),
+                     "--quiet", *extra]) == 0
+        tables[len(extra)] = out.read_text()
+    assert tables[0] == tables[2] and tables[0].count("\n") == 21
+    assert "running on cpu" in capsys.readouterr().err
+    reports = []
+    for extra in ([], ["--device", "cpu"]):
+        assert main(["evaluate", model, "--normal", str(root / "test_normal"), "--anomalous",
+                     str(root / "test_anomalous"), *extra]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    assert reports[0] == reports[1]
+
+
+@pytest.mark.parametrize("command", ["train", "score", "evaluate"])
+@pytest.mark.parametrize("device, expect", [
+    ("cuda", "cuda requested but this machine has no CUDA device ("),
+    ("gpu", "unknown device 'gpu'; expected auto, cpu, cuda, cuda:N or mps"),
+])
+def test_an_absent_or_unknown_device_is_one_line_and_exit_2(
+        command: str, device: str, expect: str, workspace: dict[str, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    root, model = workspace["root"], str(workspace["model"])
+    out = tmp_path / "out"
+    args = {"train": ["train", str(root / "normal"), "--out", str(out), "--quiet"],
+            "score": ["score", model, str(root / "test_normal"), "--csv", str(out)],
+            "evaluate": ["evaluate", model, "--normal", str(root / "test_normal"),
+                         "--anomalous", str(root / "test_anomalous")]}[command]
+    assert main([*args, "--device", device]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cell-anomaly: error: {expect}")
+    assert not out.exists()
+
+
 def test_train_rejects_a_single_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _write_cells(tmp_path / "one", 1, 0.0, seed=0)
     model = tmp_path / "m.safetensors"

@@ -23,6 +23,8 @@ import numpy as np
 from . import __version__
 
 if TYPE_CHECKING:
+    import torch
+
     from .core.detector import AnomalyDetector
 
 EXIT_BAD_INPUT = 2
@@ -122,10 +124,18 @@ def _label_source(spec: str | None, paths: Sequence[Path]) -> dict[Path, Path | 
     return match_label_files(paths, Path(spec))
 
 
-def _detector(path: str) -> AnomalyDetector:
+def _device(spec: str) -> torch.device:
+    """``--device``, checked before any work: a DeviceError (one line, exit 2) when this
+    machine lacks it."""
+    from .core.device import resolve_device
+
+    return resolve_device(spec)
+
+
+def _detector(path: str, device: torch.device | str = "auto") -> AnomalyDetector:
     from .core.detector import AnomalyDetector
 
-    return AnomalyDetector.load(path)
+    return AnomalyDetector.load(path, device=device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,6 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_writable_file(out)
+    device = _device(args.device)
     if args.rejected_csv:
         _check_writable_file(Path(args.rejected_csv))
     config = TrainConfig(
@@ -169,8 +180,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "on (some cells of a normal field are not)")
         if args.mode == "auto":
             config.mode = "cells"
-    _say(f"training on {len(images)} images")
-    gen = train(images, config, labels=labels, names=[p.name for p in paths])
+    _say(f"training on {len(images)} images on {device}")
+    gen = train(images, config, labels=labels, names=[p.name for p in paths], device=device)
     bar = tqdm(total=None, unit="step", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
     try:
         while True:
@@ -211,15 +222,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     if cells_path is not None:
         _check_writable_file(cells_path)
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
+    device = _device(args.device)
     if heat_dir is not None:
         _prepare_dir(heat_dir)
-    detector = _detector(args.model)
+    detector = _detector(args.model, device)
     paths = find_images(args.inputs)
     sources = _label_source(args.labels, paths)
     per_cell = (sources is not None or cells_path is not None or detector.mode == "cells")
     if per_cell and sources is None:
         sources = dict.fromkeys(paths)  # built-in segmentation
-    _say(f"model: {detector.describe_rate(args.fpr or DEFAULT_FPR)}")
+    _say(f"model: {detector.describe_rate(args.fpr or DEFAULT_FPR)}; running on {device}")
     failures: list[tuple[Path, str]] = []
     n_flagged = n_ok = n_cells = n_cells_flagged = n_skipped = 0
     show = not args.quiet and sys.stderr.isatty()
@@ -346,7 +358,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print detection metrics on a normal and an anomalous folder as JSON."""
     from .core.evaluation import evaluate
 
-    detector = _detector(args.model)
+    detector = _detector(args.model, _device(args.device))
     normal, _ = _load_inputs([args.normal])
     anomalous, _ = _load_inputs([args.anomalous])
     report = evaluate(detector, normal, anomalous, fpr=args.fpr)
@@ -408,11 +420,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # Help texts quote the library's defaults, so they cannot drift from them.
+    from .core.device import describe_devices
     from .core.model import PRESETS
     from .core.scoring import DEFAULT_FPR, TRAINABLE_DENSITIES
     from .core.training import LOSSES, MODES, TrainConfig
 
     d = TrainConfig()
+    device_help = ("where the network runs: auto = a CUDA GPU, else Apple MPS, else the CPU; "
+                   "not stored in the model (default: auto; this machine: "
+                   f"{describe_devices().removeprefix('devices found: ')})")
     t = sub.add_parser("train", help="train a model on images of normal cells")
     t.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS",
                    help="image files, folders or glob patterns (PNG, TIFF, JPEG)")
@@ -449,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_positive, default=d.batch_size,
                    help=f"batch size (default: {d.batch_size})")
     t.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
+    t.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                   help=device_help)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -469,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "is_anomaly, percentile, at_border); --csv then holds each image's "
                         "worst cell")
     s.add_argument("--fpr", type=_fpr, help=f"target false-alarm rate (default: {DEFAULT_FPR})")
+    s.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                   help=device_help)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_score)
 
@@ -492,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--normal", required=True, metavar="DIR")
     e.add_argument("--anomalous", required=True, metavar="DIR")
     e.add_argument("--fpr", type=_fpr, help=f"target false-alarm rate (default: {DEFAULT_FPR})")
+    e.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                   help=device_help)
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="train and score on built-in synthetic cells")
@@ -511,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (CliError, ImageError, ModelFileError, ValueError) as err:
-        _say(f"cell-anomaly: error: {str(err).splitlines()[0] if str(err) else err!r}")
+        _say(f"cell-anomaly: error: {str(err).splitlines()[0] if str(err) else repr(err)}")
         return EXIT_BAD_INPUT
     except OSError as err:
         _say(f"cell-anomaly: error: {err.strerror or err}"

@@ -34,6 +34,7 @@ from .cellunits import (
     take_cells,
 )
 from .density import Density, density_from_arrays
+from .device import module_device, resolve_device
 from .images import ImageError, Preprocessing, resize
 from .model import Autoencoder, ModelConfig, build_model
 from .modelfile import ModelFileError, load_file, save_file
@@ -117,7 +118,8 @@ class AnomalyDetector:
     Attributes
     ----------
     network : Autoencoder
-        The autoencoder (eval mode, channels_last).
+        The autoencoder (eval mode, channels_last), on the device it runs on (see
+        :attr:`device`, :meth:`to`); everything else is NumPy on the CPU.
     preprocessing : Preprocessing
         Channel mode and intensity normalisation, repeated exactly at scoring time.
     mode : {"whole", "patch"}
@@ -170,6 +172,33 @@ class AnomalyDetector:
         self.network.eval()
 
     # -- properties ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """The device the network runs on (a runtime choice, not saved with the model)."""
+        return module_device(self.network)
+
+    def to(self, device: str | torch.device) -> AnomalyDetector:
+        """Move the network to ``device`` and return this detector.
+
+        Parameters
+        ----------
+        device : str or torch.device
+            ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (see
+            :func:`.device.resolve_device`).
+
+        Returns
+        -------
+        AnomalyDetector
+            ``self``, for chaining (``AnomalyDetector.load(path).to("cuda")``).
+
+        Raises
+        ------
+        DeviceError
+            For an unknown spec or a device this machine lacks.
+        """
+        self.network.to(resolve_device(device))
+        return self
+
     @property
     def channels(self) -> str:
         """``"rgb"`` or ``"gray"``."""
@@ -261,16 +290,17 @@ class AnomalyDetector:
         """
         out: dict[str, list[np.ndarray]] = {k: [] for k in
                                             ("codes", "recon", "se_map", "ssim_map")}
+        device = self.device
         with torch.inference_mode():
             for start in range(0, len(units), 64):
-                x = to_tensor(units[start:start + 64])
+                x = to_tensor(units[start:start + 64], device)
                 z = self.network.encode(x)
                 y = self.network.decode(z)
                 se, dssim = self._maps(x, y, with_ssim)
-                out["codes"].append(z.flatten(1).numpy())
-                out["recon"].append(y.permute(0, 2, 3, 1).numpy())
-                out["se_map"].append(se[:, 0].numpy())
-                out["ssim_map"].append(dssim[:, 0].numpy())
+                out["codes"].append(to_numpy(z.flatten(1)))
+                out["recon"].append(to_numpy(y.permute(0, 2, 3, 1)))
+                out["se_map"].append(to_numpy(se[:, 0]))
+                out["ssim_map"].append(to_numpy(dssim[:, 0]))
         res = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
         res["error_map"] = self._primary(res["se_map"], res["ssim_map"]).astype(np.float32)
         errors, maxima, regions = [], [], []
@@ -412,8 +442,10 @@ class AnomalyDetector:
         h, w, c = x.shape
         chw = np.ascontiguousarray(x.transpose(2, 0, 1))
         net = self.network
+        device = self.device
 
         def fn(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(device)
             z = net.encode(t)
             y = net.decode(z)
             se, dssim = self._maps(t, y)
@@ -628,14 +660,28 @@ class AnomalyDetector:
         save_file(path, tensors, meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> AnomalyDetector:
+    def load(cls, path: str | Path, *, device: str | torch.device = "auto"
+             ) -> AnomalyDetector:
         """Read a detector written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or Path
+            The model file.
+        device : str or torch.device
+            Where the network runs: ``"auto"`` (CUDA, then Apple MPS, then the CPU),
+            ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``. The file records no device, so
+            any model loads on any of them.
 
         Raises
         ------
+        DeviceError
+            For an unknown device spec or a device this machine lacks (checked before the
+            file is read).
         ModelFileError
             One-line message for missing, corrupt, tampered or incompatible files.
         """
+        target = resolve_device(device)
         tensors, meta = load_file(path)
         try:
             config = ModelConfig.from_dict(meta["model"])
@@ -644,7 +690,7 @@ class AnomalyDetector:
                      if k.startswith("net.")}
             network.load_state_dict(state, strict=True)
             scoring = ScoringConfig.from_dict(meta["scoring"])
-            return cls(
+            detector = cls(
                 network=network,
                 preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
                 mode=str(meta["mode"]), size=int(meta["size"]),
@@ -662,22 +708,33 @@ class AnomalyDetector:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelFileError(f"model file '{path}' is incompatible with this version: "
                                  f"{msg}") from None
+        detector.network.to(target)
+        return detector
 
 
-def to_tensor(batch: np.ndarray) -> torch.Tensor:
-    """``(N, H, W, C)`` images -> a float32 channels_last ``(N, C, H, W)`` tensor."""
+def to_tensor(batch: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+    """``(N, H, W, C)`` images -> a float32 channels_last ``(N, C, H, W)`` tensor, on
+    ``device`` (the CPU by default)."""
     t = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)
-    return t.contiguous(memory_format=torch.channels_last)
+    t = t.contiguous(memory_format=torch.channels_last)
+    return t if device is None else t.to(device)
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor on any device -> a NumPy array (copied to the CPU first when needed)."""
+    return t.detach().cpu().numpy()
 
 
 def encode_units(network: Autoencoder, units: np.ndarray, batch_size: int = 128
                  ) -> np.ndarray:
-    """Flattened latent codes ``(N, D)`` of ``(N, size, size, C)`` images, in batches."""
+    """Flattened latent codes ``(N, D)`` of ``(N, size, size, C)`` images, in batches, on the
+    network's device."""
+    device = module_device(network)
     out = []
     with torch.inference_mode():
         for start in range(0, len(units), batch_size):
-            out.append(network.encode(to_tensor(units[start:start + batch_size]))
-                       .flatten(1).numpy())
+            x = to_tensor(units[start:start + batch_size], device)
+            out.append(to_numpy(network.encode(x).flatten(1)))
     return np.concatenate(out)
 
 

@@ -1,7 +1,8 @@
 """Per-pixel reconstruction error maps: squared error, 1 - SSIM, Gaussian smoothing.
 
 All functions work on torch tensors ``(N, C, H, W)`` so that the same code serves as a training
-loss and as a scoring map, on any image size.
+loss and as a scoring map, on any image size and on the input's own device (constants and
+kernels are moved to it).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     if sigma <= 0:
         return x
-    k = _gaussian_kernel1d(float(sigma)).to(x.dtype)
+    k = _gaussian_kernel1d(float(sigma)).to(device=x.device, dtype=x.dtype)
     r = k.numel() // 2
     c = x.shape[1]
     mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
@@ -85,8 +86,9 @@ def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
 
     if x.shape[1] == 1:
         return (116.0 * f(lin) - 16.0) / 100.0
-    m = _RGB_TO_XYZ.to(x.dtype)
-    xyz = torch.einsum("ij,njhw->nihw", m, lin) / _WHITE_D65.to(x.dtype).view(1, 3, 1, 1)
+    m = _RGB_TO_XYZ.to(device=x.device, dtype=x.dtype)
+    white = _WHITE_D65.to(device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    xyz = torch.einsum("ij,njhw->nihw", m, lin) / white
     fx, fy, fz = f(xyz[:, 0:1]), f(xyz[:, 1:2]), f(xyz[:, 2:3])
     return torch.cat([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1) / 100.0
 

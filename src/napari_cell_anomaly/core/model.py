@@ -176,7 +176,9 @@ class Autoencoder(nn.Module):
         Counted analytically from the layers, for the benchmark's GFLOP/s figure.
         """
         side = 8 * self.align
-        x = torch.zeros(1, self.config.in_channels, side, side)
+        param = next(self.parameters())
+        x = torch.zeros(1, self.config.in_channels, side, side, device=param.device,
+                        dtype=param.dtype)
         total = 0.0
 
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:

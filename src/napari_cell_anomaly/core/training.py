@@ -31,7 +31,6 @@ paper, by measurement on contaminated malaria crops (docs/benchmarks.md):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -46,6 +45,7 @@ from . import errormaps
 from .cellunits import ShapeDensity
 from .density import fit_density
 from .detector import AnomalyDetector, encode_units, provenance_base, to_tensor
+from .device import resolve_device
 from .images import ImageError, Preprocessing, random_patches
 from .model import Autoencoder, ModelConfig, build_model
 from .scoring import Calibration, robust_location_scale
@@ -70,8 +70,11 @@ from .trainingdata import (  # noqa: F401
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random flips and 90-degree rotations (the 8 symmetries of the square), per sample."""
-    kinds = torch.randint(0, 8, (x.shape[0],), generator=gen)
+    """Random flips and 90-degree rotations (the 8 symmetries of the square), per sample.
+
+    The choices are drawn from ``gen`` on the CPU (the same on every device) and applied on
+    ``x``'s device."""
+    kinds = torch.randint(0, 8, (x.shape[0],), generator=gen).to(x.device)
     out = x.clone()
     for k in range(1, 8):
         sel = kinds == k
@@ -156,7 +159,8 @@ def reject_outliers(errors: np.ndarray, z: float, max_fraction: float) -> np.nda
 # ------------------------------------------------------------------------------------------------
 def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
           labels: Sequence[np.ndarray | None] | None = None,
-          stop: Callable[[], bool] | None = None, names: Sequence[str] | None = None
+          stop: Callable[[], bool] | None = None, names: Sequence[str] | None = None,
+          device: str | torch.device = "auto"
           ) -> Generator[TrainProgress, None, AnomalyDetector]:
     """Train a detector on normal images, yielding progress after every step.
 
@@ -175,6 +179,12 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         checkpoint so far, and a usable detector is still returned.
     names : sequence of str, optional
         Image names for error messages and provenance.
+    device : str or torch.device
+        Where the network trains: ``"auto"`` (CUDA, then Apple MPS, then the CPU), ``"cpu"``,
+        ``"cuda"``, ``"cuda:N"`` or ``"mps"``. The returned detector's network stays there
+        (:meth:`AnomalyDetector.to` moves it); the device is not recorded in the model. The
+        initial weights, data split, sampling and augmentation are drawn on the CPU, so they
+        do not depend on the device.
 
     Yields
     ------
@@ -189,10 +199,13 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     ------
     ImageError
         For invalid images, or too few of them.
+    DeviceError
+        For an unknown device spec or a device this machine lacks (before any work).
     TrainingStopped
         If ``stop`` ended training before its first step.
     """
     cfg = config or TrainConfig()
+    dev = resolve_device(device)
     if len(images) == 0:
         raise ImageError("no training images given")
     names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
@@ -206,6 +219,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     mcfg = ModelConfig.from_preset(cfg.preset, in_channels=in_ch)
     net = build_model(mcfg)
     data = prepare(images, cfg, prep, names, rng, labels, net.align)
+    net.to(dev)
 
     n_units = (len(data.train) if data.mode in UNIT_MODES
                else max(len(data.train) * cfg.patches_per_image, MIN_PATCHES_PER_EPOCH))
@@ -222,18 +236,18 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     disc = d_opt = None
     if cfg.robust and cfg.prior_weight > 0:
         with torch.no_grad():
-            code_dim = net.encode(to_tensor(data.val[:1])).numel()
-        disc = _Discriminator(code_dim)
+            code_dim = net.encode(to_tensor(data.val[:1], dev)).numel()
+        disc = _Discriminator(code_dim).to(dev)
         d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr * 0.5)
     bce = nn.BCEWithLogitsLoss()
     pretrain_epochs = max(1, epochs // 3)
 
-    best_state = copy.deepcopy(net.state_dict())
+    best_state = _cpu_state(net)
     best_val: float | None = None
     val_loss: float | None = None
     step = 0
     stopped = False
-    val_tensor = to_tensor(data.val)
+    val_tensor = to_tensor(data.val)  # on the CPU; moved to the device batch by batch
     rejected_units: np.ndarray = np.zeros(0, dtype=np.int64)
     epochs_run = 0
 
@@ -252,12 +266,12 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
                 break
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             if data.mode in UNIT_MODES:
-                x = to_tensor(data.train[idx])
-                w = torch.from_numpy(weights[idx])
+                x = to_tensor(data.train[idx], dev)
+                w = torch.from_numpy(weights[idx]).to(dev)
             else:
                 src = rng.integers(0, len(data.train), size=len(idx))
                 x = to_tensor(np.concatenate([random_patches(data.train[i], cfg.size, 1, rng)
-                                            for i in src]))
+                                            for i in src]), dev)
                 w = None
             if cfg.augment:
                 x = _augment(x, gen).contiguous(memory_format=torch.channels_last)
@@ -268,15 +282,16 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
             if disc is not None and d_opt is not None:
                 if w is not None and bool((w > 0).any()):
                     z = z[w > 0]
-                total = loss + cfg.prior_weight * bce(disc(z), torch.ones(len(z), 1))
+                total = loss + cfg.prior_weight * bce(disc(z), torch.ones(len(z), 1,
+                                                                          device=dev))
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
             sched.step()
             if disc is not None and d_opt is not None:
-                prior = torch.randn(z.shape, generator=gen)
-                d_loss = (bce(disc(prior), torch.ones(len(z), 1))
-                          + bce(disc(z.detach()), torch.zeros(len(z), 1)))
+                prior = torch.randn(z.shape, generator=gen).to(dev)
+                d_loss = (bce(disc(prior), torch.ones(len(z), 1, device=dev))
+                          + bce(disc(z.detach()), torch.zeros(len(z), 1, device=dev)))
                 d_opt.zero_grad(set_to_none=True)
                 d_loss.backward()
                 d_opt.step()
@@ -293,7 +308,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
             val_loss = _evaluate(net, val_tensor, cfg.loss)
             if best_val is None or val_loss < best_val:
                 best_val = val_loss
-                best_state = copy.deepcopy(net.state_dict())
+                best_state = _cpu_state(net)
             if cfg.robust and data.mode in UNIT_MODES and epoch >= pretrain_epochs:
                 errors = _unit_errors(_probe(net, prep, data, cfg), data.train,
                                       data.train_masks)
@@ -342,12 +357,18 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     return detector
 
 
+def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the network's weights on the CPU (the best checkpoint so far)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
 def _evaluate(net: nn.Module, val: torch.Tensor, loss: str) -> float:
     net.eval()
+    device = next(net.parameters()).device
     total = 0.0
     with torch.inference_mode():
         for start in range(0, val.shape[0], 128):
-            x = val[start:start + 128]
+            x = val[start:start + 128].to(device)
             total += float(errormaps.per_sample_error(x, net(x), loss).sum())
     net.train()
     return total / val.shape[0]
@@ -435,12 +456,13 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: TrainingData, cfg: Trai
 def run_training(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
                  labels: Sequence[np.ndarray | None] | None = None,
                  stop: Callable[[], bool] | None = None, names: Sequence[str] | None = None,
-                 callback: Callable[[TrainProgress], None] | None = None) -> AnomalyDetector:
+                 callback: Callable[[TrainProgress], None] | None = None,
+                 device: str | torch.device = "auto") -> AnomalyDetector:
     """Run :func:`train` to the end and return the detector.
 
     Parameters
     ----------
-    images, config, labels, stop, names
+    images, config, labels, stop, names, device
         As for :func:`train`.
     callback : callable, optional
         Called with every progress event.
@@ -449,7 +471,7 @@ def run_training(images: Sequence[np.ndarray], config: TrainConfig | None = None
     -------
     AnomalyDetector
     """
-    gen = train(images, config, labels=labels, stop=stop, names=names)
+    gen = train(images, config, labels=labels, stop=stop, names=names, device=device)
     while True:
         try:
             event = next(gen)
