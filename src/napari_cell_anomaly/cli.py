@@ -32,7 +32,8 @@ CSV_COLUMNS = ("path", "score", "recon_error", "log_density", "is_anomaly", "per
                "threshold", "error")
 #: Per-cell CSV (``score --cells-csv``): these first columns are fixed (scripts rely on them).
 CELLS_CSV_COLUMNS = ("path", "cell_id", "centroid_y", "centroid_x", "area", "score",
-                     "recon_error", "log_density", "is_anomaly", "percentile", "at_border")
+                     "recon_error", "log_density", "is_anomaly", "percentile", "at_border",
+                     "shape_log_density")
 
 
 class CliError(Exception):
@@ -314,7 +315,8 @@ def _write_cell_rows(writer: Any, path: Path, cells: Any) -> None:
                          f"{t['centroid_x'][i]:.1f}", int(t["area"][i]),
                          f"{t['score'][i]:.6g}", f"{t['recon_error'][i]:.6g}",
                          f"{t['log_density'][i]:.6g}", int(t["is_anomaly"][i]),
-                         f"{t['percentile'][i]:.2f}", int(t["at_border"][i])])
+                         f"{t['percentile'][i]:.2f}", int(t["at_border"][i]),
+                         f"{t['shape_log_density'][i]:.6g}"])
 
 
 def _label_dtype(labels: np.ndarray) -> np.ndarray:
@@ -484,8 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cells-csv", metavar="CELLS.csv",
                    help="per-cell results to write: one row per cell (path, cell_id, "
                         "centroid_y, centroid_x, area, score, recon_error, log_density, "
-                        "is_anomaly, percentile, at_border); --csv then holds each image's "
-                        "worst cell")
+                        "is_anomaly, percentile, at_border, shape_log_density); --csv then "
+                        "holds each image's worst cell")
     s.add_argument("--fpr", type=_fpr, help=f"target false-alarm rate (default: {DEFAULT_FPR})")
     s.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                    help=device_help)

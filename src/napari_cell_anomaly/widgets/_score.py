@@ -459,7 +459,7 @@ class ScoreWidget(QWidget):
     # export
     # ------------------------------------------------------------------------------------
     def _export_dialog(self) -> None:
-        if not self.image_results.records:
+        if not self.results():
             show_warning("Nothing to export yet: score some images first.")
             return
         path, _ = QFileDialog.getSaveFileName(self, "Export results", "anomaly-scores.csv",

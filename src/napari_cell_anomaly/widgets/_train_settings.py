@@ -83,9 +83,10 @@ class TrainSettings(QWidget):
                                "drops such images from calibration, for training sets with a "
                                "few abnormal cells mixed in.")
         self.density = QComboBox()
-        self.density.setToolTip("Density model over the code vectors of single latent "
-                                "positions; an image's log-density is that of its least likely "
-                                "position.")
+        self.density.setToolTip("Whole-image and patch modes: density model over the code "
+                                "vectors of single latent positions; an image's log-density is "
+                                "that of its least likely position. Cells mode always uses a "
+                                "KDE over the whole code of the cell's centred window.")
         adv_form.addRow("Batch size", self.batch_size)
         adv_form.addRow("Learning rate", self.lr)
         adv_form.addRow("Network", self.preset)
