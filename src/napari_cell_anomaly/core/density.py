@@ -149,8 +149,20 @@ class LatentDensity:
         )
 
 
+class _PooledPositions:
+    """Shared by the position-level densities: an image is as likely as its least likely
+    position (subclasses define ``position_log_density(codes) -> (N, H * W)``)."""
+
+    def position_log_density(self, codes: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def log_density(self, codes: np.ndarray) -> np.ndarray:
+        """Log-density of each image's least likely position, ``(N,)``; low = unusual."""
+        return self.position_log_density(codes).min(axis=1)
+
+
 @dataclass
-class LocalLatentDensity:
+class LocalLatentDensity(_PooledPositions):
     """Density kind ``"gmm"``: one Gaussian mixture over the code vectors of all positions.
 
     The flattened bottleneck of a convolutional autoencoder mixes *where* with *what*: a small
@@ -233,10 +245,6 @@ class LocalLatentDensity:
                           + np.log(self.weights[j]))
         return logsumexp(logp, axis=1).reshape(n, -1)
 
-    def log_density(self, codes: np.ndarray) -> np.ndarray:
-        """Log-density of each image's least likely position, ``(N,)``; low = unusual."""
-        return self.position_log_density(codes).min(axis=1)
-
     def to_arrays(self, prefix: str = "density.") -> dict[str, np.ndarray]:
         """Arrays for a model file."""
         return {
@@ -263,7 +271,7 @@ _BATCH_PAIRS = 1 << 22
 
 
 @dataclass
-class LocalLatentKDE:
+class LocalLatentKDE(_PooledPositions):
     """Density kind ``"kde"``: a Gaussian KDE over the code vectors of single latent positions.
 
     Like :class:`LocalLatentDensity` it models single code vectors (one per ``align x align``
@@ -369,10 +377,6 @@ class LocalLatentKDE:
         n = np.asarray(codes).shape[0]
         z = self.transform(_vectors(codes, self.channels))
         return _log_kde(z, self.centres, np.log(self.weights), self.bandwidth).reshape(n, -1)
-
-    def log_density(self, codes: np.ndarray) -> np.ndarray:
-        """Log-density of each image's least likely position, ``(N,)``; low = unusual."""
-        return self.position_log_density(codes).min(axis=1)
 
     def to_arrays(self, prefix: str = "density.") -> dict[str, np.ndarray]:
         """Arrays for a model file."""
