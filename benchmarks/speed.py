@@ -182,7 +182,7 @@ def train_2500(quick: bool) -> dict[str, Any]:
         source = "2,500 synthetic 64x64 crops (core.sample.make_cells)"
     config = TrainConfig(max_steps=20) if quick else TrainConfig()
     t0 = time.perf_counter()
-    det = run_training(images, config)
+    det = run_training(images, config, device="cpu")
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "source": source, "steps": det.provenance["steps"],
             "epochs": det.provenance["epochs_run"],
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("tiny patch-mode detector ...", file=sys.stderr)
     fields = [make_field((512, 512), anomaly_fraction=0.0, seed=s)[0] for s in range(2)]
-    det = run_training(fields, TrainConfig(max_steps=10, seed=0))
+    det = run_training(fields, TrainConfig(max_steps=10, seed=0), device="cpu")
     assert det.mode == "patch"
     big, _ = make_field((2048, 2048), n_cells=900, anomaly_fraction=0.05, seed=7)
     print("2048x2048 anomaly map ...", file=sys.stderr)
