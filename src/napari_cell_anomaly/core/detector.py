@@ -21,17 +21,10 @@ import numpy as np
 import torch
 
 from . import errormaps
-from .cellscores import CellScores
+from .cellscoring import CellScoring
 from .cellunits import (
     CONTEXTS,
-    CellUnits,
     ShapeDensity,
-    balance_field,
-    cut_units,
-    readable,
-    reduction_masks,
-    shape_features,
-    take_cells,
 )
 from .density import Density, density_from_arrays
 from .device import module_device, resolve_device
@@ -112,7 +105,7 @@ class ScoreResult:
 
 
 @dataclass
-class AnomalyDetector:
+class AnomalyDetector(CellScoring):
     """A trained, calibrated anomaly detector.
 
     Attributes
@@ -482,160 +475,6 @@ class AnomalyDetector:
                             res["error_map"], res["ssim_map"], res["recon"],
                             n_windows=len(scores), region=res["region"])
 
-    # -- per cell -----------------------------------------------------------------------------
-    def score_cells(self, image: np.ndarray, labels: np.ndarray | None = None, *,
-                    fpr: float | None = None, name: str = "image",
-                    include_border: bool = False) -> CellScores:
-        """Score every cell of a field.
-
-        Parameters
-        ----------
-        image : np.ndarray
-            A 2-D field (as for :meth:`score`).
-        labels : np.ndarray, optional
-            ``(H, W)`` integer label image (0 = background, one value per cell), e.g. from
-            cellpose, StarDist or a hand annotation. None finds the cells with
-            :func:`.cells.segment_cells`.
-        fpr : float, optional
-            Target false-alarm rate per cell for the verdicts (default 5%).
-        name : str
-            Used in error messages.
-        include_border : bool
-            Judge the cells cut by the image edge too (by default they are scored and marked
-            but get no verdict).
-
-        Returns
-        -------
-        CellScores
-
-        Raises
-        ------
-        ImageError
-            For an invalid image, labels of another shape, no readable cells, or a patch-mode
-            model (its calibration is per window, not per cell).
-        """
-        return self._cells(image, labels, fpr, name, include_border)[0]
-
-    def _cells(self, image: np.ndarray, labels: np.ndarray | None, fpr: float | None,
-               name: str, include_border: bool
-               ) -> tuple[CellScores, CellUnits, list[np.ndarray], np.ndarray]:
-        """:meth:`score_cells`, also returning the units, their reconstructions and the
-        preprocessed field."""
-        from .cells import check_labels, measure_cells, segment_cells
-
-        if self.mode == "patch":
-            raise ImageError("this patch-mode model is calibrated on windows, not cells; "
-                             "train a cells-mode model (or a whole-image model on cell crops) "
-                             "to score cells")
-        fpr = DEFAULT_FPR if fpr is None else fpr
-        x = self.preprocessing(image, name=name)
-        label = "the image" if name == "image" else f"image {name!r}"
-        if self.mode == "cells" and max(x.shape[:2]) < 2 * self.size:
-            raise ImageError(
-                f"{label} is {x.shape[0]}x{x.shape[1]} pixels, less than two of this "
-                f"cells-mode model's {self.size} px cell windows: it looks like a single-cell "
-                "crop; cells-mode models score fields of many cells (score crops with a "
-                "whole-image model)")
-        if labels is None:
-            labels = segment_cells(image, **self.segmentation)
-            if not labels.any():
-                raise ImageError(f"no cells found in {label}")
-        else:
-            labels = check_labels(labels, x.shape[:2], name=f"the labels of {label}")
-        table = measure_cells(labels)
-        ok = readable(table)
-        if not ok.any():
-            raise ImageError(f"every object in the labels of {label} is too small to be read "
-                             "as a cell")
-        table = take_cells(table, ok)
-        if self.mode == "cells":
-            fill = None
-            if self.balance:
-                x, fill = balance_field(x, labels)
-            units = cut_units(x, labels, table, self.size, context=self.context, fill=fill)
-        else:
-            units = _cell_crops(x, labels, table, self.size)
-        err, logd, shape, maps, recons = self._measure_cell_units(units)
-        cal = self.calibration
-        scores = cal.combine(err, logd, shape if self.shape is not None else None)
-        threshold = cal.threshold(fpr)
-        at_border = np.asarray(table.at_border, dtype=bool)
-        judged = np.ones_like(at_border) if include_border else ~at_border
-        cols = {
-            "label": np.asarray(table.label, dtype=np.int64),
-            "score": scores.astype(np.float64),
-            "recon_error": err.astype(np.float64),
-            "log_density": logd.astype(np.float64),
-            "percentile": cal.percentile(scores),
-            "is_anomaly": (scores > threshold) & judged,
-            "area": np.asarray(table.area, dtype=np.int64),
-            "centroid_y": np.asarray(table.centroid_y, dtype=np.float64),
-            "centroid_x": np.asarray(table.centroid_x, dtype=np.float64),
-            "at_border": at_border,
-            "shape_log_density": shape.astype(np.float64),
-        }
-        error_map = _paste_cells(maps, units, labels.shape)
-        result = CellScores(cols, labels, error_map, threshold, include_border,
-                            skipped=int((~ok).sum()))
-        return result, units, recons, x
-
-    def _measure_cell_units(self, units: CellUnits
-                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray],
-                                       list[np.ndarray]]:
-        """Error, latent and shape log-densities, error map and reconstruction of each cell
-        unit (shape: NaN without a shape density)."""
-        region = (reduction_masks(units.masks, self.scoring.erode) if self.mode == "cells"
-                  else None)
-        err, logd, maps, recons = [], [], [], []
-        for start in range(0, len(units), 256):
-            part = slice(start, start + 256)
-            res = self.analyse_units(np.stack(units.windows[part]),
-                                     region[part] if region is not None else None,
-                                     with_ssim=False)
-            err.append(res["recon_error"])
-            logd.append(self.density.log_density(res["codes"]))
-            maps.extend(res["error_map"])
-            recons.extend(res["recon"])
-        shape = (self.shape.log_density(shape_features(units)) if self.shape is not None
-                 else np.full(len(units), np.nan))
-        return np.concatenate(err), np.concatenate(logd), shape, maps, recons
-
-    def score_field(self, image: np.ndarray, labels: np.ndarray | None = None, *,
-                    fpr: float | None = None, name: str = "image",
-                    include_border: bool = False) -> tuple[ScoreResult, CellScores]:
-        """Score the cells of a field and judge the field by its worst cell.
-
-        The field's score is its worst judged cell's, adjusted for the number of cells judged
-        (as patch mode adjusts for windows: see :meth:`Calibration.window_adjusted`), so the
-        false-alarm rate holds per field. Parameters as for :meth:`score_cells`.
-
-        Returns
-        -------
-        (ScoreResult, CellScores)
-            The field's result (error map and reconstruction assembled from the cells) and
-            the per-cell table.
-
-        Raises
-        ------
-        ImageError
-            As :meth:`score_cells`, and when every cell touches the image edge.
-        """
-        fpr = DEFAULT_FPR if fpr is None else fpr
-        cells, units, recons, x = self._cells(image, labels, fpr, name, include_border)
-        worst = cells.worst()
-        if worst < 0:
-            label = "the image" if name == "image" else f"image {name!r}"
-            raise ImageError(f"every cell found in {label} touches the image edge, so none "
-                             "can be judged")
-        row = {k: v[worst] for k, v in cells.table.items()}
-        recon = _paste_cells(recons, units, x.shape[:2], base=x)
-        zeros = np.zeros(x.shape[:2], dtype=np.float32)
-        shape = row["shape_log_density"] if self.shape is not None else None
-        result = self._finish(row["recon_error"], row["log_density"], fpr, cells.error_map,
-                              zeros, recon, n_windows=int(cells.judged().sum()),
-                              shape_logd=shape)
-        return result, cells
-
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the detector to one safe file (atomic; see :mod:`.modelfile`)."""
@@ -801,50 +640,3 @@ def default_model_path() -> Path | None:
     """The shipped default model, or None if this installation has none."""
     here = Path(__file__).resolve().parent.parent / "models" / "default.safetensors"
     return here if here.is_file() else None
-
-
-
-def _cell_crops(x: np.ndarray, labels: np.ndarray, table: Any, size: int) -> CellUnits:
-    """Whole-mode units for the cells of a field: each cell's box, squared and padded by 10%,
-    with every pixel outside the cell set to 0 (the black background of cropped-cell
-    datasets), resized to the model size."""
-    h, w, c = x.shape
-    windows, masks, origins = [], [], []
-    for lab, box in zip(table.label, table.bbox, strict=True):
-        r0, c0, r1, c1 = (int(v) for v in box)
-        s = int(np.ceil(max(r1 - r0, c1 - c0) * 1.1)) + 2
-        top, left = (r0 + r1) // 2 - s // 2, (c0 + c1) // 2 - s // 2
-        crop = np.zeros((s, s, c), dtype=np.float32)
-        own = np.zeros((s, s), dtype=bool)
-        y0, y1, x0, x1 = max(top, 0), min(top + s, h), max(left, 0), min(left + s, w)
-        dst = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
-        own[dst] = labels[y0:y1, x0:x1] == lab
-        crop[dst] = x[y0:y1, x0:x1]
-        crop[~own] = 0.0
-        windows.append(resize(crop, (size, size)))
-        masks.append(own)
-        origins.append((top, left))
-    return CellUnits(windows, masks, np.asarray(origins, dtype=np.int64).reshape(-1, 2))
-
-
-def _paste_cells(parts: Sequence[np.ndarray], units: CellUnits, shape: tuple[int, ...],
-                 base: np.ndarray | None = None) -> np.ndarray:
-    """Put each cell's ``(s, s[, C])`` map or image onto its own pixels of a field.
-
-    Units whose window side differs from the part's (whole-mode crops, resized) are resized
-    back first.
-    """
-    h, w = shape[:2]
-    first = parts[0] if len(parts) else np.zeros((1, 1))
-    extra = first.shape[2:]
-    out = (base.copy() if base is not None
-           else np.zeros((h, w, *extra), dtype=np.float32))
-    for part, own, (top, left) in zip(parts, units.masks, units.origins, strict=True):
-        s = own.shape[0]
-        if part.shape[0] != s:
-            part = resize(part, (s, s))
-        y0, y1, x0, x1 = max(top, 0), min(top + s, h), max(left, 0), min(left + s, w)
-        src = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
-        sel = own[src]
-        out[y0:y1, x0:x1][sel] = part[src][sel]
-    return out
