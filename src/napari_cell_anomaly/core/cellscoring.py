@@ -13,6 +13,8 @@ from .cellscores import CellScores
 from .cellunits import (
     CellUnits,
     balance_field,
+    centred_window,
+    clip_window,
     cut_units,
     readable,
     reduction_masks,
@@ -188,22 +190,19 @@ def _cell_crops(x: np.ndarray, labels: np.ndarray, table: Any, size: int) -> Cel
     """Whole-mode units for the cells of a field: each cell's box, squared and padded by 10%,
     with every pixel outside the cell set to 0 (the black background of cropped-cell
     datasets), resized to the model size."""
-    h, w, c = x.shape
     windows, masks, origins = [], [], []
     for lab, box in zip(table.label, table.bbox, strict=True):
         r0, c0, r1, c1 = (int(v) for v in box)
         s = int(np.ceil(max(r1 - r0, c1 - c0) * 1.1)) + 2
-        top, left = (r0 + r1) // 2 - s // 2, (c0 + c1) // 2 - s // 2
-        crop = np.zeros((s, s, c), dtype=np.float32)
+        origin, field, dst = centred_window(box, s, x.shape)
+        crop = np.zeros((s, s, x.shape[2]), dtype=np.float32)
         own = np.zeros((s, s), dtype=bool)
-        y0, y1, x0, x1 = max(top, 0), min(top + s, h), max(left, 0), min(left + s, w)
-        dst = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
-        own[dst] = labels[y0:y1, x0:x1] == lab
-        crop[dst] = x[y0:y1, x0:x1]
+        own[dst] = labels[field] == lab
+        crop[dst] = x[field]
         crop[~own] = 0.0
         windows.append(resize(crop, (size, size)))
         masks.append(own)
-        origins.append((top, left))
+        origins.append(origin)
     return CellUnits(windows, masks, np.asarray(origins, dtype=np.int64).reshape(-1, 2))
 
 
@@ -214,17 +213,14 @@ def _paste_cells(parts: Sequence[np.ndarray], units: CellUnits, shape: tuple[int
     Units whose window side differs from the part's (whole-mode crops, resized) are resized
     back first.
     """
-    h, w = shape[:2]
     first = parts[0] if len(parts) else np.zeros((1, 1))
-    extra = first.shape[2:]
     out = (base.copy() if base is not None
-           else np.zeros((h, w, *extra), dtype=np.float32))
+           else np.zeros((*shape[:2], *first.shape[2:]), dtype=np.float32))
     for part, own, (top, left) in zip(parts, units.masks, units.origins, strict=True):
         s = own.shape[0]
         if part.shape[0] != s:
             part = resize(part, (s, s))
-        y0, y1, x0, x1 = max(top, 0), min(top + s, h), max(left, 0), min(left + s, w)
-        src = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+        field, src = clip_window(int(top), int(left), s, shape)
         sel = own[src]
-        out[y0:y1, x0:x1][sel] = part[src][sel]
+        out[field][sel] = part[src][sel]
     return out

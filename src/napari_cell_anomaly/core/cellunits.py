@@ -137,6 +137,29 @@ def balance_field(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
     return out.astype(np.float32, copy=False), new_bg
 
 
+def centred_window(box: Sequence[int], side: int, shape: Sequence[int]
+                   ) -> tuple[tuple[int, int], tuple[slice, slice], tuple[slice, slice]]:
+    """A ``side x side`` window centred on a bounding box ``(r0, c0, r1, c1)``.
+
+    Returns its top-left corner in field coordinates (may be negative) and, for the part that
+    lies inside a field of ``shape``, the field's slices and the window's slices
+    (:func:`clip_window`).
+    """
+    r0, c0, r1, c1 = (int(v) for v in box)
+    top, left = (r0 + r1) // 2 - side // 2, (c0 + c1) // 2 - side // 2
+    return (top, left), *clip_window(top, left, side, shape)
+
+
+def clip_window(top: int, left: int, side: int, shape: Sequence[int]
+                ) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Slices of a field of ``shape`` and of a ``side x side`` window at ``(top, left)``
+    that cover the same pixels (the window may reach beyond the field)."""
+    h, w = int(shape[0]), int(shape[1])
+    y0, y1, x0, x1 = max(top, 0), min(top + side, h), max(left, 0), min(left + side, w)
+    return ((slice(y0, y1), slice(x0, x1)),
+            (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)))
+
+
 def cut_units(x: np.ndarray, labels: np.ndarray, table: CellTable, side: int, *,
               context: str = "isolate", fill: np.ndarray | None = None) -> CellUnits:
     """Cut one window per cell.
@@ -163,24 +186,16 @@ def cut_units(x: np.ndarray, labels: np.ndarray, table: CellTable, side: int, *,
     """
     if context not in CONTEXTS:
         raise ValueError(f"unknown context {context!r}; expected one of {CONTEXTS}")
-    h, w, c = x.shape
     fill = background_colour(x, labels) if fill is None else np.asarray(fill, np.float32)
     windows, masks, origins = [], [], []
     grow = ndimage.generate_binary_structure(2, 1)
     for lab, box in zip(table.label, table.bbox, strict=True):
-        r0, c0, r1, c1 = (int(v) for v in box)
-        s = side
-        top = (r0 + r1) // 2 - s // 2
-        left = (c0 + c1) // 2 - s // 2
-        win = np.empty((s, s, c), dtype=np.float32)
+        origin, field, dst = centred_window(box, side, x.shape)
+        win = np.empty((side, side, x.shape[2]), dtype=np.float32)
         win[:] = fill
-        own = np.zeros((s, s), dtype=bool)
-        y0, y1 = max(top, 0), min(top + s, h)
-        x0, x1 = max(left, 0), min(left + s, w)
-        src = x[y0:y1, x0:x1]
-        lab_win = labels[y0:y1, x0:x1]
-        dst = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
-        own[dst] = lab_win == lab
+        own = np.zeros((side, side), dtype=bool)
+        src = x[field]
+        own[dst] = labels[field] == lab
         if context == "isolate":
             keep = ndimage.binary_dilation(own, grow, iterations=MASK_MARGIN)[dst]
             win[dst][keep] = src[keep]
@@ -188,7 +203,7 @@ def cut_units(x: np.ndarray, labels: np.ndarray, table: CellTable, side: int, *,
             win[dst] = src
         windows.append(win)
         masks.append(own)
-        origins.append((top, left))
+        origins.append(origin)
     return CellUnits(windows, masks, np.asarray(origins, dtype=np.int64).reshape(-1, 2))
 
 
