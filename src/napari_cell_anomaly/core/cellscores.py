@@ -70,8 +70,3 @@ class CellScores:
             return -1
         scores = np.where(judged, self.table["score"], -np.inf)
         return int(np.argmax(scores))
-
-    def rows(self) -> list[dict[str, float | int | bool]]:
-        """The table as a list of dicts (one per cell), plain Python numbers."""
-        cols = {k: self.table[k].tolist() for k in CELL_COLUMNS}
-        return [{k: cols[k][i] for k in CELL_COLUMNS} for i in range(len(self))]
