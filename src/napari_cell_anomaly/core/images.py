@@ -25,6 +25,7 @@ from skimage.transform import resize as _sk_resize
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_CHANNELS",
     "MIN_SIDE",
     "ImageError",
     "LoadedImages",
@@ -40,6 +41,9 @@ __all__ = [
 
 #: Smallest accepted image side, in pixels.
 MIN_SIDE = 8
+
+#: Most channels an image may have: a longer last axis is not read as channels.
+MAX_CHANNELS = 16
 
 #: File suffixes (lower case) recognised as images by :func:`find_images`.
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
