@@ -80,19 +80,32 @@ def test_rgb_keeps_three_channels():
     np.testing.assert_array_equal(out, img.astype(np.float32))
 
 
-def test_rgba_alpha_is_dropped():
+def test_four_channels_are_kept_and_an_rgb_model_reads_them_as_rgba():
     rgb = np.stack([_ramp(), _ramp()[::-1], _ramp().T], axis=-1)
     alpha = np.full((16, 16, 1), 255, np.uint8)
     alpha[0, 0] = 0
-    out = as_float_image(np.concatenate([rgb, alpha], axis=-1))
-    assert out.shape == (16, 16, 3)
-    np.testing.assert_array_equal(out, rgb.astype(np.float32))
+    rgba = np.concatenate([rgb, alpha], axis=-1)
+    assert as_float_image(rgba).shape == (16, 16, 4)  # channels last: 4 channels
+    out = Preprocessing("rgb", 0.0, 255.0)(rgba)
+    np.testing.assert_array_equal(out, rgb.astype(np.float32) / 255.0)
 
 
-def test_channels_first_colour_image_is_moved_last():
+@pytest.mark.parametrize("channels", [2, 5])
+def test_any_channel_count_is_kept_channels_last(channels):
+    img = np.stack([_ramp((12, 20), np.uint16, k + 1) for k in range(channels)], axis=-1)
+    out = as_float_image(img)
+    assert out.shape == (12, 20, channels)
+    np.testing.assert_array_equal(out[..., 1], img[..., 1].astype(np.float32))
+
+
+def test_channels_first_without_channel_axis_is_ambiguous():
     chw = np.stack([_ramp((10, 20)), _ramp((10, 20))[::-1], _ramp((10, 20))])
-    out = as_float_image(chw)
-    assert out.shape == (10, 20, 3)
+    chw = np.repeat(np.repeat(chw, 2, axis=1), 2, axis=2)  # (3, 20, 40)
+    with pytest.raises(ImageError, match=r"channels first or a stack.*channel_axis=0") as info:
+        as_float_image(chw)
+    assert "\n" not in str(info.value)
+    out = as_float_image(chw, channel_axis=0)
+    assert out.shape == (20, 40, 3)
     np.testing.assert_array_equal(out[..., 1], chw[1].astype(np.float32))
 
 
@@ -147,9 +160,13 @@ def test_3d_stack_message():
     with pytest.raises(ImageError) as info:
         as_float_image(np.zeros((5, 64, 64)), name="x.png")
     assert str(info.value) == (
-        "image 'x.png' is a 3-D stack of shape (5, 64, 64); expected a 2-D image "
-        "(H, W), (H, W, 3) or (H, W, 4)"
+        "image 'x.png' has shape (5, 64, 64): channels first or a stack of 5 planes? "
+        "Images are read channels last (H, W, C); if axis 0 holds the channels pass "
+        "channel_axis=0 (or np.moveaxis(image, 0, -1)), if it is a stack score its planes "
+        "one by one"
     )
+    with pytest.raises(ImageError, match="is a 3-D stack of shape"):
+        as_float_image(np.zeros((20, 64, 64)), name="x.png")
 
 
 @pytest.mark.parametrize("shape", [(100,), (2, 3, 16, 16), ()])
@@ -203,7 +220,7 @@ def _rgb(seed=0, shape=(16, 16), dtype=np.uint8, high=255):
 
 def test_fit_uint8_rgb_uses_full_range():
     prep = Preprocessing.fit([_rgb(0), _rgb(1)])
-    assert prep == Preprocessing("rgb", 0.0, 255.0)
+    assert prep == Preprocessing("rgb", 0.0, 255.0, dtype="uint8")
 
 
 def test_fit_grayscale_picks_gray():
@@ -213,7 +230,7 @@ def test_fit_grayscale_picks_gray():
 
 
 def test_fit_mixed_colour_and_gray_picks_rgb_and_rejects_gray():
-    with pytest.raises(ImageError, match="model expects RGB images; got a grayscale image"):
+    with pytest.raises(ImageError, match=r"model expects RGB images .*got a grayscale image"):
         Preprocessing.fit([_rgb(0), _ramp()])
 
 
@@ -284,7 +301,8 @@ def test_call_rgb_model_rejects_grayscale():
     prep = Preprocessing("rgb", 0.0, 255.0)
     with pytest.raises(ImageError) as info:
         prep(_ramp())
-    assert str(info.value) == "model expects RGB images; got a grayscale image"
+    assert str(info.value) == ("model expects RGB images (3 channels); got a grayscale image "
+                               "(1 channel)")
 
 
 def test_call_rgb_model_accepts_rgba():

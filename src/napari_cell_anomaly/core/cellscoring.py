@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 class CellScoring:
     """Per-cell scoring, mixed into :class:`~.detector.AnomalyDetector` (which provides the
-    network, preprocessing, densities, calibration and ``analyse_units`` / ``_finish``)."""
+    network, preprocessing, densities, calibration and ``analyse_units`` / ``_finish`` /
+    ``_note_range``)."""
 
     def score_cells(self, image: np.ndarray, labels: np.ndarray | None = None, *,
                     fpr: float | None = None, name: str = "image",
@@ -67,9 +68,9 @@ class CellScoring:
 
     def _cells(self, image: np.ndarray, labels: np.ndarray | None, fpr: float | None,
                name: str, include_border: bool
-               ) -> tuple[CellScores, CellUnits, list[np.ndarray], np.ndarray]:
-        """:meth:`score_cells`, also returning the units, their reconstructions and the
-        preprocessed field."""
+               ) -> tuple[CellScores, CellUnits, list[np.ndarray], np.ndarray, float]:
+        """:meth:`score_cells`, also returning the units, their reconstructions, the
+        preprocessed field and the fraction of its values clipped by the preprocessing."""
         from .cells import check_labels, measure_cells, segment_cells
 
         if self.mode == "patch":
@@ -77,7 +78,7 @@ class CellScoring:
                              "train a cells-mode model (or a whole-image model on cell crops) "
                              "to score cells")
         fpr = DEFAULT_FPR if fpr is None else fpr
-        x = self.preprocessing(image, name=name)
+        x, clipped = self.preprocessing.transform(image, name=name)
         label = "the image" if name == "image" else f"image {name!r}"
         if self.mode == "cells" and max(x.shape[:2]) < 2 * self.size:
             raise ImageError(
@@ -126,7 +127,7 @@ class CellScoring:
         error_map = _paste_cells(maps, units, labels.shape)
         result = CellScores(cols, labels, error_map, threshold, include_border,
                             skipped=int((~ok).sum()))
-        return result, units, recons, x
+        return result, units, recons, x, clipped
 
     def _measure_cell_units(self, units: CellUnits
                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray],
@@ -170,7 +171,8 @@ class CellScoring:
             As :meth:`score_cells`, and when every cell touches the image edge.
         """
         fpr = DEFAULT_FPR if fpr is None else fpr
-        cells, units, recons, x = self._cells(image, labels, fpr, name, include_border)
+        cells, units, recons, x, clipped = self._cells(image, labels, fpr, name,
+                                                       include_border)
         worst = cells.worst()
         if worst < 0:
             label = "the image" if name == "image" else f"image {name!r}"
@@ -183,7 +185,7 @@ class CellScoring:
         result = self._finish(row["recon_error"], row["log_density"], fpr, cells.error_map,
                               zeros, recon, n_windows=int(cells.judged().sum()),
                               shape_logd=shape)
-        return result, cells
+        return self._note_range(result, clipped, np.asarray(image).dtype, name), cells
 
 
 def _cell_crops(x: np.ndarray, labels: np.ndarray, table: Any, size: int) -> CellUnits:

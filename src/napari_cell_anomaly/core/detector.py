@@ -11,6 +11,7 @@ the unit is one cell: a native-scale ``size x size`` window centred on it (see
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import platform
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from .model import Autoencoder, ModelConfig, build_model
 from .modelfile import ModelFileError, load_file, save_file
 from .scoring import DEFAULT_FPR, Calibration, ScoringConfig, reduce_map
 from .tiling import PredictionStopped, predict_tiled
+
+logger = logging.getLogger(__name__)
 
 MODES = ("whole", "patch", "cells")
 #: A whole-mode model refuses images whose longer side exceeds this many times the median
@@ -77,6 +80,12 @@ class ScoreResult:
         ``(H, W)`` bool: the pixels the verdict looks at (the eroded foreground when
         ``ScoringConfig.foreground``), None for every pixel. The pixel threshold is calibrated
         on these pixels; draw outlines with :meth:`anomaly_region`.
+    clipped_fraction : float
+        Fraction of the image's values outside the model's training intensity range (clipped
+        by the preprocessing; see :meth:`.images.Preprocessing.transform`).
+    range_warning : str or None
+        One line when the image lies outside the training range (many values clipped, or
+        another integer bit depth than the training images), else None; also logged.
     """
 
     score: float
@@ -90,6 +99,8 @@ class ScoreResult:
     reconstruction: np.ndarray
     n_windows: int = 1
     region: np.ndarray | None = None
+    clipped_fraction: float = 0.0
+    range_warning: str | None = None
 
     def anomaly_region(self, level: float) -> np.ndarray:
         """``(H, W)`` bool: pixels of :attr:`region` whose error map exceeds ``level``
@@ -101,7 +112,7 @@ class ScoreResult:
         """The numbers of this result, as written to a CSV row."""
         return {"score": self.score, "recon_error": self.recon_error,
                 "log_density": self.log_density, "is_anomaly": int(self.is_anomaly),
-                "percentile": self.percentile}
+                "percentile": self.percentile, "clipped_fraction": self.clipped_fraction}
 
 
 @dataclass
@@ -162,6 +173,9 @@ class AnomalyDetector(CellScoring):
             raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
         if self.context not in CONTEXTS:
             raise ValueError(f"unknown context {self.context!r}; expected one of {CONTEXTS}")
+        if self.scoring.error == "auto":
+            raise ValueError("a detector needs a concrete error kind; training resolves "
+                             "error='auto' (see core.errorchoice)")
         self.network.eval()
 
     # -- properties ---------------------------------------------------------------------------
@@ -194,8 +208,17 @@ class AnomalyDetector(CellScoring):
 
     @property
     def channels(self) -> str:
-        """``"rgb"`` or ``"gray"``."""
+        """``"rgb"``, ``"gray"`` or ``"multi"`` (see :class:`.images.Preprocessing`)."""
         return self.preprocessing.channels
+
+    def describe_input(self) -> str:
+        """The model's input channels in words, e.g. ``"RGB"``, ``"2 channels (DAPI,
+        GFP)"``."""
+        prep = self.preprocessing
+        if prep.channels != "multi":
+            return prep.channels.upper()
+        names = f" ({', '.join(prep.names)})" if prep.names else ""
+        return f"{prep.n_channels} channels{names}"
 
     def summary(self) -> str:
         """A human-readable, multi-line description of the model."""
@@ -208,7 +231,7 @@ class AnomalyDetector(CellScoring):
             f"Trained {p.get('date', '?')} on {p.get('n_images', '?')} images "
             f"({p.get('n_train', '?')} train, {held}), "
             f"{p.get('epochs_run', '?')} epochs, seed {p.get('seed', '?')}",
-            f"Input: {self.channels.upper()}, {self.mode} mode, {self.size} px, "
+            f"Input: {self.describe_input()}, {self.mode} mode, {self.size} px, "
             f"preset {self.network.config.preset}",
             self.describe_rate(DEFAULT_FPR),
             f"At {100 * DEFAULT_FPR:g}% false alarms: error > {crit['recon_error']:.4g} or "
@@ -318,13 +341,15 @@ class AnomalyDetector(CellScoring):
 
     # -- scoring ------------------------------------------------------------------------------
     def score(self, image: np.ndarray, *, fpr: float | None = None, name: str = "image",
-              stop: Callable[[], bool] | None = None) -> ScoreResult:
+              stop: Callable[[], bool] | None = None,
+              channel_axis: int | None = None) -> ScoreResult:
         """Score one 2-D image.
 
         Parameters
         ----------
         image : np.ndarray
-            ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` array of any numeric dtype.
+            ``(H, W)`` or ``(H, W, C)`` (channels last) array of any numeric dtype, with the
+            model's channels (see :class:`.images.Preprocessing`).
         fpr : float, optional
             Target false-alarm rate for the verdict (default 5%).
         name : str
@@ -332,10 +357,14 @@ class AnomalyDetector(CellScoring):
         stop : callable, optional
             Patch mode: called between batches of tiles and of windows; when it returns True,
             scoring ends by raising :class:`~.tiling.PredictionStopped`.
+        channel_axis : int, optional
+            The axis holding the channels when ``image`` is not channels-last (e.g. 0 for a
+            ``(C, H, W)`` array).
 
         Returns
         -------
         ScoreResult
+            With ``clipped_fraction`` and ``range_warning`` (logged as a warning when set).
 
         Raises
         ------
@@ -343,17 +372,31 @@ class AnomalyDetector(CellScoring):
             If the image is not a valid 2-D image or its channels do not match the model.
         """
         fpr = DEFAULT_FPR if fpr is None else fpr
+        if channel_axis is not None:
+            image = np.moveaxis(np.asarray(image), channel_axis, -1)
         if self.mode == "cells":
             return self.score_field(image, fpr=fpr, name=name)[0]
-        x = self.preprocessing(image, name=name)
+        x, clipped = self.preprocessing.transform(image, name=name)
         if self.mode == "whole":
             self._check_whole_scale(x.shape[:2], name)
-            return self._score_whole(x, fpr)
-        if min(x.shape[:2]) < self.size:
+            result = self._score_whole(x, fpr)
+        elif min(x.shape[:2]) < self.size:
             label = "image" if name == "image" else f"image {name!r}"
             raise ImageError(f"{label} is {x.shape[0]}x{x.shape[1]} pixels; this patch-mode "
                              f"model needs at least {self.size} pixels per side")
-        return self._score_patch(x, fpr, stop)
+        else:
+            result = self._score_patch(x, fpr, stop)
+        return self._note_range(result, clipped, np.asarray(image).dtype, name)
+
+    def _note_range(self, result: ScoreResult, clipped: float, dtype: Any, name: str
+                    ) -> ScoreResult:
+        """Record how much of the image the intensity range clipped; warn (log) when far
+        outside the training range."""
+        result.clipped_fraction = clipped
+        result.range_warning = self.preprocessing.range_warning(clipped, dtype, name)
+        if result.range_warning:
+            logger.warning("%s", result.range_warning)
+        return result
 
     def trained_side(self) -> float | None:
         """Median longer side (pixels) of the training images, when recorded."""

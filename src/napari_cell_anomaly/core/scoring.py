@@ -52,11 +52,14 @@ class ScoringConfig:
 
     Parameters
     ----------
-    error : {"lab", "mse", "ssim", "mix"}
+    error : {"auto", "lab", "mse", "ssim", "mix"}
         The map behind the image error and the heatmap: squared error in CIE L*a*b* computed
         on input and reconstruction (perceptual colour; lightness only for grayscale),
-        squared error in the normalised intensities, 1 - SSIM, or the mean of the latter two
-        after scaling each by its calibration median.
+        squared error in the normalised intensities (any number of channels), 1 - SSIM, or
+        the mean of the latter two after scaling each by its calibration median. ``"auto"``
+        (the default) lets training choose from the training images
+        (:func:`.errorchoice.choose_error`: ``"lab"`` for RGB brightfield, else ``"mse"``);
+        a trained model always holds the concrete kind.
     reduce : {"mean", "p99", "max"}
         How the smoothed map becomes one number.
     sigma : float
@@ -75,7 +78,7 @@ class ScoringConfig:
         mode uses (its windows are centred on the cell) and what old model files used.
     """
 
-    error: str = "lab"
+    error: str = "auto"
     reduce: str = "max"
     sigma: float = 1.0
     foreground: bool = True
@@ -83,8 +86,9 @@ class ScoringConfig:
     density: str = "kde"
 
     def __post_init__(self) -> None:
-        if self.error not in ERROR_KINDS:
-            raise ValueError(f"unknown error kind {self.error!r}; expected one of {ERROR_KINDS}")
+        if self.error not in ("auto", *ERROR_KINDS):
+            raise ValueError(f"unknown error kind {self.error!r}; expected 'auto' or one of "
+                             f"{ERROR_KINDS}")
         if self.reduce not in REDUCTIONS:
             raise ValueError(f"unknown reduction {self.reduce!r}; expected one of {REDUCTIONS}")
         if self.sigma < 0:

@@ -52,8 +52,9 @@ class TrainConfig:
         image sizes.
     preset : {"default", "seed"}
         Network preset (see :mod:`.model`).
-    channels : {"rgb", "gray"} or None
-        Channel mode; None keeps colour when the images have it.
+    channels : {"rgb", "gray", "multi"} or None
+        Channel layout (see :class:`.images.Preprocessing`); None: ``"gray"`` for one
+        channel, ``"rgb"`` for 3-channel (or RGBA) ``uint8`` images, else ``"multi"``.
     val_fraction : float
         Fraction of images (whole mode), of fields (cells mode) or of each image's rows (patch
         mode, few images; cells mode, fewer than 3 fields) held out for the choice of the best
@@ -94,6 +95,9 @@ class TrainConfig:
         pallor, colour) to the latent density (see :class:`.cellunits.ShapeDensity`).
     max_steps : int or None
         Stop after this many steps in total (for quick tests and previews).
+    channel_names : tuple of str or None
+        Names of the channels in the model's order (e.g. napari layer names), recorded in
+        the model and used in messages.
     scoring : ScoringConfig
         How maps become image errors; stored in the model.
     """
@@ -121,6 +125,7 @@ class TrainConfig:
     cell_shape: bool = True
     max_steps: int | None = None
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    channel_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

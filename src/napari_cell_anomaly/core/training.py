@@ -46,6 +46,7 @@ from .cellunits import ShapeDensity
 from .density import fit_density
 from .detector import AnomalyDetector, encode_units, provenance_base, to_tensor
 from .device import resolve_device
+from .errorchoice import AUTO, choose_error
 from .images import ImageError, Preprocessing, random_patches
 from .model import Autoencoder, ModelConfig, build_model
 from .scoring import Calibration, robust_location_scale
@@ -214,8 +215,14 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    prep = Preprocessing.fit([np.asarray(im) for im in images], channels=cfg.channels)
-    in_ch = 3 if prep.channels == "rgb" else 1
+    prep = Preprocessing.fit([np.asarray(im) for im in images], channels=cfg.channels,
+                             names=cfg.channel_names)
+    in_ch = prep.n_channels
+    error_choice = "set by the caller"
+    if cfg.scoring.error == AUTO:
+        error, error_choice = choose_error(prep, images)
+        cfg = dataclasses.replace(cfg, scoring=dataclasses.replace(cfg.scoring, error=error))
+        error_choice = f"{error} chosen for {error_choice}"
     mcfg = ModelConfig.from_preset(cfg.preset, in_channels=in_ch)
     net = build_model(mcfg)
     data = prepare(images, cfg, prep, names, rng, labels, net.align)
@@ -342,6 +349,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         "best_val_loss": best_val,
         "train_seconds": round(elapsed, 2),
         "train_config": cfg.to_dict(),
+        "error_choice": error_choice,
     })
     rejected_images = [int(data.train_index[i]) for i in rejected_units]
     if data.mode == "cells":
