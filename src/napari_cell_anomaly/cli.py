@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 EXIT_BAD_INPUT = 2
 CSV_COLUMNS = ("path", "score", "recon_error", "log_density", "is_anomaly", "percentile",
-               "threshold", "error")
+               "threshold", "error", "clipped_fraction")
 #: Per-cell CSV (``score --cells-csv``): these first columns are fixed (scripts rely on them).
 CELLS_CSV_COLUMNS = ("path", "cell_id", "centroid_y", "centroid_x", "area", "score",
                      "recon_error", "log_density", "is_anomaly", "percentile", "at_border",
@@ -96,16 +96,25 @@ def _write_tiff_atomic(path: Path, data: np.ndarray) -> None:
         raise
 
 
-def _load_inputs(inputs: Sequence[str]) -> tuple[list[np.ndarray], list[Path]]:
+def _load_inputs(inputs: Sequence[str], channel_axis: int | str | None = None
+                 ) -> tuple[list[np.ndarray], list[Path]]:
+    images, paths, _ = _load_inputs_axes(inputs, channel_axis)
+    return images, paths
+
+
+def _load_inputs_axes(inputs: Sequence[str], channel_axis: int | str | None = None
+                      ) -> tuple[list[np.ndarray], list[Path], list[str]]:
+    """Images ``(H, W, C)`` (channel axis from each file's metadata or ``--channel-axis``),
+    their paths and axes."""
     from .core.images import find_images, load_images
 
     paths = find_images(inputs)
-    loaded = load_images(paths)
+    loaded = load_images(paths, channel_axis)
     _report_failures(loaded.failures)
     if not loaded.images:
         raise CliError(f"none of the {len(paths)} image files could be used "
                        f"(first problem: {loaded.failures[0][1]})")
-    return loaded.images, loaded.paths
+    return loaded.images, loaded.paths, loaded.axes
 
 
 def _report_failures(failures: Sequence[tuple[Path, str]]) -> None:
@@ -157,9 +166,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         epochs=args.epochs, size=args.size, loss=args.loss, preset=args.preset, seed=args.seed,
         mode=args.mode, robust=args.robust, batch_size=args.batch_size,
-        scoring=ScoringConfig(density=args.density),
+        scoring=ScoringConfig(density=args.density, error=args.error),
     )
-    images, paths = _load_inputs(args.inputs)
+    images, paths, axes = _load_inputs_axes(args.inputs, args.channel_axis)
+    if all(a.endswith("S") for a in axes):
+        config.channels = "rgb"  # the files say their channels are RGB colour samples
     labels = None
     sources = _label_source(args.labels, paths)
     if sources is not None:
@@ -214,7 +225,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score images with a model: one CSV row per image (and per cell), optional heatmaps."""
-    from .core.images import ImageError, find_images, read_image
+    from .core.axes import read_2d_image
+    from .core.images import ImageError, find_images
     from .core.scoring import DEFAULT_FPR
 
     csv_path = Path(args.csv)
@@ -235,6 +247,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     _say(f"model: {detector.describe_rate(args.fpr or DEFAULT_FPR)}; running on {device}")
     failures: list[tuple[Path, str]] = []
     n_flagged = n_ok = n_cells = n_cells_flagged = n_skipped = 0
+    out_of_range: list[str] = []
     show = not args.quiet and sys.stderr.isatty()
     with contextlib.ExitStack() as stack:
         writer = csv.writer(stack.enter_context(atomic_text(csv_path)))
@@ -245,7 +258,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             cell_writer.writerow(CELLS_CSV_COLUMNS)
         for k, path in enumerate(paths, 1):
             try:
-                image = read_image(path)
+                image = read_2d_image(path, args.channel_axis)[0]
                 if per_cell:
                     labels = _read_matched_labels(sources, path, args.labels)
                     result, cells = detector.score_field(image, labels, fpr=args.fpr,
@@ -255,12 +268,15 @@ def cmd_score(args: argparse.Namespace) -> int:
             except (ImageError, OSError) as err:
                 msg = str(err).splitlines()[0] if str(err) else type(err).__name__
                 failures.append((path, msg))
-                writer.writerow([str(path), "", "", "", "", "", "", msg])
+                writer.writerow([str(path), "", "", "", "", "", "", msg, ""])
                 continue
             row = result.as_row()
             writer.writerow([str(path), f"{row['score']:.6g}", f"{row['recon_error']:.6g}",
                              f"{row['log_density']:.6g}", row["is_anomaly"],
-                             f"{row['percentile']:.2f}", f"{result.threshold:.6g}", ""])
+                             f"{row['percentile']:.2f}", f"{result.threshold:.6g}", "",
+                             f"{result.clipped_fraction:.4g}"])
+            if result.range_warning:
+                out_of_range.append(result.range_warning)
             n_ok += 1
             n_flagged += int(result.is_anomaly)
             if cells is not None:
@@ -279,6 +295,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     if show:
         print(file=sys.stderr)
     _report_failures(failures)
+    if out_of_range:
+        _say(f"warning: {len(out_of_range)} image(s) lie outside the model's training range "
+             f"(see clipped_fraction in {csv_path}); first: {out_of_range[0]}")
     rate = f"{100 * (args.fpr or DEFAULT_FPR):g}% false-alarm rate"
     _say(f"scored {n_ok} images: {n_flagged} flagged anomalous at {rate}; results in "
          f"{csv_path}")
@@ -326,8 +345,9 @@ def _label_dtype(labels: np.ndarray) -> np.ndarray:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment the cells of each image: one ``<stem>_labels.tif`` per image."""
+    from .core.axes import read_2d_image
     from .core.cells import segment_cells
-    from .core.images import ImageError, find_images, read_image
+    from .core.images import ImageError, find_images
 
     out = Path(args.out)
     _prepare_dir(out)
@@ -337,7 +357,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     show = not args.quiet and sys.stderr.isatty()
     for k, path in enumerate(paths, 1):
         try:
-            labels = segment_cells(read_image(path), kind=args.kind, diameter=args.diameter)
+            labels = segment_cells(read_2d_image(path, args.channel_axis)[0], kind=args.kind,
+                                   diameter=args.diameter, channel=args.channel)
         except ImageError as err:
             failures.append((path, str(err)))
             continue
@@ -361,8 +382,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .core.evaluation import evaluate
 
     detector = _detector(args.model, _device(args.device))
-    normal, _ = _load_inputs([args.normal])
-    anomalous, _ = _load_inputs([args.anomalous])
+    normal, _ = _load_inputs([args.normal], args.channel_axis)
+    anomalous, _ = _load_inputs([args.anomalous], args.channel_axis)
     report = evaluate(detector, normal, anomalous, fpr=args.fpr)
     print(json.dumps(report, indent=2))
     return 0
@@ -412,6 +433,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _channel_axis(text: str) -> int | str:
+    if text.lower() == "none":
+        return "none"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an axis index or 'none', got {text!r}"
+                                         ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cell-anomaly`` argument parser."""
     p = argparse.ArgumentParser(
@@ -424,10 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     # Help texts quote the library's defaults, so they cannot drift from them.
     from .core.device import describe_devices
     from .core.model import PRESETS
-    from .core.scoring import DEFAULT_FPR, TRAINABLE_DENSITIES
+    from .core.scoring import DEFAULT_FPR, ERROR_KINDS, TRAINABLE_DENSITIES
     from .core.training import LOSSES, MODES, TrainConfig
 
     d = TrainConfig()
+    channel_help = ("which axis of the files holds the channels, where their metadata (OME-TIFF "
+                    "/ ImageJ axes, TIFF samples, PNG colour type) does not say: an axis index "
+                    "of the array as stored, or 'none' (no channel axis); default: from the "
+                    "metadata, an error when it is ambiguous")
     device_help = ("where the network runs: auto = a CUDA GPU, else Apple MPS, else the CPU; "
                    "not stored in the model (default: auto; this machine: "
                    f"{describe_devices().removeprefix('devices found: ')})")
@@ -469,6 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
     t.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                    help=device_help)
+    t.add_argument("--error", choices=("auto", *ERROR_KINDS), default=d.scoring.error,
+                   help="per-pixel error behind scores and heatmaps: lab = squared error in "
+                        "CIE L*a*b*, mse = squared error of the normalised channel "
+                        "intensities, ssim = 1 - SSIM, mix = both; auto = lab for RGB "
+                        f"brightfield images, else mse (default: {d.scoring.error})")
+    t.add_argument("--channel-axis", type=_channel_axis, metavar="N|none",
+                   help=channel_help)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -491,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fpr", type=_fpr, help=f"target false-alarm rate (default: {DEFAULT_FPR})")
     s.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                    help=device_help)
+    s.add_argument("--channel-axis", type=_channel_axis, metavar="N|none",
+                   help=channel_help)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_score)
 
@@ -505,6 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "fluorescence: cells brighter (default: auto, from the image)")
     g.add_argument("--diameter", type=_positive_float, metavar="D",
                    help="typical cell diameter in pixels (default: estimated per image)")
+    g.add_argument("--channel-axis", type=_channel_axis, metavar="N|none",
+                   help=channel_help)
+    g.add_argument("--channel", type=int, metavar="K",
+                   help="segment on channel K only (0-based; default: all channels, each "
+                        "scaled to its own range, averaged)")
     g.add_argument("--quiet", action="store_true", help="no progress line")
     g.set_defaults(func=cmd_segment)
 
@@ -516,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fpr", type=_fpr, help=f"target false-alarm rate (default: {DEFAULT_FPR})")
     e.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                    help=device_help)
+    e.add_argument("--channel-axis", type=_channel_axis, metavar="N|none",
+                   help=channel_help)
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="train and score on built-in synthetic cells")

@@ -520,13 +520,23 @@ def test_load_images_reports_bad_files_without_raising(image_dir):
     assert "4x4 pixels" in failed["tiny.png"]
 
 
-def test_load_images_returns_raw_arrays(image_dir):
+def test_load_images_returns_raw_arrays_channels_last(image_dir):
     rgba = np.concatenate([_rgb(6), np.full((16, 16, 1), 128, np.uint8)], axis=-1)
     iio.imwrite(image_dir / "rgba.png", rgba)
     result = load_images([image_dir / "d.tif", image_dir / "rgba.png"])
     assert result.failures == []
-    assert result.images[0].dtype == np.uint16
-    np.testing.assert_array_equal(result.images[1], rgba)  # alpha kept as read
+    assert result.images[0].dtype == np.uint16 and result.images[0].ndim == 3
+    np.testing.assert_array_equal(result.images[1], rgba[..., :3])  # a PNG's alpha dropped
+    assert result.axes == ["YXC", "YXS"]
+
+
+def test_load_images_reports_ambiguous_channel_axis_and_takes_channel_axis(tmp_path):
+    tifffile.imwrite(tmp_path / "chw.tif", np.stack([_ramp(scale=k + 1) for k in range(2)]),
+                     photometric="minisblack", metadata=None)
+    result = load_images([tmp_path / "chw.tif"])
+    assert result.images == [] and "--channel-axis 0" in result.failures[0][1]
+    result = load_images([tmp_path / "chw.tif"], channel_axis=0)
+    assert result.images[0].shape == (16, 16, 2)
 
 
 def test_load_images_missing_file_is_a_failure(tmp_path):

@@ -27,7 +27,7 @@ def test_presets_build_with_expected_family() -> None:
     assert seed.config.widths == (64, 32, 16)
 
 
-@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("in_channels", [1, 2, 3, 5])
 @pytest.mark.parametrize("hw", [(8, 8), (16, 16), (24, 40), (64, 64), (72, 32)])
 def test_output_shape_equals_input_shape(preset_model: Autoencoder, in_channels: int,
                                          hw: tuple[int, int]) -> None:
@@ -117,6 +117,6 @@ def test_config_round_trip_and_validation() -> None:
     with pytest.raises(ValueError, match="preset"):
         ModelConfig(preset="unet")
     with pytest.raises(ValueError, match="in_channels"):
-        ModelConfig(in_channels=2)
+        ModelConfig(in_channels=17)
     with pytest.raises(ValueError, match="positive"):
         ModelConfig(widths=())

@@ -33,7 +33,7 @@ import tifffile
 
 from .images import MAX_CHANNELS, ImageError
 
-__all__ = ["NO_CHANNEL_AXIS", "read_image_axes", "resolve_axes"]
+__all__ = ["NO_CHANNEL_AXIS", "read_2d_image", "read_image_axes", "resolve_axes"]
 
 #: ``channel_axis`` value that says the file has no channel axis (every unnamed axis is a
 #: plane axis).
@@ -226,3 +226,24 @@ def read_image_axes(path: str | os.PathLike[str], channel_axis: int | str | None
                          f"(decoded shape {data.shape})")
     return resolve_axes(data, axes, channel_axis=channel_axis, rgb=rgb, alpha=alpha,
                         name=p.name)
+
+
+def read_2d_image(path: str | os.PathLike[str], channel_axis: int | str | None = None
+                  ) -> tuple[np.ndarray, str]:
+    """Read one 2-D image file as ``(H, W, C)`` (see :func:`read_image_axes`).
+
+    Returns
+    -------
+    (numpy.ndarray, str)
+        The pixels and their axes, ``"YXC"`` or ``"YXS"`` (RGB colour samples).
+
+    Raises
+    ------
+    ImageError
+        As :func:`read_image_axes`, and for a file with plane axes (a z-stack or time series).
+    """
+    arr, axes = read_image_axes(path, channel_axis)
+    if len(axes) > 3:
+        raise ImageError(f"image {Path(path).name!r} is a stack (axes {axes!r}, shape "
+                         f"{arr.shape}); expected one 2-D image (Y, X and channels)")
+    return arr, axes

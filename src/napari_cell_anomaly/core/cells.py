@@ -71,6 +71,7 @@ __all__ = [
     "measure_cells",
     "read_labels",
     "segment_cells",
+    "segmentation_image",
 ]
 
 #: Accepted values of ``kind``.
@@ -386,13 +387,44 @@ def _kind_of(gray: np.ndarray) -> str:
     return "brightfield" if position > 0.5 else "fluorescence"
 
 
+def segmentation_image(image: np.ndarray, channel: int | None = None) -> np.ndarray:
+    """What the segmentation looks at in a field, ``float32`` ``(H, W, C)``.
+
+    ``channel`` given: that channel alone. Else one channel and RGB colour images (3
+    channels, or 4 = RGBA with the alpha dropped, of ``uint8``) as they are; any other
+    channel set (2 or more channels of fluorescence, ``uint16`` colour...) is combined into
+    one channel: each channel scaled to its own 0.5-99.5 percentile range, then averaged, so
+    a dim stain counts as much as a bright one.
+
+    Raises
+    ------
+    ImageError
+        If the image is invalid or ``channel`` is not one of its channels.
+    """
+    raw = np.asarray(image)
+    img = as_float_image(raw)
+    if channel is not None:
+        if not 0 <= int(channel) < img.shape[2]:
+            raise ImageError(f"channel {channel} does not exist: the image has "
+                             f"{img.shape[2]} channel(s) (0 to {img.shape[2] - 1})")
+        return img[:, :, int(channel):int(channel) + 1]
+    if img.shape[2] == 1 or (img.shape[2] in (3, 4) and raw.dtype == np.uint8):
+        return img[:, :, :3]
+    scaled = np.empty(img.shape, dtype=np.float32)
+    for k in range(img.shape[2]):
+        low, high = np.percentile(_subsample(img[:, :, k]), [0.5, 99.5])
+        scaled[:, :, k] = (img[:, :, k] - low) / max(float(high - low), 1e-12)
+    return np.clip(scaled, 0.0, 1.0).mean(axis=2, keepdims=True)
+
+
 def image_kind(image: np.ndarray) -> str:
     """Guess whether a field is brightfield or fluorescence.
 
     Parameters
     ----------
     image : numpy.ndarray
-        ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``, any dtype.
+        ``(H, W)`` or ``(H, W, C)``, any dtype (channels combined as in
+        :func:`segmentation_image`).
 
     Returns
     -------
@@ -407,7 +439,7 @@ def image_kind(image: np.ndarray) -> str:
     ImageError
         If the image is invalid (see :func:`~napari_cell_anomaly.core.images.as_float_image`).
     """
-    return _kind_of(_gray(as_float_image(image)))
+    return _kind_of(_gray(segmentation_image(image)))
 
 
 def _lstsq(design: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -609,15 +641,17 @@ def segment_cells(
     kind: str = "auto",
     diameter: float | None = None,
     min_area: float | None = None,
+    channel: int | None = None,
 ) -> np.ndarray:
     """Find the cells of a field (classic segmentation, no model).
 
-    See the module docstring for the steps and their order.
+    See the module docstring for the steps and their order, and :func:`segmentation_image`
+    for what is segmented in a multi-channel image.
 
     Parameters
     ----------
     image : numpy.ndarray
-        ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` field, any numeric dtype.
+        ``(H, W)`` or ``(H, W, C)`` field (channels last), any numeric dtype.
     kind : {"auto", "brightfield", "fluorescence"}, optional
         Brightfield: cells darker or more saturated than a bright background (stained
         smears). Fluorescence: cells brighter than a dark background. ``"auto"`` decides
@@ -627,6 +661,8 @@ def segment_cells(
     min_area : float, optional
         Objects smaller than this many pixels are dropped as debris; by default a fifth of
         the median object area (at least 8 pixels).
+    channel : int, optional
+        Segment on this channel only (0-based), e.g. the nuclear stain.
 
     Returns
     -------
@@ -644,7 +680,7 @@ def segment_cells(
     _check_kind(kind)
     diameter = _check_positive("diameter", diameter)
     min_area = _check_positive("min_area", min_area)
-    img = as_float_image(image)
+    img = segmentation_image(image, channel)
     if kind == "auto":
         kind = _kind_of(_gray(img))
     signal = _cell_signal(img, kind)

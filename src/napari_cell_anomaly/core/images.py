@@ -805,41 +805,54 @@ class LoadedImages:
     Attributes
     ----------
     images : list of numpy.ndarray
-        Raw arrays of the readable, valid images, as read from disk.
+        Raw arrays of the readable, valid images, ``(H, W, C)`` channels last (dtype as
+        stored; see :func:`.axes.read_2d_image`).
     paths : list of pathlib.Path
         Path of each entry of ``images``.
     failures : list of (pathlib.Path, str)
         Files that could not be read or are not valid images, with the reason.
+    axes : list of str
+        Axes of each entry of ``images``: ``"YXC"``, or ``"YXS"`` for RGB colour samples.
     """
 
     images: list[np.ndarray] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     failures: list[tuple[Path, str]] = field(default_factory=list)
+    axes: list[str] = field(default_factory=list)
 
 
-def load_images(paths: Iterable[str | os.PathLike[str]]) -> LoadedImages:
+def load_images(paths: Iterable[str | os.PathLike[str]],
+                channel_axis: int | str | None = None) -> LoadedImages:
     """Read and validate image files, collecting failures instead of raising.
 
     Parameters
     ----------
     paths : iterable of path-like
         Image files, e.g. from :func:`find_images`.
+    channel_axis : int or "none", optional
+        For files whose metadata leaves the channel axis ambiguous (see
+        :func:`.axes.read_image_axes`).
 
     Returns
     -------
     LoadedImages
-        The raw arrays (as read; validated with :func:`as_float_image` but not converted),
-        their paths, and ``(path, reason)`` for every file that failed.
+        The arrays (read with :func:`.axes.read_2d_image`: channels last, alpha dropped where
+        the file says it is alpha; validated with :func:`as_float_image` but not converted),
+        their paths and axes, and ``(path, reason)`` for every file that failed (stacks and
+        ambiguous channel axes included).
     """
+    from .axes import read_2d_image
+
     result = LoadedImages()
     for path in paths:
         p = Path(path)
         try:
-            data = read_image(p)
+            data, axes = read_2d_image(p, channel_axis)
             as_float_image(data, name=p.name)
         except ImageError as err:
             result.failures.append((p, str(err)))
             continue
         result.images.append(data)
         result.paths.append(p)
+        result.axes.append(axes)
     return result

@@ -32,7 +32,8 @@ class ModelConfig:
     preset : {"default", "seed"}
         Network family.
     in_channels : int
-        Number of image channels (1 for grayscale, 3 for RGB).
+        Number of image channels (1 for grayscale, 3 for RGB, any number from 1 to
+        ``images.MAX_CHANNELS`` for other channel sets).
     widths : tuple of int
         Channels per resolution level, from full resolution down. The number of levels is the
         depth; the input is downsampled by ``2 ** len(widths)``.
@@ -48,8 +49,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown model preset {self.preset!r}; expected one of {PRESETS}")
-        if self.in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if not 1 <= self.in_channels <= 16:  # images.MAX_CHANNELS
+            raise ValueError(f"in_channels must be 1 to 16, got {self.in_channels}")
         if not self.widths or min(self.widths) < 1 or self.latent_channels < 1:
             raise ValueError("widths and latent_channels must be positive")
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))

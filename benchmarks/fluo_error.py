@@ -1,0 +1,123 @@
+"""Which per-pixel error suits fluorescence: L*a*b*, squared error, 1 - SSIM or their mix.
+
+Data: the 256 x 256 fields of DSB 2018 fluorescence nuclei (``../shared/data/dsb2018-fluo``,
+uint8 grayscale, with instance labels). Fields are split by sorted id: every other field
+trains (normal), the rest are held out. In each held-out field three labelled nuclei get a
+planted change, with its pixel mask: ``bright`` (the nucleus 2.5 times brighter),
+``micronucleus`` (a small disc of the nucleus' brightness just outside it) or ``fragment``
+(a dark cut 2 px wide through the nucleus). Image AUROC: held-out fields as they are (normal)
+against the same fields with the planted changes; pixel AUROC over the planted fields.
+
+One patch-mode model (size 64) is trained per error kind with the same seed (the error does
+not change training, only the map behind scores, heatmaps and calibration). ``auto`` is what
+training chooses for these images.
+
+Run: ``python benchmarks/fluo_error.py [--epochs N] [--kinds lab,mse,ssim,mix] [--limit N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_cell_anomaly.core.errorchoice import choose_error
+from napari_cell_anomaly.core.images import Preprocessing, read_image
+from napari_cell_anomaly.core.metrics import image_auroc, pixel_auroc
+from napari_cell_anomaly.core.scoring import ScoringConfig
+from napari_cell_anomaly.core.training import TrainConfig, run_training
+
+DSB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018-fluo"
+CHANGES = ("bright", "micronucleus", "fragment")
+
+
+def load_fields(limit: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The 256 x 256 fields and their label images, sorted by id."""
+    images, labels = [], []
+    for path in sorted((DSB / "images").glob("*.png")):
+        img = read_image(path)
+        if img.shape != (256, 256):
+            continue
+        images.append(img)
+        labels.append(read_image(DSB / "labels" / f"{path.stem}_labels.tif"))
+        if limit and len(images) >= limit:
+            break
+    return images, labels
+
+
+def plant(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Three changed nuclei and the mask of the changed pixels."""
+    out = image.astype(np.float32)
+    mask = np.zeros(image.shape, dtype=bool)
+    ids, areas = np.unique(labels[labels > 0], return_counts=True)
+    big = ids[areas >= 40]
+    background = float(np.median(image[labels == 0])) if (labels == 0).any() else 0.0
+    for k, lab in enumerate(rng.permutation(big)[:3]):
+        own = labels == lab
+        change = CHANGES[k % len(CHANGES)]
+        ys, xs = np.nonzero(own)
+        cy, cx = ys.mean(), xs.mean()
+        radius = np.sqrt(own.sum() / np.pi)
+        if change == "bright":
+            out[own] = out[own] * 2.5
+            mask |= own
+        elif change == "micronucleus":
+            angle = rng.uniform(0, 2 * np.pi)
+            r = max(2.0, 0.35 * radius)
+            py, px = cy + (radius + r + 2) * np.sin(angle), cx + (radius + r + 2) * np.cos(angle)
+            yy, xx = np.ogrid[:image.shape[0], :image.shape[1]]
+            disc = (yy - py) ** 2 + (xx - px) ** 2 <= r * r
+            out[disc] = max(float(np.median(image[own])), background + 1)
+            mask |= disc
+        else:
+            angle = rng.uniform(0, np.pi)
+            yy, xx = np.mgrid[:image.shape[0], :image.shape[1]]
+            dist = np.abs((yy - cy) * np.cos(angle) - (xx - cx) * np.sin(angle))
+            cut = own & (dist <= 1.0)
+            out[cut] = background
+            mask |= cut
+    mask = ndi.binary_dilation(mask, iterations=1) & (mask | (np.abs(out - image) > 0))
+    return np.clip(out, 0, 255).astype(image.dtype), mask
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--kinds", default="lab,mse,ssim,mix")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N fields")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    if not DSB.is_dir():
+        raise SystemExit(f"no DSB 2018 data at {DSB}")
+    images, labels = load_fields(args.limit)
+    train, test, test_labels = images[0::2], images[1::2], labels[1::2]
+    rng = np.random.default_rng(args.seed)
+    planted = [plant(im, lab, rng) for im, lab in zip(test, test_labels, strict=True)]
+    auto, why = choose_error(Preprocessing.fit(train), train)
+    print(f"{len(train)} training fields, {len(test)} held-out fields (+ planted copies); "
+          f"auto error: {auto} ({why})")
+    print(f"{'error':>11} {'image AUROC':>12} {'error-only AUROC':>17} {'pixel AUROC':>12} "
+          f"{'train s':>8}")
+    for kind in args.kinds.split(","):
+        t0 = time.perf_counter()
+        cfg = TrainConfig(epochs=args.epochs, mode="patch", size=64, seed=args.seed,
+                          scoring=ScoringConfig(error=kind))
+        det = run_training(train, cfg, device="cpu")
+        seconds = time.perf_counter() - t0
+        normal = [det.score(im) for im in test]
+        anomalous = [det.score(im) for im, _ in planted]
+        y = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
+        score = image_auroc(y, [r.score for r in normal + anomalous])
+        err = image_auroc(y, [r.recon_error for r in normal + anomalous])
+        pix = pixel_auroc([m for _, m in planted], [r.error_map for r in anomalous])
+        tag = f"{kind}{' (auto)' if kind == auto else ''}"
+        print(f"{tag:>11} {score:12.3f} {err:17.3f} {pix:12.3f} {seconds:8.0f}")
+
+
+if __name__ == "__main__":
+    main()
