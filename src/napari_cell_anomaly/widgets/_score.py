@@ -99,6 +99,7 @@ class ScoreWidget(QWidget):
         self._jobs = JobSlot()
         self._job_layers: list[Layer] = []
         self._job_failures: list[Failed] = []
+        self._job_range_warnings: list[str] = []
         self._job_done = 0
         self._job_detector: AnomalyDetector | None = None
         self._fpr_timer = QTimer(self)
@@ -269,21 +270,23 @@ class ScoreWidget(QWidget):
             show_error("No model to score with: train one with 'Train anomaly model', or load "
                        "a model file.")
             return False
-        layers = self.targets.scorable()
-        if layers is None:
+        images = self.targets.scorable_images()  # channel layers grouped into images
+        if images is None:
             return False
 
         if self.cells_box.per_cell():
-            items = self.cells_box.job_items(detector, layers)
+            items = self.cells_box.job_items(detector, images)
             if items is None:
                 return False
             job_args: tuple = (score_cells_job, detector, items, self.fpr,
                                self.cells_box.include_border())
         else:
             job_args = (score_job, detector,
-                        snapshot_planes([(ly.name, ly.data) for ly in layers]), self.fpr)
+                        snapshot_planes([(im.name, im.data) for im in images]), self.fpr)
+        layers = [im.first for im in images]  # results are shown on the first channel
         self._job_layers = layers
         self._job_failures = []
+        self._job_range_warnings = []
         self._job_done = 0
         self._jobs.current = job = JobControl()
         if job_args[0] is score_job:
@@ -325,6 +328,8 @@ class ScoreWidget(QWidget):
             self._render_cells(source, event.cells, detector, event.labels, event.others)
         else:
             self._render_result(source, event.result, detector)
+            if event.result.range_warning:
+                self._job_range_warnings.append(event.result.range_warning)
 
     def _on_finished(self) -> None:
         n = len(self._job_layers)
@@ -336,6 +341,10 @@ class ScoreWidget(QWidget):
             more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
             show_error(f"Could not score {len(failures)} of {n} image"
                        f"{'s' * (n != 1)}: {first}{more}")
+        warnings = self._job_range_warnings
+        if warnings:
+            more = f" (+{len(warnings) - 1} more)" if len(warnings) > 1 else ""
+            show_warning(f"Outside the training range: {warnings[0]}{more}")
         self._update_buttons()
 
     # ------------------------------------------------------------------------------------

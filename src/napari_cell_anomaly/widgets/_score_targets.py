@@ -2,7 +2,9 @@
 
 :class:`ScoreTargetsBox` holds the choice and checks the layers it gives: the plugin's own
 layers selected along with their source are skipped silently, other layers that cannot be
-scored are named in one notification.
+scored are named in one notification. Its channels choice (:mod:`._channel_layers`) says which
+single-channel layers are the channels of one image: with the default, selecting any channel
+layer of a multi-channel image opened with ``channel_axis`` scores that whole image.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from napari.layers import Image, Layer
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QButtonGroup, QHBoxLayout, QRadioButton, QWidget
 
+from ._channel_layers import ChannelImage, ChannelLayersError, ChannelsCombo, group_channel_layers
 from ._common import is_own_layer, scoring_problem
 
 if TYPE_CHECKING:
@@ -43,7 +46,8 @@ class ScoreTargetsBox(QWidget):
         group.addButton(self.all_radio)
         row.addWidget(self.selected_radio)
         row.addWidget(self.all_radio)
-        row.addStretch(1)
+        self.channels = ChannelsCombo()
+        row.addWidget(self.channels, 1)
 
     def layers(self) -> list[Layer]:
         """The layers the Score button would use (before checking them)."""
@@ -76,3 +80,24 @@ class ScoreTargetsBox(QWidget):
             show_warning(f"Skipping {len(problems)} layer{'s' * (len(problems) != 1)}: "
                          f"{text}.")
         return good
+
+    def scorable_images(self) -> list[ChannelImage] | None:
+        """The images to score: :meth:`scorable` layers grouped by the channels choice (with
+        "napari channel layers form one image", a chosen channel layer brings the other
+        channels of its image along); None (notified) if there are none or the layers cannot
+        be grouped."""
+        layers = self.scorable()
+        if layers is None:
+            return None
+        how = self.channels.choice()
+        try:
+            if how != "auto":
+                return group_channel_layers(layers, how)
+            chosen = {str(ly.unique_id) for ly in layers}
+            every = [ly for ly in self.viewer.layers
+                     if isinstance(ly, Image) and scoring_problem(ly) is None]
+            return [g for g in group_channel_layers(every, "auto")
+                    if any(str(ly.unique_id) in chosen for ly in g.layers)]
+        except ChannelLayersError as exc:
+            show_error(f"Cannot score: {exc}.")
+            return None

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._channel_layers import ChannelLayersError
 from ._common import (
     JobControl,
     JobFailure,
@@ -270,7 +271,11 @@ class TrainWidget(QWidget):
         if self.state.status is Status.SCORING:
             show_warning("Scoring is running: train when it has finished.")
             return False
-        layers = self.selected_layers()
+        try:
+            layers = self.images_box.selected_images()  # channel layers grouped into images
+        except ChannelLayersError as exc:
+            show_warning(f"Cannot train: {exc}.")
+            return False
         folder = self.images_box.folder()
         if not layers and not folder:
             show_warning("No training images: select image layers of normal cells in the "
@@ -289,6 +294,8 @@ class TrainWidget(QWidget):
         except ValueError as exc:
             report_error("Invalid training settings", exc)
             return False
+        if layers and layers[0].channel_names:
+            config.channel_names = layers[0].channel_names  # recorded in the model
 
         cells = self.cells_source()
         labels: list[np.ndarray | None] | None = None
@@ -316,7 +323,7 @@ class TrainWidget(QWidget):
             for index, (name, data) in zip(np.ndindex(*lead), layer_planes(layer),
                                            strict=True):
                 planes.append((name, data))
-                sources.append(TrainingSource(name, layer, index))
+                sources.append(TrainingSource(name, layer.first, index))
 
         items = snapshot_planes(planes)
         self._reset_progress()

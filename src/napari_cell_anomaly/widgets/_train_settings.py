@@ -31,6 +31,9 @@ _MODE_LABELS = {"auto": "auto (from image size)", "whole": "whole image (cell cr
                 "patch": "patches (fields of view)", "cells": "cells (a window per cell)"}
 _PRESETS = ("default", "seed")
 _DENSITY_LABELS = {"kde": "kernel density (KDE)", "gmm": "Gaussian mixture"}
+_ERROR_LABELS = {"auto": "auto (L*a*b* for RGB brightfield, else MSE)",
+                 "lab": "L*a*b* squared error", "mse": "MSE of normalised channels",
+                 "ssim": "1 - SSIM", "mix": "MSE + SSIM"}
 
 
 class TrainSettings(QWidget):
@@ -92,13 +95,20 @@ class TrainSettings(QWidget):
         adv_form.addRow("Network", self.preset)
         adv_form.addRow("Mode", self.mode)
         adv_form.addRow("Latent density", self.density)
+        self.error = QComboBox()
+        self.error.setToolTip("The per-pixel error behind scores and heatmaps, recorded in the "
+                              "model. auto: squared error in CIE L*a*b* for RGB brightfield "
+                              "images, squared error of the normalised channel intensities "
+                              "for fluorescence, grayscale and other channel sets.")
+        adv_form.addRow("Pixel error", self.error)
         adv_form.addRow(self.robust)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
 
         self.size.editingFinished.connect(self.snap_size)
         self.controls = [self.epochs, self.size, self.loss, self.seed, self.batch_size,
-                         self.lr, self.preset, self.mode, self.robust, self.density]
+                         self.lr, self.preset, self.mode, self.robust, self.density,
+                         self.error]
 
     def set_enabled(self, on: bool) -> None:
         """Enable or disable every control (the "Advanced" toggle stays usable)."""
@@ -107,7 +117,7 @@ class TrainSettings(QWidget):
 
     def fill_defaults(self) -> None:
         """Fill the controls with the core's defaults (imports the core: torch)."""
-        from ..core.scoring import TRAINABLE_DENSITIES
+        from ..core.scoring import ERROR_KINDS, TRAINABLE_DENSITIES
         from ..core.training import LOSSES, MODES, TrainConfig
 
         defaults = TrainConfig()
@@ -127,6 +137,9 @@ class TrainSettings(QWidget):
         for key in TRAINABLE_DENSITIES:
             self.density.addItem(_DENSITY_LABELS.get(key, key), key)
         self.density.setCurrentIndex(TRAINABLE_DENSITIES.index(defaults.scoring.density))
+        for key in ("auto", *ERROR_KINDS):
+            self.error.addItem(_ERROR_LABELS.get(key, key), key)
+        self.error.setCurrentIndex(max(self.error.findData(defaults.scoring.error), 0))
 
     def snap_size(self) -> None:
         """Round the size to a multiple of 8 (at least 16)."""
@@ -150,5 +163,6 @@ class TrainSettings(QWidget):
             mode="cells" if cells else self.mode.currentData(),
             preset=self.preset.currentText(),
             robust=self.robust.isChecked(),
-            scoring=ScoringConfig(density=self.density.currentData()),
+            scoring=ScoringConfig(density=self.density.currentData(),
+                                  error=self.error.currentData() or "auto"),
         )

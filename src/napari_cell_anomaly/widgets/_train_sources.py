@@ -3,8 +3,10 @@
 :class:`TrainingImagesBox` lists the viewer's image layers (the plugin's own left out) under
 their current names, selects them by hand or by a name filter, holds an optional folder of
 normal images, and offers the cells source of cells mode: none, the built-in segmentation, or a
-Labels layer of the chosen image's height and width. It only holds choices; the Train widget
-reads them when Train is pressed.
+Labels layer of the chosen image's height and width, and the channels choice
+(:mod:`._channel_layers`: with the default, the channel layers of a multi-channel image opened
+with ``channel_axis`` are one training image, whichever of them is selected). It only holds
+choices; the Train widget reads them when Train is pressed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._channel_layers import (
+    ChannelImage,
+    ChannelLayersError,
+    ChannelsCombo,
+    group_channel_layers,
+)
 from ._common import bind, image_hw, is_own_layer, layer_key
 
 if TYPE_CHECKING:
@@ -69,6 +77,11 @@ class TrainingImagesBox(QGroupBox):
         self.name_filter.setClearButtonEnabled(True)
         form.addWidget(self.name_filter)
         row = QHBoxLayout()
+        row.addWidget(QLabel("Channels"))
+        self.channels = ChannelsCombo()
+        row.addWidget(self.channels, 1)
+        form.addLayout(row)
+        row = QHBoxLayout()
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("optional: folder of normal images")
         self.folder_edit.setClearButtonEnabled(True)
@@ -95,6 +108,7 @@ class TrainingImagesBox(QGroupBox):
         self.folder_edit.textChanged.connect(self._update_selection_label)
         self.name_filter.textChanged.connect(self.select_matching)
         self.layer_list.itemSelectionChanged.connect(self._update_selection_label)
+        self.channels.currentIndexChanged.connect(self._update_selection_label)
         layers = self.viewer.layers
         for event in (layers.events.inserted, layers.events.removed, layers.events.moved):
             bind(self, event, self._on_layers_changed)
@@ -105,6 +119,23 @@ class TrainingImagesBox(QGroupBox):
         """The image layers chosen for training, in list order."""
         rows = sorted(self.layer_list.row(it) for it in self.layer_list.selectedItems())
         return [self._listed[r] for r in rows if r < len(self._listed)]
+
+    def selected_images(self) -> list[ChannelImage]:
+        """The training images the selected layers make under the channels choice (with the
+        default, a selected channel layer brings the other channels of its image along).
+
+        Raises
+        ------
+        ChannelLayersError
+            When the layers cannot be the channels of one image (different shapes, RGB).
+        """
+        layers = self.selected_layers()
+        how = self.channels.choice()
+        if how != "auto":
+            return group_channel_layers(layers, how)
+        chosen = {layer_key(ly) for ly in layers}
+        return [g for g in group_channel_layers(self._listed, "auto")
+                if any(layer_key(ly) in chosen for ly in g.layers)]
 
     def select_layers(self, layers: Sequence[Image]) -> None:
         """Select exactly ``layers`` in the list."""
@@ -188,11 +219,19 @@ class TrainingImagesBox(QGroupBox):
     def _update_selection_label(self, *_: Any) -> None:
         self._refresh_cells_combo()
         layers = self.selected_layers()
-        n_images = sum(int(np.prod(image_hw(ly)[:-2], dtype=int)) for ly in layers)
+        try:
+            images = self.selected_images()
+        except ChannelLayersError as exc:
+            self.selection_label.setText(f"Cannot combine these layers: {exc}.")
+            return
+        n_images = sum(int(np.prod(image_hw(im)[:-2], dtype=int)) for im in images)
         parts = []
         if layers:
+            channels = sorted({len(im.layers) for im in images})
+            what = (f", {'/'.join(map(str, channels))} channel layers each"
+                    if channels != [1] else "")
             parts.append(f"{len(layers)} layer{'s' * (len(layers) != 1)} "
-                         f"({n_images} image{'s' * (n_images != 1)})")
+                         f"({n_images} image{'s' * (n_images != 1)}{what})")
         if self.folder_edit.text().strip():
             parts.append("the images in the folder")
         self.selection_label.setText(
