@@ -5,7 +5,9 @@ place on RGB brightfield smears (stained cells on a bright background). It does 
 fluorescence or on arbitrary channel sets, where it would apply the sRGB gamma to normalised
 intensities (and it needs 1 or 3 channels). :func:`choose_error` therefore picks
 
-- ``"lab"`` for RGB images whose majority is brightfield (:func:`.cells.image_kind`);
+- ``"lab"`` for RGB colour images (3 channels, or RGBA, of ``uint8``: stained brightfield
+  pictures), unless they look like a fluorescence composite: most of their pixels that are
+  not pure black (crop padding) are dark, below a quarter of the full range in luminosity;
 - :data:`CHANNELS_ERROR` for everything else (grayscale, fluorescence, any number of
   channels): an error on the normalised channel intensities (see ``docs/benchmarks.md`` for
   the measurement behind it, ``benchmarks/fluo_error.py``).
@@ -30,6 +32,9 @@ AUTO = "auto"
 CHANNELS_ERROR = "mse"
 #: At most this many training images are looked at to decide brightfield or fluorescence.
 _KIND_SAMPLE = 8
+#: RGB images whose non-black pixels are mostly dark (median over the images looked at) are
+#: taken as fluorescence composites.
+_DARK_FRACTION = 0.5
 
 
 def choose_error(prep: Preprocessing, images: Sequence[np.ndarray]) -> tuple[str, str]:
@@ -48,14 +53,24 @@ def choose_error(prep: Preprocessing, images: Sequence[np.ndarray]) -> tuple[str
         The error kind (``"lab"`` or :data:`CHANNELS_ERROR`) and a short reason, e.g.
         ``"RGB brightfield images"``.
     """
-    from .cells import image_kind
-
     if prep.channels != "rgb":
         what = {"gray": "grayscale images"}.get(prep.channels,
                                                 f"{prep.n_channels}-channel images")
         return CHANNELS_ERROR, what
     step = max(1, len(images) // _KIND_SAMPLE)
-    kinds = [image_kind(np.asarray(im)[..., :3]) for im in list(images)[::step][:_KIND_SAMPLE]]
-    if kinds.count("brightfield") * 2 > len(kinds):
-        return "lab", "RGB brightfield images"
-    return CHANNELS_ERROR, "RGB fluorescence images"
+    dark = [_dark_fraction(np.asarray(im)) for im in list(images)[::step][:_KIND_SAMPLE]]
+    if float(np.median(dark)) > _DARK_FRACTION:
+        return CHANNELS_ERROR, "RGB fluorescence images (mostly dark)"
+    return "lab", "RGB brightfield images"
+
+
+def _dark_fraction(image: np.ndarray) -> float:
+    """Fraction of the not-pure-black pixels of an RGB(A) image whose luminosity is below a
+    quarter of the full range (255 for ``uint8``, else the image's maximum)."""
+    rgb = image[..., :3].reshape(-1, 3).astype(np.float32)
+    full = 255.0 if image.dtype == np.uint8 else max(float(rgb.max()), 1e-12)
+    rgb = rgb[rgb.max(axis=1) > 0]
+    if rgb.size == 0:
+        return 1.0
+    lum = rgb @ np.array([0.21, 0.72, 0.07], dtype=np.float32)
+    return float(np.mean(lum < 0.25 * full))
