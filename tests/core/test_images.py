@@ -101,7 +101,8 @@ def test_any_channel_count_is_kept_channels_last(channels):
 def test_channels_first_without_channel_axis_is_ambiguous():
     chw = np.stack([_ramp((10, 20)), _ramp((10, 20))[::-1], _ramp((10, 20))])
     chw = np.repeat(np.repeat(chw, 2, axis=1), 2, axis=2)  # (3, 20, 40)
-    with pytest.raises(ImageError, match=r"channels first or a stack.*channel_axis=0") as info:
+    with pytest.raises(ImageError,
+                       match=r"channels first or a 3-D stack.*channel_axis=0") as info:
         as_float_image(chw)
     assert "\n" not in str(info.value)
     out = as_float_image(chw, channel_axis=0)
@@ -160,7 +161,7 @@ def test_3d_stack_message():
     with pytest.raises(ImageError) as info:
         as_float_image(np.zeros((5, 64, 64)), name="x.png")
     assert str(info.value) == (
-        "image 'x.png' has shape (5, 64, 64): channels first or a stack of 5 planes? "
+        "image 'x.png' has shape (5, 64, 64): channels first or a 3-D stack of 5 planes? "
         "Images are read channels last (H, W, C); if axis 0 holds the channels pass "
         "channel_axis=0 (or np.moveaxis(image, 0, -1)), if it is a stack score its planes "
         "one by one"
