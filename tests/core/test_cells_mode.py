@@ -7,7 +7,16 @@ import pytest
 
 from napari_cell_anomaly.core.cells import measure_cells
 from napari_cell_anomaly.core.cellscores import CELL_COLUMNS
-from napari_cell_anomaly.core.cellunits import cut_units, window_side
+from napari_cell_anomaly.core.cellunits import (
+    SHAPE_FEATURES,
+    SHAPE_FEATURES_V2,
+    CellUnits,
+    ShapeDensity,
+    cut_units,
+    profile_features,
+    shape_features,
+    window_side,
+)
 from napari_cell_anomaly.core.detector import AnomalyDetector
 from napari_cell_anomaly.core.images import ImageError
 from napari_cell_anomaly.core.metrics import image_auroc
@@ -229,3 +238,43 @@ def test_shape_criterion_flags_outsized_cells(cells_detector, scored):
     judged = ~cells.table["at_border"]
     assert judged.any() and cells.table["is_anomaly"][judged].all()
     assert "shape_log_density" in cells_detector.calibration.criteria(0.05)
+
+
+def _disc_unit(side: int = 48, radius: float = 12.0, core: float = 0.0,
+               notches: int = 0) -> CellUnits:
+    """One isolated cell on a light background: a disc (optionally with notches cut into its
+    outline) whose inner ``core`` fraction of the radius is as pale as the background."""
+    yy, xx = np.mgrid[0:side, 0:side] - side / 2 + 0.5
+    r, angle = np.hypot(yy, xx), np.arctan2(yy, xx)
+    edge = radius * (1 - 0.35 * (np.cos(notches * angle) > 0.6)) if notches else radius
+    own = r < edge
+    win = np.full((side, side, 3), 0.8, dtype=np.float32)
+    win[own] = (0.6, 0.3, 0.35)
+    win[own & (r < core * radius)] = 0.78
+    return CellUnits([win], [own], np.zeros((1, 2), dtype=np.int64))
+
+
+def test_profile_features_see_pallor_and_notches():
+    names = list(SHAPE_FEATURES_V2)
+    solid, pale = profile_features(_disc_unit()), profile_features(_disc_unit(core=0.7))
+    notched = profile_features(_disc_unit(notches=8))
+    core, pale_fraction = names.index("contrast_core"), names.index("pale_fraction")
+    # a hypochromic-like cell: a pale core and a large pale area
+    assert pale[0, core] < 0.5 * solid[0, core]
+    assert pale[0, pale_fraction] > solid[0, pale_fraction] + 0.3
+    # the rim keeps its contrast
+    assert pale[0, names.index("contrast_rim")] > 0.5 * solid[0, names.index("contrast_rim")]
+    # a notched outline is far more concave than a disc
+    assert notched[0, names.index("concavity")] > solid[0, names.index("concavity")] + 1.0
+    full = shape_features(_disc_unit())
+    assert full.shape == (1, len(SHAPE_FEATURES) + 3 + len(SHAPE_FEATURES_V2))
+    np.testing.assert_allclose(full[0, -len(names):], solid[0])
+
+
+def test_shape_density_of_an_older_file_reads_its_own_columns():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(200, 14))
+    old = ShapeDensity.fit(feats[:, :8])  # as fitted before the profile columns existed
+    np.testing.assert_allclose(old.log_density(feats), old.log_density(feats[:, :8]))
+    new = ShapeDensity.fit(feats)
+    assert not np.allclose(new.log_density(feats), old.log_density(feats))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from scipy import ndimage
@@ -236,23 +237,34 @@ def pool_cells(tables: Sequence[CellTable]) -> CellTable:
                               for f in dataclasses.fields(tables[0])})
 
 
-#: Names of the columns of :func:`shape_features`, in order (colour means follow, one per
-#: channel).
+#: Names of the columns of :func:`shape_features`, in order: these five, then the mean colour
+#: of each channel, then :data:`SHAPE_FEATURES_V2`.
 SHAPE_FEATURES = ("log_area", "roundness", "elongation", "brightness_spread", "pallor")
+#: Columns added after the colour means (model files written before them hold densities over
+#: the first ``5 + C`` columns only; :meth:`ShapeDensity.log_density` reads those).
+SHAPE_FEATURES_V2 = ("concavity", "contrast_rim", "contrast_outer", "contrast_inner",
+                     "contrast_core", "pale_fraction")
+#: Depth bins of the contrast profile: distance from the cell's edge relative to its deepest
+#: point, from the rim (0) to the core (1).
+PROFILE_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def shape_features(units: CellUnits) -> np.ndarray:
-    """Morphometry of each cell from its window and mask: ``(N, 5 + C)`` float64.
+    """Morphometry of each cell from its window and mask: ``(N, 5 + C + 6)`` float64.
 
     Columns: log area; boundary pixels / sqrt(area) (ragged or irregular outlines score
     higher); elongation (1 - minor / major axis of the second moments); spread of the
     brightness inside the cell; central pallor (mean brightness of the inner half of the
-    radius minus the outer part); the mean colour of each channel. Computed at the image's
-    own scale on the (balanced) field, so absolute size and colour count, as they do in
-    disease (macrocytes, microcytes, hypochromia).
+    radius minus the outer part); the mean colour of each channel; then
+    (:data:`SHAPE_FEATURES_V2`, :func:`profile_features`) the concavity of the outline
+    (log of 1 - solidity: spiky or notched cells), the cell's contrast against the
+    background in four depth bins from rim to core, and the fraction of its pixels paler
+    than half its own typical contrast (the pallor area). Computed at the image's own scale
+    on the (balanced) field, so absolute size and colour count, as they do in disease
+    (macrocytes, microcytes, hypochromia).
     """
     if not len(units):
-        return np.zeros((0, len(SHAPE_FEATURES)))
+        return np.zeros((0, len(SHAPE_FEATURES) + len(SHAPE_FEATURES_V2)))
     masks = np.stack(units.masks).astype(np.float64)            # (N, S, S)
     wins = np.stack(units.windows).astype(np.float64)           # (N, S, S, C)
     s = masks.shape[1]
@@ -283,7 +295,53 @@ def shape_features(units: CellUnits) -> np.ndarray:
     pallor = (bright * centre).sum((1, 2)) / c_area - (bright * rim).sum((1, 2)) / r_area
     colour = (wins * masks[..., None]).sum((1, 2)) / area[:, None]
     return np.column_stack([np.log(area), boundary / np.sqrt(area), 1.0 - minor / major,
-                            spread, pallor, colour])
+                            spread, pallor, colour, profile_features(units)])
+
+
+def profile_features(units: CellUnits) -> np.ndarray:
+    """The :data:`SHAPE_FEATURES_V2` columns of :func:`shape_features`: ``(N, 6)`` float64.
+
+    Contrast is each pixel's colour distance to the window's background (the median colour
+    of the pixels away from the cell, i.e. the fill colour in ``isolate`` context), so it
+    needs no stain colour: a pale (hypochromic) cell has low contrast over a large part of
+    its area, a target cell a dark core inside a pale ring, a spherocyte no pale centre.
+    Depth is the distance to the cell's edge over the cell's largest such distance. The
+    concavity is ``log(1 - area / convex hull area)``, the hull taken over the pixels'
+    corners, so it is finite for every cell.
+    """
+    from scipy.spatial import ConvexHull, QhullError
+
+    out = np.zeros((len(units), len(SHAPE_FEATURES_V2)))
+    corners = np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]])
+    pad = MASK_MARGIN + 2
+    for i, (win, mask) in enumerate(zip(units.windows, units.masks, strict=True)):
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if not rows.size:
+            continue
+        r0, r1 = max(rows[0] - pad, 0), min(rows[-1] + pad + 1, mask.shape[0])
+        c0, c1 = max(cols[0] - pad, 0), min(cols[-1] + pad + 1, mask.shape[1])
+        own, w = mask[r0:r1, c0:c1], np.asarray(win[r0:r1, c0:c1], dtype=np.float64)
+        near = ndimage.binary_dilation(own, iterations=MASK_MARGIN + 1)
+        ring = np.zeros_like(own)
+        ring[[0, -1], :] = ring[:, [0, -1]] = True
+        ring &= ~near
+        bg = np.median(w[ring if ring.any() else ~own], axis=0) if (~own).any() else w.max((0, 1))
+        contrast = np.linalg.norm(w[own] - bg, axis=-1)
+        depth = ndimage.distance_transform_edt(np.pad(own, 1))[1:-1, 1:-1][own]
+        rel = depth / max(float(depth.max()), 1e-9)
+        for b, (lo, hi) in enumerate(pairwise(PROFILE_BINS)):
+            sel = (rel > lo) & (rel <= hi)
+            out[i, 1 + b] = contrast[sel].mean() if sel.any() else contrast.mean()
+        typical = float(np.percentile(contrast, 90))
+        out[i, 5] = float(np.mean(contrast < 0.5 * typical)) if typical > 0 else 0.0
+        edge = own & ~ndimage.binary_erosion(own)
+        pts = (np.argwhere(edge)[:, None, :] + corners[None]).reshape(-1, 2)
+        try:
+            hull = ConvexHull(pts).volume
+        except (QhullError, ValueError):
+            hull = float(own.sum())
+        out[i, 0] = np.log(max(1.0 - float(own.sum()) / max(hull, 1e-9), 1e-3))
+    return out
 
 
 @dataclass
@@ -315,8 +373,12 @@ class ShapeDensity:
                    -0.5 * (len(cov) * np.log(2 * np.pi) + logdet))
 
     def log_density(self, features: np.ndarray) -> np.ndarray:
-        """``(N,)`` Gaussian log-density of ``(N, F)`` features."""
-        d = np.asarray(features, dtype=np.float64) - self.mean
+        """``(N,)`` Gaussian log-density of ``(N, F)`` features.
+
+        Only the first ``len(mean)`` columns are read, so densities of model files written
+        before :data:`SHAPE_FEATURES_V2` existed keep scoring exactly as they were fitted.
+        """
+        d = np.asarray(features, dtype=np.float64)[:, :self.mean.size] - self.mean
         return self.log_norm - 0.5 * np.einsum("ni,ij,nj->n", d, self.precision, d)
 
     def to_arrays(self, prefix: str = "shape.") -> dict[str, np.ndarray]:
