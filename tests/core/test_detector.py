@@ -96,12 +96,17 @@ def test_patch_mode_maps_have_the_input_size(patch_detector, hw) -> None:
     assert res.n_windows == len(window_origins(*hw, patch_detector.size))
 
 
-def test_rgba_and_channels_first_inputs_score_like_rgb(cell_detector, cells) -> None:
+def test_rgba_inputs_score_like_rgb_and_channels_first_needs_channel_axis(
+        cell_detector, cells) -> None:
     rgb = cells.test.images[1]
     rgba = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=-1)
     ref = cell_detector.score(rgb)
     assert cell_detector.score(rgba).score == ref.score
-    assert cell_detector.score(np.moveaxis(rgb, -1, 0)).score == ref.score
+    # (3, H, W) could be channels or three planes: refused until the caller says which.
+    first = np.moveaxis(rgb, -1, 0)
+    with pytest.raises(ImageError, match="channel_axis"):
+        cell_detector.score(first)
+    assert cell_detector.score(np.moveaxis(first, 0, -1)).score == ref.score
 
 
 def test_score_agrees_with_calibration(cell_detector, cell_results) -> None:
