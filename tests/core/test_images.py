@@ -162,7 +162,8 @@ def test_3d_stack_message():
         as_float_image(np.zeros((5, 64, 64)), name="x.png")
     assert str(info.value) == (
         "image 'x.png' has shape (5, 64, 64): channels first or a 3-D stack of 5 planes? "
-        "Expected (H, W, C); pass channel_axis=0 for channels, or score a stack plane by plane"
+        "Expected channels last (H, W, C): pass channel_axis=0 if axis 0 holds channels, or "
+        "score the planes one by one"
     )
     with pytest.raises(ImageError, match="is a 3-D stack of shape"):
         as_float_image(np.zeros((20, 64, 64)), name="x.png")

@@ -121,8 +121,8 @@ def _to_channels_last(arr: np.ndarray, channel_axis: int | None, label: str) -> 
     if arr.shape[0] <= MAX_CHANNELS:
         raise ImageError(
             f"{label} has shape {arr.shape}: channels first or a 3-D stack of {arr.shape[0]} "
-            "planes? Expected (H, W, C); pass channel_axis=0 for channels, or score a stack "
-            "plane by plane")
+            "planes? Expected channels last (H, W, C): pass channel_axis=0 if axis 0 holds "
+            "channels, or score the planes one by one")
     raise ImageError(f"{label} is a 3-D stack of shape {arr.shape}; {_EXPECTED_SHAPES}")
 
 
