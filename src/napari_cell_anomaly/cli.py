@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import itertools
 import json
 import os
 import sys
@@ -26,14 +27,15 @@ if TYPE_CHECKING:
     import torch
 
     from .core.detector import AnomalyDetector
+    from .core.stacks import LoadedPlanes
 
 EXIT_BAD_INPUT = 2
 CSV_COLUMNS = ("path", "score", "recon_error", "log_density", "is_anomaly", "percentile",
-               "threshold", "error", "clipped_fraction")
+               "threshold", "error", "clipped_fraction", "plane")
 #: Per-cell CSV (``score --cells-csv``): these first columns are fixed (scripts rely on them).
 CELLS_CSV_COLUMNS = ("path", "cell_id", "centroid_y", "centroid_x", "area", "score",
                      "recon_error", "log_density", "is_anomaly", "percentile", "at_border",
-                     "shape_log_density")
+                     "shape_log_density", "plane")
 
 
 class CliError(Exception):
@@ -81,15 +83,16 @@ def atomic_text(path: Path) -> Iterator[TextIO]:
         raise
 
 
-def _write_tiff_atomic(path: Path, data: np.ndarray) -> None:
-    """Write a TIFF atomically: float maps as float32, integer (label) images as they are."""
+def _write_tiff_atomic(path: Path, data: np.ndarray, metadata: dict | None = None) -> None:
+    """Write a TIFF atomically: float maps as float32, integer (label) images as they are;
+    ``metadata`` (e.g. ``{"axes": "ZYX"}`` for a stack) goes into the file's description."""
     import tifffile
 
     tmp = path.with_name(f".{path.name}.tmp")
     if data.dtype.kind == "f":
         data = data.astype(np.float32, copy=False)
     try:
-        tifffile.imwrite(tmp, data, photometric="minisblack")
+        tifffile.imwrite(tmp, data, photometric="minisblack", metadata=metadata or {})
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -97,24 +100,20 @@ def _write_tiff_atomic(path: Path, data: np.ndarray) -> None:
 
 
 def _load_inputs(inputs: Sequence[str], channel_axis: int | str | None = None
-                 ) -> tuple[list[np.ndarray], list[Path]]:
-    images, paths, _ = _load_inputs_axes(inputs, channel_axis)
-    return images, paths
-
-
-def _load_inputs_axes(inputs: Sequence[str], channel_axis: int | str | None = None
-                      ) -> tuple[list[np.ndarray], list[Path], list[str]]:
-    """Images ``(H, W, C)`` (channel axis from each file's metadata or ``--channel-axis``),
-    their paths and axes."""
-    from .core.images import find_images, load_images
+                 ) -> LoadedPlanes:
+    """The images ``(H, W, C)`` of ``inputs`` (channel axis from each file's metadata or
+    ``--channel-axis``): one entry per plane of a multi-page TIFF stack (its path repeated,
+    ``names`` and ``planes`` telling the planes apart), with their ``axes``."""
+    from .core.images import find_images
+    from .core.stacks import load_planes
 
     paths = find_images(inputs)
-    loaded = load_images(paths, channel_axis)
+    loaded = load_planes(paths, channel_axis)
     _report_failures(loaded.failures)
     if not loaded.images:
         raise CliError(f"none of the {len(paths)} image files could be used "
                        f"(first problem: {loaded.failures[0][1]})")
-    return loaded.images, loaded.paths, loaded.axes
+    return loaded
 
 
 def _report_failures(failures: Sequence[tuple[Path, str]]) -> None:
@@ -168,8 +167,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         mode=args.mode, robust=args.robust, batch_size=args.batch_size,
         scoring=ScoringConfig(density=args.density, error=args.error),
     )
-    images, paths, axes = _load_inputs_axes(args.inputs, args.channel_axis)
-    if all(a.endswith("S") for a in axes):
+    loaded = _load_inputs(args.inputs, args.channel_axis)
+    images, paths, names, planes = loaded.images, loaded.paths, loaded.names, loaded.planes
+    if all(a.endswith("S") for a in loaded.axes):
         config.channels = "rgb"  # the files say their channels are RGB colour samples
     labels = None
     sources = _label_source(args.labels, paths)
@@ -185,6 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CliError(f"no label image in {args.labels} matches any of the "
                            f"{len(paths)} images (expected <stem>.tif or <stem>_labels.tif)")
         images, paths = [images[i] for i in keep], [paths[i] for i in keep]
+        names, planes = [names[i] for i in keep], [planes[i] for i in keep]
         labels = [read_labels(sources[p]) if sources[p] is not None else None for p in paths]
         if args.labels == "auto" and not config.robust:
             config.robust = True
@@ -193,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.mode == "auto":
             config.mode = "cells"
     _say(f"training on {len(images)} images on {device}")
-    gen = train(images, config, labels=labels, names=[p.name for p in paths], device=device)
+    gen = train(images, config, labels=labels, names=names, device=device)
     bar = tqdm(total=None, unit="step", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
     try:
         while True:
@@ -215,9 +216,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.rejected_csv:
         with atomic_text(Path(args.rejected_csv)) as fh:
             w = csv.writer(fh)
-            w.writerow(["path"])
+            w.writerow(["path", "plane"])
             for i in detector.rejected:
-                w.writerow([str(paths[i])])
+                w.writerow([str(paths[i]), "" if planes[i] is None else planes[i]])
     _say(detector.summary())
     _say(f"saved model to {out}")
     return 0
@@ -225,9 +226,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score images with a model: one CSV row per image (and per cell), optional heatmaps."""
-    from .core.axes import read_2d_image
     from .core.images import ImageError, find_images
     from .core.scoring import DEFAULT_FPR
+    from .core.stacks import MapStack, read_stack, score_stack
 
     csv_path = Path(args.csv)
     _check_writable_file(csv_path)
@@ -246,7 +247,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         sources = dict.fromkeys(paths)  # built-in segmentation
     _say(f"model: {detector.describe_rate(args.fpr or DEFAULT_FPR)}; running on {device}")
     failures: list[tuple[Path, str]] = []
-    n_flagged = n_ok = n_cells = n_cells_flagged = n_skipped = 0
+    n_flagged = n_ok = n_cells = n_cells_flagged = n_skipped = n_stacks = 0
     out_of_range: list[str] = []
     show = not args.quiet and sys.stderr.isatty()
     with contextlib.ExitStack() as stack:
@@ -258,38 +259,62 @@ def cmd_score(args: argparse.Namespace) -> int:
             cell_writer.writerow(CELLS_CSV_COLUMNS)
         for k, path in enumerate(paths, 1):
             try:
-                image = read_2d_image(path, args.channel_axis)[0]
-                if per_cell:
-                    labels = _read_matched_labels(sources, path, args.labels)
-                    result, cells = detector.score_field(image, labels, fpr=args.fpr,
-                                                         name=path.name)
-                else:
-                    result, cells = detector.score(image, fpr=args.fpr, name=path.name), None
+                image = read_stack(path, args.channel_axis)  # 2-D: one plane, not a stack
+                labels = (_read_matched_labels(sources, path, args.labels, image.is_stack)
+                          if per_cell else None)
+                planes = score_stack(detector, image, fpr=args.fpr, per_cell=per_cell,
+                                     labels=labels)
+                first = next(planes)
             except (ImageError, OSError) as err:
                 msg = str(err).splitlines()[0] if str(err) else type(err).__name__
                 failures.append((path, msg))
-                writer.writerow([str(path), "", "", "", "", "", "", msg, ""])
+                writer.writerow([str(path), "", "", "", "", "", "", msg, "", ""])
                 continue
-            row = result.as_row()
-            writer.writerow([str(path), f"{row['score']:.6g}", f"{row['recon_error']:.6g}",
-                             f"{row['log_density']:.6g}", row["is_anomaly"],
-                             f"{row['percentile']:.2f}", f"{result.threshold:.6g}", "",
-                             f"{result.clipped_fraction:.4g}"])
-            if result.range_warning:
-                out_of_range.append(result.range_warning)
-            n_ok += 1
-            n_flagged += int(result.is_anomaly)
-            if cells is not None:
-                n_cells += len(cells)
-                n_skipped += cells.skipped
-                n_cells_flagged += int(cells.table["is_anomaly"].sum())
-                if cell_writer is not None:
-                    _write_cell_rows(cell_writer, path, cells)
-            if heat_dir is not None:
-                _write_tiff_atomic(heat_dir / f"{path.stem}_anomaly_map.tif", result.error_map)
+            maps = MapStack(len(image), image.plane_shape) if image.is_stack else None
+            n_stacks += int(image.is_stack)
+            scored_before = n_ok
+            cell_maps = (MapStack(len(image), image.plane_shape, np.uint32)
+                         if maps is not None and per_cell else None)
+            for ps in itertools.chain([first], planes):
+                plane = ps.index if image.is_stack else ""
+                result, cells = ps.result, ps.cells
+                if result is None:
+                    if not any(f[0] == path for f in failures):
+                        failures.append((path, ps.error or ""))
+                    writer.writerow([str(path), "", "", "", "", "", "", ps.error, "", plane])
+                    continue
+                row = result.as_row()
+                writer.writerow([str(path), f"{row['score']:.6g}", f"{row['recon_error']:.6g}",
+                                 f"{row['log_density']:.6g}", row["is_anomaly"],
+                                 f"{row['percentile']:.2f}", f"{result.threshold:.6g}", "",
+                                 f"{result.clipped_fraction:.4g}", plane])
+                if result.range_warning:
+                    out_of_range.append(result.range_warning)
+                n_ok += 1
+                n_flagged += int(result.is_anomaly)
                 if cells is not None:
+                    n_cells += len(cells)
+                    n_skipped += cells.skipped
+                    n_cells_flagged += int(cells.table["is_anomaly"].sum())
+                    if cell_writer is not None:
+                        _write_cell_rows(cell_writer, path, cells, plane)
+                if maps is not None:
+                    maps.put(ps.index, result.error_map)
+                    if cell_maps is not None and cells is not None:
+                        cell_maps.put(ps.index, cells.labels)
+                elif heat_dir is not None:
+                    _write_tiff_atomic(heat_dir / f"{path.stem}_anomaly_map.tif",
+                                       result.error_map)
+                    if cells is not None:
+                        _write_tiff_atomic(heat_dir / f"{path.stem}_labels.tif",
+                                           _label_dtype(cells.labels))
+            if heat_dir is not None and maps is not None and n_ok > scored_before:
+                # a stack: its planes' maps in one file
+                axes = {"axes": f"{image.axis if image.axis in 'ZT' else 'Q'}YX"}
+                _write_tiff_atomic(heat_dir / f"{path.stem}_anomaly_map.tif", maps.data, axes)
+                if cell_maps is not None:
                     _write_tiff_atomic(heat_dir / f"{path.stem}_labels.tif",
-                                       _label_dtype(cells.labels))
+                                       _label_dtype(cell_maps.data), axes)
             if show:
                 print(f"\rscored {k}/{len(paths)}", end="", file=sys.stderr, flush=True)
     if show:
@@ -299,7 +324,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         _say(f"warning: {len(out_of_range)} image(s) lie outside the model's training range "
              f"(see clipped_fraction in {csv_path}); first: {out_of_range[0]}")
     rate = f"{100 * (args.fpr or DEFAULT_FPR):g}% false-alarm rate"
-    _say(f"scored {n_ok} images: {n_flagged} flagged anomalous at {rate}; results in "
+    planes = f" (each plane of the {n_stacks} stack(s) counted as one)" if n_stacks else ""
+    _say(f"scored {n_ok} images{planes}: {n_flagged} flagged anomalous at {rate}; results in "
          f"{csv_path}")
     if per_cell:
         _say(f"scored {n_cells} cells: {n_cells_flagged} flagged anomalous (cells cut by the "
@@ -313,21 +339,24 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0 if n_ok else EXIT_BAD_INPUT
 
 
-def _read_matched_labels(sources: dict[Path, Path | None], path: Path, spec: str | None
-                         ) -> np.ndarray | None:
+def _read_matched_labels(sources: dict[Path, Path | None], path: Path, spec: str | None,
+                         stack: bool = False) -> np.ndarray | None:
     """The label image for ``path`` (None: segment it), or an error when a labels folder was
-    given and holds none for it."""
+    given and holds none for it. For a stack, the label file as stored (one label plane per
+    image plane, checked by ``score_stack``)."""
     from .core.cells import read_labels
-    from .core.images import ImageError
+    from .core.images import ImageError, read_image
 
     match = sources.get(path)
     if match is None and spec not in (None, "auto"):
         raise ImageError(f"no label image for {path.name} in {spec} (expected "
                          f"{path.stem}.tif or {path.stem}_labels.tif)")
-    return read_labels(match) if match is not None else None
+    if match is None:
+        return None
+    return read_image(match) if stack else read_labels(match)
 
 
-def _write_cell_rows(writer: Any, path: Path, cells: Any) -> None:
+def _write_cell_rows(writer: Any, path: Path, cells: Any, plane: int | str = "") -> None:
     t = cells.table
     for i in range(len(cells)):
         writer.writerow([str(path), int(t["label"][i]), f"{t['centroid_y'][i]:.1f}",
@@ -335,7 +364,7 @@ def _write_cell_rows(writer: Any, path: Path, cells: Any) -> None:
                          f"{t['score'][i]:.6g}", f"{t['recon_error'][i]:.6g}",
                          f"{t['log_density'][i]:.6g}", int(t["is_anomaly"][i]),
                          f"{t['percentile'][i]:.2f}", int(t["at_border"][i]),
-                         f"{t['shape_log_density'][i]:.6g}"])
+                         f"{t['shape_log_density'][i]:.6g}", plane])
 
 
 def _label_dtype(labels: np.ndarray) -> np.ndarray:
@@ -382,8 +411,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .core.evaluation import evaluate
 
     detector = _detector(args.model, _device(args.device))
-    normal, _ = _load_inputs([args.normal], args.channel_axis)
-    anomalous, _ = _load_inputs([args.anomalous], args.channel_axis)
+    normal = _load_inputs([args.normal], args.channel_axis).images
+    anomalous = _load_inputs([args.anomalous], args.channel_axis).images
     report = evaluate(detector, normal, anomalous, fpr=args.fpr)
     print(json.dumps(report, indent=2))
     return 0
@@ -468,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{describe_devices().removeprefix('devices found: ')})")
     t = sub.add_parser("train", help="train a model on images of normal cells")
     t.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS",
-                   help="image files, folders or glob patterns (PNG, TIFF, JPEG)")
+                   help="image files, folders or glob patterns (PNG, TIFF, JPEG; each plane "
+                        "of a multi-page TIFF stack is one training image)")
     t.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
     t.add_argument("--epochs", type=_positive, default=d.epochs,
                    help=f"training epochs (default: {d.epochs})")
@@ -516,20 +546,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="score images with a trained model")
     s.add_argument("model", metavar="MODEL")
-    s.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS")
-    s.add_argument("--csv", required=True, metavar="OUT.csv", help="results table to write")
+    s.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS",
+                   help="image files, folders or glob patterns (PNG, TIFF, JPEG); a "
+                        "multi-page TIFF stack (Z or T axis) is scored plane by plane")
+    s.add_argument("--csv", required=True, metavar="OUT.csv",
+                   help="results table to write: one row per image, one per plane of a stack "
+                        "(its index in the last column, 'plane')")
     s.add_argument("--heatmaps", metavar="DIR",
-                   help="write float32 TIFF error maps here (per cell: also the label image "
-                        "used, <stem>_labels.tif)")
+                   help="write float32 TIFF error maps here, <stem>_anomaly_map.tif (a stack: "
+                        "one multi-page TIFF of its planes' maps; per cell: also the label "
+                        "image used, <stem>_labels.tif)")
     s.add_argument("--labels", metavar="DIR|auto",
-                   help="score per cell: a folder of label images matched by stem, or 'auto' "
-                        "for the built-in segmentation (a cells-mode model scores per cell "
-                        "and segments by itself when this is absent)")
+                   help="score per cell: a folder of label images matched by stem (a "
+                        "stack's: one label plane per image plane), or 'auto' for the built-in "
+                        "segmentation (a cells-mode model scores per cell and segments by "
+                        "itself when this is absent)")
     s.add_argument("--cells-csv", metavar="CELLS.csv",
                    help="per-cell results to write: one row per cell (path, cell_id, "
                         "centroid_y, centroid_x, area, score, recon_error, log_density, "
-                        "is_anomaly, percentile, at_border, shape_log_density); --csv then "
-                        "holds each image's worst cell")
+                        "is_anomaly, percentile, at_border, shape_log_density, plane); --csv "
+                        "then holds each image's (each plane's) worst cell")
     s.add_argument("--fpr", type=_fpr, help=f"target false-alarm rate (default: {DEFAULT_FPR})")
     s.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                    help=device_help)

@@ -453,7 +453,7 @@ def test_train_without_images(make_napari_viewer, notes):
     assert train.state.status is Status.IDLE and train.train_button.isEnabled()
 
 
-@pytest.mark.parametrize("case", ["nothing selected", "labels", "points", "volume", "huge"])
+@pytest.mark.parametrize("case", ["nothing selected", "labels", "points", "4-D", "huge"])
 def test_score_refuses_bad_layers(make_napari_viewer, notes, tiny_detector, case):
     viewer = make_napari_viewer()
     _open_samples(viewer)
@@ -463,8 +463,8 @@ def test_score_refuses_bad_layers(make_napari_viewer, notes, tiny_detector, case
         layer = viewer.layers["planted anomalies (ground truth)"]
     elif case == "points":
         layer = viewer.add_points([[10, 10], [20, 30]], name="clicks")
-    elif case == "volume":
-        layer = viewer.add_image(np.random.default_rng(0).random((6, 64, 64)), name="z-stack")
+    elif case == "4-D":
+        layer = viewer.add_image(np.random.default_rng(0).random((2, 6, 64, 64)), name="tz")
     elif case == "huge":
         layer = viewer.add_image(np.broadcast_to(np.uint8(7), (9000, 9000)), name="slide")
     before = snapshot(viewer)
@@ -476,7 +476,7 @@ def test_score_refuses_bad_layers(make_napari_viewer, notes, tiny_detector, case
     messages = _errors(notes) + _warnings(notes)
     assert len(messages) == 1, messages
     expected = {"nothing selected": "No layer selected", "labels": "Labels layer, not an image",
-                "points": "Points layer, not an image", "volume": "3-D stack or volume",
+                "points": "Points layer, not an image", "4-D": "4-D array",
                 "huge": "Mpx"}[case]
     assert expected in messages[0]
     assert snapshot(viewer) == before

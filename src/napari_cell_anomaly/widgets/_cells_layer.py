@@ -179,7 +179,7 @@ def other_labels(labels: np.ndarray, cell_labels: np.ndarray) -> np.ndarray:
 
 
 def focus_on_cell(viewer: napari.Viewer, layer: Labels, centroid: tuple[float, float],
-                  area: float) -> None:
+                  area: float, plane: int | None = None) -> None:
     """Centre the view on a cell and zoom so it takes about a tenth of the canvas side.
 
     Parameters
@@ -192,9 +192,16 @@ def focus_on_cell(viewer: napari.Viewer, layer: Labels, centroid: tuple[float, f
         The cell's centroid in the layer's data coordinates (row, column).
     area : float
         The cell's area in pixels.
+    plane : int, optional
+        A stack's cell: the plane it lies in (index on the layer's first axis); the viewer
+        steps to it.
     """
     lead = [0.0] * (layer.ndim - 2)
+    if plane is not None and lead:
+        lead[0] = float(plane)
     world = np.asarray(layer.data_to_world([*lead, *centroid]), dtype=float)
+    if plane is not None and lead:
+        viewer.dims.set_point(viewer.dims.ndim - layer.ndim, float(world[0]))
     viewer.camera.center = tuple(world[-2:])
     diameter = 2.0 * np.sqrt(max(float(area), 1.0) / np.pi)
     scale = float(np.min(np.abs(layer.scale[-2:])))

@@ -285,7 +285,7 @@ class CellsResults:
         layer.visible = True
         t = record.cells.table
         focus_on_cell(self.viewer, layer, (float(t["centroid_y"][i]), float(t["centroid_x"][i])),
-                      float(t["area"][i]))
+                      float(t["area"][i]), int(t["plane"][i]) if "plane" in t else None)
         layer.selected_label = int(label)
         self.table.select_label(int(label))
         return True
@@ -370,18 +370,21 @@ class CellsResults:
             path = record.source.source.path or record.source.name
             threshold = float(record.detector.calibration.threshold(fpr))
             cols = {name: t[name].tolist() for name in CELL_COLUMNS}
+            # A stack's cells (core.stacks.stack_cells): their plane and own id in that plane.
+            ids = t["cell_id"].tolist() if "cell_id" in t else cols["label"]
+            planes = t["plane"].tolist() if "plane" in t else [""] * len(record.cells)
             verdicts = record.is_anomaly.tolist()
             judged = record.judged.tolist()
             for i in range(len(record.cells)):
                 rows.append({
-                    "path": path, "cell_id": int(cols["label"][i]),
+                    "path": path, "cell_id": int(ids[i]),
                     "centroid_y": cols["centroid_y"][i], "centroid_x": cols["centroid_x"][i],
                     "area": int(cols["area"][i]), "score": cols["score"][i],
                     "recon_error": cols["recon_error"][i],
                     "log_density": cols["log_density"][i], "is_anomaly": bool(verdicts[i]),
                     "percentile": cols["percentile"][i], "at_border": bool(cols["at_border"][i]),
                     "judged": bool(judged[i]), "layer": record.source.name, "fpr": fpr,
-                    "threshold": threshold})
+                    "threshold": threshold, "plane": planes[i]})
         return rows
 
     def export_dialog(self) -> None:

@@ -180,14 +180,14 @@ def scoring_problem(layer: Layer) -> str | None:
         return (f"{name} is a multiscale (pyramid) image; open one resolution level as a "
                 "plain image to score it")
     shape = image_hw(layer)
-    if len(shape) != 2:
-        kind = "3-D stack or volume" if len(shape) == 3 else f"{len(shape)}-D array"
-        return (f"{name} is a {kind} of shape {shape}; scoring needs 2-D images: split it "
-                "(right-click the layer > Split Stack) or project it first")
-    pixels = shape[0] * shape[1]
+    if len(shape) > 3:
+        return (f"{name} is a {len(shape)}-D array of shape {shape}; scoring takes 2-D images "
+                "and stacks of 2-D planes (one z or t axis): split or project the extra axes "
+                "first")
+    pixels = shape[-2] * shape[-1]
     if pixels > MAX_PIXELS:
-        return (f"{name} is {shape[0]}x{shape[1]} pixels ({pixels / 1e6:.0f} Mpx); the plugin "
-                f"scores images up to {MAX_PIXELS / 1e6:.0f} Mpx: crop or downsample it")
+        return (f"{name} is {shape[-2]}x{shape[-1]} pixels ({pixels / 1e6:.0f} Mpx); the "
+                f"plugin scores images up to {MAX_PIXELS / 1e6:.0f} Mpx: crop or downsample it")
     return None
 
 

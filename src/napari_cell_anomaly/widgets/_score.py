@@ -6,6 +6,11 @@ anomaly map, optionally the reconstruction and an outline of the anomalous regio
 row and a point of the score histogram. The false-alarm-rate slider re-applies the model's
 calibrated thresholds to the stored results without scoring again.
 
+A 3-D (z or t) image layer is scored plane by plane: each plane is one job item, and its
+results are shown by :mod:`._stack_results` (layers of the stack's shape over the source, one
+table row per plane); per cell, the planes' cells are merged into one cells layer of the
+stack's shape (:func:`~..core.stacks.stack_cells`) shown as any image's cells.
+
 With "Per cell" on, each image's cells (from a Labels layer, or found by the built-in
 segmentation) are scored one by one (:class:`~..core.cellscores.CellScores`) and shown as a
 Labels layer ``"<source> cells"`` whose ``features`` hold one row per cell, coloured by verdict
@@ -53,6 +58,9 @@ from ._common import (
     JobControl,
     JobSlot,
     bind,
+    image_hw,
+    layer_key,
+    layer_planes,
     report_error,
     snapshot_planes,
     watch_window_close,
@@ -65,6 +73,7 @@ from ._model_source import ModelSourceBox
 from ._results_table import ImageResultsTable, write_csv
 from ._score_job import CellsScored, Failed, Scored, score_cells_job, score_job
 from ._score_targets import ScoreTargetsBox
+from ._stack_results import StackResults
 from ._state import ModelState, Status, get_state
 
 if TYPE_CHECKING:
@@ -72,6 +81,7 @@ if TYPE_CHECKING:
 
     from ..core.cellscores import CellScores
     from ..core.detector import AnomalyDetector, ScoreResult
+    from ._channel_layers import ChannelImage
 
 __all__ = ["ScoreWidget"]
 
@@ -98,6 +108,10 @@ class ScoreWidget(QWidget):
         self.state: ModelState = get_state(napari_viewer)
         self._jobs = JobSlot()
         self._job_layers: list[Layer] = []
+        #: Plane index of each job item in its stack layer (None: a 2-D layer).
+        self._job_planes: list[int | None] = []
+        #: Per cell: the cells of each plane of each stack of the job so far, by layer key.
+        self._stack_cells: dict[str, list[Any]] = {}
         self._job_failures: list[Failed] = []
         self._job_range_warnings: list[str] = []
         self._job_done = 0
@@ -173,6 +187,7 @@ class ScoreWidget(QWidget):
         self.image_results = ImageResults(self, self.viewer, self.state, self.table, fpr)
         self.cell_results = CellsResults(self, self.viewer, self.state, self.table,
                                          self.cells_box, fpr)
+        self.stack_results = StackResults(self.viewer, self.state, self.table, fpr)
         self.cells_label = self.cell_results.label
         self.cells_table = self.cell_results.table
         layout.addWidget(self.cells_label)
@@ -248,7 +263,8 @@ class ScoreWidget(QWidget):
         self.model_box.set_idle(idle)
         self.cells_box.setEnabled(idle)
         self.export_button.setEnabled(bool(self.image_results.records
-                                           or self.cell_results.records))
+                                           or self.cell_results.records
+                                           or self.stack_results.records))
         self.export_cells_button.setEnabled(bool(self.cell_results.records))
 
     def _on_per_cell_toggled(self, on: bool) -> None:
@@ -274,17 +290,33 @@ class ScoreWidget(QWidget):
         if images is None:
             return False
 
-        if self.cells_box.per_cell():
+        stacks = [im for im in images if len(image_hw(im)) == 3]
+        self._stack_cells = {}
+        if self.cells_box.per_cell() and not stacks:
             items = self.cells_box.job_items(detector, images)
             if items is None:
                 return False
             job_args: tuple = (score_cells_job, detector, items, self.fpr,
                                self.cells_box.include_border())
+            planes: list[int | None] = [None] * len(images)
+            layers = [im.first for im in images]  # results are shown on the first channel
+        elif self.cells_box.per_cell():
+            # The cells of each plane of a stack, found by the built-in segmentation.
+            if detector.mode == "patch" or self.cells_box.labels_layer() is not None:
+                show_error(f"{stacks[0].name!r} is a stack: per cell, the cells of each of its "
+                           "planes are found automatically, with a model that scores cells "
+                           "(cells mode, or trained on cell crops): choose 'find cells "
+                           "automatically', or untick 'Per cell'.")
+                return False
+            named, planes, layers = self._plane_items(images, per_cell=True)
+            job_args = (score_cells_job, detector,
+                        [(plane, None) for plane in snapshot_planes(named)], self.fpr,
+                        self.cells_box.include_border())
         else:
-            job_args = (score_job, detector,
-                        snapshot_planes([(im.name, im.data) for im in images]), self.fpr)
-        layers = [im.first for im in images]  # results are shown on the first channel
+            named, planes, layers = self._plane_items(images, per_cell=False)
+            job_args = (score_job, detector, snapshot_planes(named), self.fpr)
         self._job_layers = layers
+        self._job_planes = planes
         self._job_failures = []
         self._job_range_warnings = []
         self._job_done = 0
@@ -305,6 +337,29 @@ class ScoreWidget(QWidget):
         worker.start()
         return True
 
+    def _plane_items(self, images: list[ChannelImage], per_cell: bool
+                     ) -> tuple[list[tuple[str, Any]], list[int | None], list[Layer]]:
+        """A job's items: one per 2-D image, one per plane of a stack (lazy planes are read
+        one at a time, in the worker). Returns ``(name, data)`` items, each item's plane index
+        (None: a 2-D image) and the layer its results are shown on (the first channel);
+        starts the stacks' results."""
+        named: list[tuple[str, Any]] = []
+        planes: list[int | None] = []
+        targets: list[Layer] = []
+        for image in images:
+            layer = image.first
+            stacked = len(image_hw(image)) == 3
+            plane_items = list(layer_planes(image))
+            if stacked and per_cell:
+                self._stack_cells[layer_key(layer)] = [None] * len(plane_items)
+            elif stacked:
+                self.stack_results.begin(layer, [name for name, _ in plane_items])
+            for index, item in enumerate(plane_items):
+                named.append(item)
+                planes.append(index if stacked else None)
+                targets.append(layer)
+        return named, planes, targets
+
     def stop_scoring(self) -> None:
         """Stop now (between batches of tiles); the results so far are kept."""
         job = self._jobs.current
@@ -324,8 +379,29 @@ class ScoreWidget(QWidget):
         source = self._job_layers[event.index]
         if source not in self.viewer.layers:  # removed while it was being scored
             return
-        if isinstance(event, CellsScored):
+        plane = self._job_planes[event.index]
+        if isinstance(event, CellsScored) and plane is not None:
+            # A stack's cells: all its planes' cells so far, as one cells layer of its shape.
+            from ..core.stacks import stack_cells
+
+            self.stack_results.drop(source)
+            planes = self._stack_cells[layer_key(source)]
+            planes[plane] = event.cells
+            self._render_cells(source, stack_cells(planes, image_hw(source)[-2:]), detector)
+        elif isinstance(event, CellsScored):
             self._render_cells(source, event.cells, detector, event.labels, event.others)
+        elif plane is not None:
+            if self.cell_results.record_of(source) is not None:  # scored per cell before
+                self.cell_results.drop(source)
+                self.table.remove(layer_key(source))  # its one row: now a row per plane
+                remove_own_layers(self.viewer, (CELLS,), source)
+            self.stack_results.render_plane(source, plane, event.result, detector,
+                                            reconstruction=self.recon_check.isChecked(),
+                                            outline=self.outline_check.isChecked())
+            self._update_histogram()
+            self._update_buttons()
+            if event.result.range_warning:
+                self._job_range_warnings.append(event.result.range_warning)
         else:
             self._render_result(source, event.result, detector)
             if event.result.range_warning:
@@ -386,6 +462,7 @@ class ScoreWidget(QWidget):
         self._fpr_timer.stop()
         self.image_results.apply_all()
         self.cell_results.apply_all()
+        self.stack_results.apply_all()
         self._update_threshold_label()
         self._update_histogram()
 
@@ -393,7 +470,7 @@ class ScoreWidget(QWidget):
         removed = event.value
         if self.cell_results.forget(removed):
             self._update_buttons()
-        if self.image_results.forget(removed):
+        if self.image_results.forget(removed) | self.stack_results.forget(removed):
             self._update_histogram()
             self._update_buttons()
 
@@ -431,11 +508,13 @@ class ScoreWidget(QWidget):
         images = {r.key: r for r in self.image_results.records}
         cells = {r.key: r for r in self.cell_results.records}
         return [self.cell_results.summary(cells[key]) if key in cells
-                else self.image_results.row(images[key]) for key in self.table.keys()]
+                else self.image_results.row(images[key]) if key in images
+                else self.stack_results.row(key) for key in self.table.keys()]
 
     def _on_row_clicked(self, row: int, _col: int) -> None:
         key = self.table.key_at(row)
-        if key is not None and not self.cell_results.reveal(key):
+        if key is not None and not self.cell_results.reveal(key) \
+                and not self.stack_results.reveal(key):
             self.image_results.reveal(key)
     def _update_threshold_label(self) -> None:
         detector = self.state.detector
@@ -460,7 +539,8 @@ class ScoreWidget(QWidget):
             self.hist.clear_scores()
             return
         cal = detector.calibration
-        scored = self.image_results.scores(detector) + self.cell_results.scores(detector)
+        scored = (self.image_results.scores(detector) + self.cell_results.scores(detector)
+                  + self.stack_results.scores(detector))
         self.hist.show_scores(np.asarray(cal.scores, dtype=float), np.asarray(scored, float),
                               cal.threshold(self.fpr), self.fpr)
 

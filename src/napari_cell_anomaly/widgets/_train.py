@@ -66,11 +66,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FolderLoaded:
-    """Event: the training folder was read (``paths``: the images used, in order)."""
+    """Event: the training folder was read (``paths``: the images used, in order, a stack's
+    path once per plane; ``names``: each image's name, ``"<file> [z=3]"`` for a plane)."""
 
     folder: str
     paths: list[Path] = field(default_factory=list)
     failures: list[tuple[Path, str]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
 
 
 def _train_job(items: Sequence[Plane], folder: str | None, config: TrainConfig,
@@ -81,7 +83,8 @@ def _train_job(items: Sequence[Plane], folder: str | None, config: TrainConfig,
     ``labels`` (cells mode) gives one label image or None per item; the folder's images get
     None (their cells are found by the built-in segmentation).
     """
-    from ..core.images import find_images, load_images
+    from ..core.images import find_images
+    from ..core.stacks import load_planes
     from ..core.training import train
 
     try:
@@ -90,12 +93,12 @@ def _train_job(items: Sequence[Plane], folder: str | None, config: TrainConfig,
         names = [plane.name for plane in items]
         labels = list(labels) if labels is not None else None
         if folder:
-            loaded = load_images(find_images(folder))
+            loaded = load_planes(find_images(folder))  # a stack's planes: one image each
             images += loaded.images
-            names += [p.name for p in loaded.paths]
+            names += loaded.names
             if labels is not None:
                 labels += [None] * len(loaded.images)
-            yield FolderLoaded(folder, list(loaded.paths), loaded.failures)
+            yield FolderLoaded(folder, list(loaded.paths), loaded.failures, loaded.names)
         gen = train(images, config, labels=labels, stop=control.stop.is_set, names=names)
         while True:
             if control.abort.is_set():
@@ -411,7 +414,9 @@ class TrainWidget(QWidget):
                                      event.val_loss)
 
     def _on_folder_loaded(self, event: FolderLoaded) -> None:
-        self.rejected.sources += [TrainingSource(p.name, path=p) for p in event.paths]
+        names = event.names or [p.name for p in event.paths]
+        self.rejected.sources += [TrainingSource(name, path=p)
+                                  for name, p in zip(names, event.paths, strict=True)]
         if event.failures:
             first = event.failures[0][1]
             more = f" (and {len(event.failures) - 1} more)" if len(event.failures) > 1 else ""

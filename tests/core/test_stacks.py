@@ -1,0 +1,207 @@
+"""Stacks and time series (core.stacks): planes read one at a time, scored with the 2-D model,
+heatmaps stacked; files' plane axes from their TIFF metadata; bad stacks refused in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+
+from napari_cell_anomaly.core.detector import AnomalyDetector
+from napari_cell_anomaly.core.images import ImageError
+from napari_cell_anomaly.core.sample import make_cells
+from napari_cell_anomaly.core.stacks import (
+    MapStack,
+    as_stack,
+    load_planes,
+    read_stack,
+    score_stack,
+)
+from napari_cell_anomaly.core.training import TrainConfig, run_training
+
+
+@pytest.fixture(scope="module")
+def tiny() -> AnomalyDetector:
+    """A whole-mode model of 32 px crops after a few steps (for contracts, not quality)."""
+    return run_training(make_cells(48, size=32, seed=1).images,
+                        TrainConfig(size=32, max_steps=4, batch_size=16, epochs=50))
+
+
+@pytest.fixture(scope="module")
+def crops() -> np.ndarray:
+    """(5, 32, 32, 3) uint8: 5 crops, the last two with planted anomalies."""
+    normal = make_cells(3, size=32, seed=7).images
+    odd = make_cells(2, size=32, anomaly_fraction=1.0, seed=8).images
+    return np.stack(normal + odd)
+
+
+class CountingPlanes:
+    """Array-like (P, H, W, 3) source for dask that records which planes were read."""
+
+    def __init__(self, planes: np.ndarray) -> None:
+        self.planes = planes
+        self.reads: list[int] = []
+        self.shape, self.dtype, self.ndim = planes.shape, planes.dtype, planes.ndim
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        first = key[0]
+        self.reads.extend(range(*first.indices(self.shape[0])) if isinstance(first, slice)
+                          else [int(first)])
+        return self.planes[key]
+
+
+def test_each_plane_is_scored_as_the_2d_model_scores_it(tiny, crops) -> None:
+    stack = as_stack(crops, name="crops")
+    got = list(score_stack(tiny, stack))
+    assert [p.index for p in got] == list(range(5))
+    assert [p.name for p in got] == [f"crops [z={i}]" for i in range(5)]
+    for p in got:
+        ref = tiny.score(crops[p.index])
+        assert p.error is None and p.result.score == pytest.approx(ref.score, rel=1e-6)
+        np.testing.assert_allclose(p.result.error_map, ref.error_map, rtol=1e-5, atol=1e-7)
+    maps = MapStack(len(stack), stack.plane_shape)
+    for p in got:
+        maps.put(p.index, p.result.error_map)
+    assert maps.data.shape == (5, 32, 32) and maps.data.dtype == np.float32
+    np.testing.assert_array_equal(maps.data[3], got[3].result.error_map)
+
+
+def test_a_dask_stack_is_read_one_plane_at_a_time(tiny, crops) -> None:
+    source = CountingPlanes(crops)
+    lazy = da.from_array(source, chunks=(1, 32, 32, 3), asarray=False)
+    planes = score_stack(tiny, as_stack(lazy, name="lazy", axis="T"))
+    first = next(planes)
+    assert first.name == "lazy [t=0]" and first.result is not None
+    assert source.reads == [0]  # plane 0 only, not the stack
+    rest = list(planes)
+    assert source.reads == [0, 1, 2, 3, 4]  # each plane read once, in order
+    assert [p.result.score for p in rest] == pytest.approx(
+        [tiny.score(crops[i]).score for i in range(1, 5)], rel=1e-6)
+
+
+def test_a_bad_plane_is_reported_and_the_others_scored(tiny, crops) -> None:
+    planes = crops.copy()
+    planes[2] = 9  # a constant plane
+    got = list(score_stack(tiny, as_stack(planes, name="s")))
+    assert [p.result is None for p in got] == [False, False, True, False, False]
+    assert "constant" in got[2].error and "s [z=2]" in got[2].error
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ([np.zeros((32, 32)), np.zeros((32, 32)), np.zeros((24, 32))],
+     "planes of different sizes: plane 0 is (32, 32), plane 2 is (24, 32)"),
+    (np.zeros((2, 3, 32, 32)), "4-D array of shape (2, 3, 32, 32)"),
+    (np.zeros((2, 3, 4, 32, 32)), "5-D array"),
+    (np.zeros((32, 32)), "2-D array"),
+    ([], "no planes"),
+])
+def test_bad_stacks_get_one_clear_line(data, expected) -> None:
+    with pytest.raises(ImageError) as err:
+        as_stack(data, name="bad")
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+# -- files ------------------------------------------------------------------------------------
+def test_tiff_axes_decide_the_planes(tmp_path: Path, crops) -> None:
+    gray = crops[..., 1]
+    cases = {
+        "z.tif": (gray, {"metadata": {"axes": "ZYX"}}, "Z", (5, 32, 32)),
+        "t.tif": (gray, {"imagej": True, "metadata": {"axes": "TYX"}}, "T", (5, 32, 32)),
+        "rgb.tif": (crops, {"metadata": {"axes": "ZYXS"}}, "Z", (5, 32, 32, 3)),
+        "zc.tif": (np.stack([gray, gray[::-1]], 1), {"imagej": True,
+                                                     "metadata": {"axes": "ZCYX"}},
+                   "Z", (5, 32, 32, 2)),  # channels moved last
+    }
+    for name, (data, kw, axis, shape) in cases.items():
+        tifffile.imwrite(tmp_path / name, data, **kw)
+        stack = read_stack(tmp_path / name)
+        assert stack.is_stack and stack.axis == axis, name
+        assert np.shape(stack.data) == (*shape, 1)[:4], name  # channels last, always
+        plane = stack.plane(4)
+        np.testing.assert_array_equal(plane[..., 1] if plane.shape[-1] > 1 else plane[..., 0],
+                                      data[4, 1] if name == "zc.tif" else gray[4])
+    # A TIFF without axes: 5 planes or 5 channels? channel_axis="none" settles it.
+    tifffile.imwrite(tmp_path / "q.tif", gray, photometric="minisblack")
+    with pytest.raises(ImageError, match="channels or planes"):
+        read_stack(tmp_path / "q.tif")
+    stack = read_stack(tmp_path / "q.tif", channel_axis="none")
+    assert stack.is_stack and len(stack) == 5 and stack.plane_name(2) == "q.tif [2]"
+    np.testing.assert_array_equal(stack.plane(2)[..., 0], gray[2])
+    tifffile.imwrite(tmp_path / "one.tif", crops[0])  # one RGB image
+    single = read_stack(tmp_path / "one.tif")
+    assert not single.is_stack and len(single) == 1 and single.plane_name(0) == "one.tif"
+    np.testing.assert_array_equal(single.plane(0), crops[0])
+    # Several images of one size in one TIFF: a stack of them.
+    tifffile.imwrite(tmp_path / "series.tif", crops[0])
+    tifffile.imwrite(tmp_path / "series.tif", crops[1], append=True)
+    pair = read_stack(tmp_path / "series.tif")
+    assert pair.is_stack and len(pair) == 2
+    np.testing.assert_array_equal(pair.plane(1), crops[1])
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("sizes", "holds 2 images of different sizes"),
+    ("tz", "axes TZYXC"),
+    ("three", "holds channels or planes"),
+])
+def test_bad_stack_files_get_one_clear_line(tmp_path: Path, case: str, expected: str) -> None:
+    path = tmp_path / f"{case}.tif"
+    if case == "sizes":
+        tifffile.imwrite(path, np.ones((32, 32), np.uint8))
+        tifffile.imwrite(path, np.ones((24, 32), np.uint8), append=True)
+    elif case == "tz":
+        tifffile.imwrite(path, np.ones((2, 3, 32, 32), np.uint8), imagej=True,
+                         metadata={"axes": "TZYX"})
+    else:  # (3, H, W) written page by page, without axes
+        tifffile.imwrite(path, np.ones((3, 32, 32), np.uint8), photometric="minisblack")
+    with pytest.raises(ImageError) as err:
+        read_stack(path)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert path.name in str(err.value)
+
+
+def test_load_planes_gives_one_training_image_per_plane(tmp_path: Path, crops) -> None:
+    tifffile.imwrite(tmp_path / "a.tif", crops, metadata={"axes": "ZYXS"})
+    tifffile.imwrite(tmp_path / "b.tif", crops[0])
+    bad = crops.copy()
+    bad[1] = 0
+    tifffile.imwrite(tmp_path / "c.tif", bad, metadata={"axes": "TYXS"})
+    loaded = load_planes(sorted(tmp_path.glob("*.tif")))
+    assert loaded.names == [f"a.tif [z={i}]" for i in range(5)] + ["b.tif"] + [
+        f"c.tif [t={i}]" for i in (0, 2, 3, 4)]
+    assert loaded.planes == [0, 1, 2, 3, 4, None, 0, 2, 3, 4]
+    assert [p.name for p in loaded.paths] == ["a.tif"] * 5 + ["b.tif"] + ["c.tif"] * 4
+    np.testing.assert_array_equal(loaded.images[3], crops[3])
+    assert len(loaded.failures) == 1 and "c.tif [t=1]" in loaded.failures[0][1]
+
+
+def test_stack_cells_gives_every_cell_of_a_stack_its_own_id() -> None:
+    from napari_cell_anomaly.core.cellscores import CELL_COLUMNS, CellScores
+    from napari_cell_anomaly.core.stacks import stack_cells
+
+    def plane(ids: list[int], seed: int) -> CellScores:
+        labels = np.zeros((16, 16), np.int32)
+        for k, i in enumerate(ids):
+            labels[2 * k: 2 * k + 2, :4] = i
+        table = {c: np.random.default_rng(seed).random(len(ids)) for c in CELL_COLUMNS}
+        table["label"] = np.array(ids)
+        return CellScores(table, labels, labels.astype(np.float32) / 10, threshold=1.5,
+                          skipped=seed)
+
+    a, b = plane([1, 2, 5], 1), plane([1, 3], 2)
+    merged = stack_cells([a, None, b], (16, 16))
+    assert merged.labels.shape == merged.error_map.shape == (3, 16, 16)
+    assert merged.table["label"].tolist() == [1, 2, 5, 6, 8]  # plane 2's ids + 5
+    assert merged.table["cell_id"].tolist() == [1, 2, 5, 1, 3]
+    assert merged.table["plane"].tolist() == [0, 0, 0, 2, 2]
+    np.testing.assert_array_equal(merged.labels[0], a.labels)
+    assert not merged.labels[1].any() and not merged.error_map[1].any()
+    np.testing.assert_array_equal(merged.labels[2], np.where(b.labels > 0, b.labels + 5, 0))
+    np.testing.assert_array_equal(merged.error_map[2], b.error_map)
+    assert merged.table["score"][3:].tolist() == b.table["score"].tolist()
+    assert merged.skipped == 3 and merged.threshold == 1.5 and len(merged) == 5
+    with pytest.raises(ValueError, match="no plane"):
+        stack_cells([None, None], (16, 16))
