@@ -1,0 +1,181 @@
+"""Synthetic fluorescence benchmark: planted nuclear anomalies in 16-bit Poisson-noise fields.
+
+Data (``core.sample_fluo.make_fluo_field``, 256 x 256 fields, 16 nuclei of radius 8-12 px,
+uint16 with a dark offset and shot noise): the model trains on normal fields only, then scores
+new normal fields and new fields in which a fifth of the nuclei carry a planted anomaly
+(micronuclei, fragmented, abnormally bright or large nuclei; every kind dealt out in turn),
+and, per kind, fields whose anomalies are all of that kind. No test field is trained on.
+
+Measured, for each error kind of the scoring (``ScoringConfig.error``; ``auto`` is the
+model's own choice from the image kind where the installed package makes one, else the
+default):
+
+* image AUROC: each field's score, anomalous fields against normal fields;
+* pixel AUROC: every pixel of every test field (normal fields included), the anomaly map
+  against the planted anomaly mask;
+* with ``--cells``: a cells-mode model trained on the normal fields' ground-truth nuclei, and
+  its per-cell AUROC over all nuclei of the test fields (ground-truth labels, so segmentation
+  errors do not count here).
+
+Patch mode (the fields are larger than four model sizes) with the training defaults
+(``TrainConfig()``), except where an option says otherwise. Prints one Markdown table with
+the targets of issue 9 (image AUROC >= 0.98, pixel AUROC >= 0.95).
+
+Run: ``python benchmarks/fluorescence.py [--errors auto,mse,lab,ssim] [--channels 1|2]
+[--epochs N] [--cells] [--quick] [--json F]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import fields as dataclass_fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_cell_anomaly.core.metrics import image_auroc, pixel_auroc
+from napari_cell_anomaly.core.sample_fluo import ANOMALY_KINDS, FluoField, make_fluo_field
+from napari_cell_anomaly.core.scoring import ERROR_KINDS, ScoringConfig
+from napari_cell_anomaly.core.training import TrainConfig, run_training
+
+SHAPE = (256, 256)
+N_NUCLEI = 16
+FRACTION = 0.2
+TARGET_IMAGE = 0.98
+TARGET_PIXEL = 0.95
+
+
+def field(seed: int, fraction: float, n_channels: int,
+          kinds: tuple[str, ...] = ANOMALY_KINDS) -> FluoField:
+    return make_fluo_field(SHAPE, n_nuclei=N_NUCLEI, n_channels=n_channels,
+                           anomaly_fraction=fraction, kinds=kinds, seed=seed)
+
+
+def pixels(f: FluoField) -> np.ndarray:
+    """What the model is given: the DNA channel alone, or all channels (channels last)."""
+    return f.image[..., 0] if f.image.shape[-1] == 1 else f.image
+
+
+def test_sets(n: int, n_channels: int) -> dict[str, list[FluoField]]:
+    sets = {"normal": [field(1000 + s, 0.0, n_channels) for s in range(n)],
+            "mixed": [field(2000 + s, FRACTION, n_channels) for s in range(n)]}
+    for k, kind in enumerate(ANOMALY_KINDS):
+        sets[kind] = [field(3000 + 100 * k + s, FRACTION, n_channels, (kind,))
+                      for s in range(n)]
+    return sets
+
+
+def scoring_for(error: str) -> dict[str, Any]:
+    """TrainConfig keyword for an error kind; ``auto`` leaves the package's choice."""
+    if error == "auto":
+        return {}
+    return {"scoring": ScoringConfig(error=error)}
+
+
+def evaluate(det: Any, sets: dict[str, list[FluoField]]) -> dict[str, float]:
+    scores: dict[str, list[float]] = {}
+    maps: dict[str, list[np.ndarray]] = {}
+    for name, fs in sets.items():
+        results = [det.score(pixels(f)) for f in fs]
+        scores[name] = [r.score for r in results]
+        maps[name] = [r.error_map for r in results]
+    out: dict[str, float] = {}
+    normal_masks = [f.mask for f in sets["normal"]]
+    for name in ["mixed", *ANOMALY_KINDS]:
+        y = np.r_[np.zeros(len(sets["normal"])), np.ones(len(sets[name]))]
+        out[f"image_auroc_{name}"] = image_auroc(y, scores["normal"] + scores[name])
+        out[f"pixel_auroc_{name}"] = pixel_auroc(normal_masks + [f.mask for f in sets[name]],
+                                                 maps["normal"] + maps[name])
+    return out
+
+
+def cells_auroc(error: str, train: list[FluoField], sets: dict[str, list[FluoField]],
+                args: argparse.Namespace) -> dict[str, float]:
+    det = run_training([pixels(f) for f in train],
+                       TrainConfig(mode="cells", epochs=args.epochs, seed=args.seed,
+                                   **scoring_for(error)),
+                       labels=[f.labels for f in train])
+    out: dict[str, float] = {}
+    for name in ["mixed", *ANOMALY_KINDS]:
+        ys, ss = [], []
+        for f in sets["normal"] + sets[name]:
+            cells = det.score_cells(pixels(f), f.labels, include_border=True)
+            ids = cells.table["label"].astype(int)
+            ys.extend(f.anomalous[ids - 1])
+            ss.extend(cells.table["score"])
+        out[f"cell_auroc_{name}"] = image_auroc(np.asarray(ys), np.asarray(ss))
+    return out
+
+
+def auto_error_available() -> bool:
+    """Whether the installed package chooses the error from the image kind itself."""
+    return "auto" in ERROR_KINDS or any(f.name == "error" and f.default in (None, "auto")
+                                        for f in dataclass_fields(ScoringConfig))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--errors", default="auto,mse,lab,ssim",
+                   help="comma-separated error kinds (auto = the package's own choice)")
+    p.add_argument("--channels", type=int, choices=(1, 2), default=1,
+                   help="1: the DNA channel; 2: DNA + cytoplasm (needs N-channel models)")
+    p.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-fields", type=int, default=6)
+    p.add_argument("--test-fields", type=int, default=12, help="fields per test set")
+    p.add_argument("--cells", action="store_true", help="also cells mode, per-cell AUROC")
+    p.add_argument("--quick", action="store_true", help="4 test fields per set, 3 epochs")
+    p.add_argument("--json", type=Path, help="also write the numbers here")
+    args = p.parse_args()
+    if args.quick:
+        args.test_fields, args.epochs = 4, 3
+    train = [field(s, 0.0, args.channels) for s in range(args.train_fields)]
+    sets = test_sets(args.test_fields, args.channels)
+    auto = auto_error_available()
+    report: dict[str, Any] = {"settings": {**vars(args), "json": None, "auto_error": auto}}
+    for error in args.errors.split(","):
+        t0 = time.perf_counter()
+        det = run_training([pixels(f) for f in train],
+                           TrainConfig(mode="patch", epochs=args.epochs, seed=args.seed,
+                                       **scoring_for(error)))
+        row: dict[str, Any] = {"error_used": det.scoring.error,
+                               "train_s": round(time.perf_counter() - t0, 1)}
+        row.update(evaluate(det, sets))
+        if args.cells:
+            row.update(cells_auroc(error, train, sets, args))
+        report[error] = row
+        print(json.dumps({error: row}), flush=True)
+    print_table(report, args)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+def print_table(report: dict[str, Any], args: argparse.Namespace) -> None:
+    errors = [e for e in report if e != "settings"]
+    auto = ("the package's choice" if report["settings"]["auto_error"]
+            else "the default (this version makes no automatic choice)")
+    print(f"\nSynthetic fluorescence, {args.channels} channel(s), {args.train_fields} normal "
+          f"training fields, {args.test_fields} test fields per set, {args.epochs} epochs; "
+          f"'auto' = {auto}\n")
+    head = "| error | anomalies | image AUROC | pixel AUROC |"
+    if args.cells:
+        head += " per-cell AUROC |"
+    print(head)
+    print("|" + " --- |" * (head.count("|") - 1))
+    for error in errors:
+        row = report[error]
+        for name in ["mixed", *ANOMALY_KINDS]:
+            line = (f"| {error} ({row['error_used']}) | {name} | "
+                    f"{row[f'image_auroc_{name}']:.3f} | {row[f'pixel_auroc_{name}']:.3f} |")
+            if args.cells:
+                line += f" {row[f'cell_auroc_{name}']:.3f} |"
+            print(line)
+    print(f"| target | planted anomalies | >= {TARGET_IMAGE} | >= {TARGET_PIXEL} |"
+          + (" |" if args.cells else ""))
+
+
+if __name__ == "__main__":
+    main()
