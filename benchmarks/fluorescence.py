@@ -21,8 +21,12 @@ Patch mode (the fields are larger than four model sizes) with the training defau
 (``TrainConfig()``), except where an option says otherwise. Prints one Markdown table with
 the targets of issue 9 (image AUROC >= 0.98, pixel AUROC >= 0.95).
 
+Also printed: how well the reconstruction follows the input on normal fields (its correlation
+with it), and a reference without any model (the normalised intensity as map, its maximum as
+score), the floor to beat: bright, large and fragmented nuclei are bright.
+
 Run: ``python benchmarks/fluorescence.py [--errors auto,mse,lab,ssim] [--channels 1|2]
-[--epochs N] [--cells] [--quick] [--json F]``
+[--epochs N] [--loss mse|ssim|mix] [--cells] [--quick] [--json F]``
 """
 
 from __future__ import annotations
@@ -75,14 +79,34 @@ def scoring_for(error: str) -> dict[str, Any]:
     return {"scoring": ScoringConfig(error=error)}
 
 
-def evaluate(det: Any, sets: dict[str, list[FluoField]]) -> dict[str, float]:
+def intensity_reference(det: Any, f: FluoField) -> tuple[float, np.ndarray]:
+    """No model: the normalised intensity (channel mean) as the map, its maximum as the score.
+
+    The floor to beat: bright, large and fragmented (condensed) nuclei are bright."""
+    x = det.preprocessing(pixels(f)).mean(axis=-1)
+    return float(x.max()), x
+
+
+def evaluate(det: Any, sets: dict[str, list[FluoField]], reference: bool = False
+             ) -> dict[str, float]:
     scores: dict[str, list[float]] = {}
     maps: dict[str, list[np.ndarray]] = {}
+    corr = []
     for name, fs in sets.items():
+        if reference:
+            results = [intensity_reference(det, f) for f in fs]
+            scores[name] = [r[0] for r in results]
+            maps[name] = [r[1] for r in results]
+            continue
         results = [det.score(pixels(f)) for f in fs]
         scores[name] = [r.score for r in results]
         maps[name] = [r.error_map for r in results]
-    out: dict[str, float] = {}
+        if name == "normal":  # does the network reconstruct, or output a constant?
+            for f, r in zip(fs, results, strict=True):
+                x = det.preprocessing(pixels(f)).ravel()
+                y = r.reconstruction.ravel()
+                corr.append(np.corrcoef(x, y)[0, 1] if y.std() > 0 else 0.0)
+    out: dict[str, float] = {"recon_corr": float(np.mean(corr)) if corr else float("nan")}
     normal_masks = [f.mask for f in sets["normal"]]
     for name in ["mixed", *ANOMALY_KINDS]:
         y = np.r_[np.zeros(len(sets["normal"])), np.ones(len(sets[name]))]
@@ -96,7 +120,7 @@ def cells_auroc(error: str, train: list[FluoField], sets: dict[str, list[FluoFie
                 args: argparse.Namespace) -> dict[str, float]:
     det = run_training([pixels(f) for f in train],
                        TrainConfig(mode="cells", epochs=args.epochs, seed=args.seed,
-                                   **scoring_for(error)),
+                                   loss=args.loss, **scoring_for(error)),
                        labels=[f.labels for f in train])
     out: dict[str, float] = {}
     for name in ["mixed", *ANOMALY_KINDS]:
@@ -123,6 +147,7 @@ def main() -> None:
     p.add_argument("--channels", type=int, choices=(1, 2), default=1,
                    help="1: the DNA channel; 2: DNA + cytoplasm (needs N-channel models)")
     p.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    p.add_argument("--loss", default=TrainConfig().loss, help="training loss (mse|ssim|mix)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-fields", type=int, default=6)
     p.add_argument("--test-fields", type=int, default=12, help="fields per test set")
@@ -140,7 +165,7 @@ def main() -> None:
         t0 = time.perf_counter()
         det = run_training([pixels(f) for f in train],
                            TrainConfig(mode="patch", epochs=args.epochs, seed=args.seed,
-                                       **scoring_for(error)))
+                                       loss=args.loss, **scoring_for(error)))
         row: dict[str, Any] = {"error_used": det.scoring.error,
                                "train_s": round(time.perf_counter() - t0, 1)}
         row.update(evaluate(det, sets))
@@ -148,6 +173,7 @@ def main() -> None:
             row.update(cells_auroc(error, train, sets, args))
         report[error] = row
         print(json.dumps({error: row}), flush=True)
+    report["intensity"] = {"error_used": "no model", **evaluate(det, sets, reference=True)}
     print_table(report, args)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
@@ -160,7 +186,7 @@ def print_table(report: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"\nSynthetic fluorescence, {args.channels} channel(s), {args.train_fields} normal "
           f"training fields, {args.test_fields} test fields per set, {args.epochs} epochs; "
           f"'auto' = {auto}\n")
-    head = "| error | anomalies | image AUROC | pixel AUROC |"
+    head = "| error | anomalies | image AUROC | pixel AUROC | recon. corr. |"
     if args.cells:
         head += " per-cell AUROC |"
     print(head)
@@ -169,12 +195,17 @@ def print_table(report: dict[str, Any], args: argparse.Namespace) -> None:
         row = report[error]
         for name in ["mixed", *ANOMALY_KINDS]:
             line = (f"| {error} ({row['error_used']}) | {name} | "
-                    f"{row[f'image_auroc_{name}']:.3f} | {row[f'pixel_auroc_{name}']:.3f} |")
+                    f"{row[f'image_auroc_{name}']:.3f} | {row[f'pixel_auroc_{name}']:.3f} | "
+                    f"{row['recon_corr']:.2f} |")
             if args.cells:
-                line += f" {row[f'cell_auroc_{name}']:.3f} |"
+                line += f" {row.get(f'cell_auroc_{name}', float('nan')):.3f} |"
             print(line)
-    print(f"| target | planted anomalies | >= {TARGET_IMAGE} | >= {TARGET_PIXEL} |"
+    print(f"| target | planted anomalies | >= {TARGET_IMAGE} | >= {TARGET_PIXEL} | |"
           + (" |" if args.cells else ""))
+    print(f"\nloss {args.loss}; recon. corr. = correlation of the reconstruction with the "
+          "input on the normal test fields (about 0: the network outputs a constant, and the "
+          "maps are the intensity itself); 'intensity' = no model, the normalised intensity as "
+          "map and its maximum as score (the floor to beat)")
 
 
 if __name__ == "__main__":

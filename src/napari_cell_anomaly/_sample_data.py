@@ -9,7 +9,8 @@ training.
 
 The two fluorescence samples follow the same pattern with stained nuclei: 16-bit, two
 channels (DNA and cytoplasm) opened as napari opens a multi-channel file with
-``channel_axis``, one layer per channel with its own colormap and additive blending, plus the
+``channel_axis``: one layer per channel with its own colormap, the first translucent and the
+second additive (so the plugin's widgets take the two as the channels of one image), plus the
 ground truth as Labels layers (the nuclei, and the planted anomalies by kind).
 """
 
@@ -62,7 +63,8 @@ def anomalous_cells() -> list[LayerData]:
 
 
 def _fluo_layers(field: FluoField, prefix: str) -> list[LayerData]:
-    """One additive Image layer per channel, then the nuclei as a (hidden) Labels layer."""
+    """One Image layer per channel (blending as napari's ``channel_axis`` sets it: the first
+    translucent, the others additive), then the nuclei as a (hidden) Labels layer."""
     layers: list[LayerData] = []
     for i, (channel, cmap) in enumerate(zip(field.channel_names, CHANNEL_COLORMAPS,
                                             strict=False)):
@@ -70,7 +72,7 @@ def _fluo_layers(field: FluoField, prefix: str) -> list[LayerData]:
         # the same display range with or without anomalies: from the normal nuclei only
         high = float(np.percentile(data[~field.mask], 99.9))
         layers.append((data, {"name": f"{prefix}: {channel}", "colormap": cmap,
-                              "blending": "additive",
+                              "blending": "translucent_no_depth" if i == 0 else "additive",
                               "contrast_limits": [float(DARK_OFFSET), high]}, "image"))
     layers.append((field.labels, {"name": f"{prefix}: nuclei (ground truth)", "opacity": 0.4,
                                   "visible": False}, "labels"))

@@ -7,6 +7,7 @@ from napari.layers import Image, Labels
 
 from conftest import PLUGIN
 from napari_cell_anomaly.core.sample_fluo import ANOMALY_KINDS, DARK_OFFSET
+from napari_cell_anomaly.widgets._channel_layers import group_channel_layers
 
 
 def test_fluorescence_samples_open_as_channel_layers(make_napari_viewer):
@@ -25,10 +26,16 @@ def test_fluorescence_samples_open_as_channel_layers(make_napari_viewer):
         # one single-channel 16-bit layer per channel, as napari opens a file with channel_axis
         assert isinstance(layer, Image) and not layer.rgb
         assert layer.data.dtype == np.uint16 and layer.data.shape == (512, 512)
-        assert layer.blending == "additive"
         assert layer.contrast_limits[0] == DARK_OFFSET
         assert layer.contrast_limits[1] > DARK_OFFSET + 50
     assert [ly.colormap.name for ly in channels] == ["magenta", "green"] * 2
+    assert [ly.blending for ly in channels] == ["translucent_no_depth", "additive"] * 2
+    # the plugin's widgets take each sample's two channel layers as one two-channel image
+    images = group_channel_layers([ly for ly in viewer.layers if isinstance(ly, Image)])
+    assert [img.channel_names for img in images] == [
+        ("nuclei: DNA", "nuclei: cytoplasm"),
+        ("nuclei with anomalies: DNA", "nuclei with anomalies: cytoplasm")]
+    assert images[1].data.shape == (512, 512, 2) and images[1].data.dtype == np.uint16
     # the two fields differ (other seeds), the normal one has no planted anomalies
     assert not np.array_equal(channels[0].data, channels[2].data)
 
