@@ -13,6 +13,8 @@ from napari_cell_anomaly.core.metrics import (
     aupro,
     image_auprc,
     image_auroc,
+    instance_f1,
+    match_instances,
     pixel_auroc,
     rates_at_threshold,
 )
@@ -267,3 +269,20 @@ def test_rates_at_threshold_single_class_gives_nan_for_the_missing_rate():
     tpr, fpr = rates_at_threshold([False, False, False, False], [0.1, 0.2, 0.3, 0.4], 0.25)
     assert math.isnan(tpr)
     assert fpr == 0.5
+
+
+def test_match_instances_counts_pairs_above_the_iou():
+    truth = np.zeros((10, 10), int)
+    truth[0:4, 0:4] = 1  # found exactly
+    truth[6:10, 6:10] = 2  # found as a smaller object: IoU 4/16, not a match
+    truth[0:2, 7:9] = 3  # missed
+    pred = np.zeros((10, 10), int)
+    pred[0:4, 0:4] = 7
+    pred[8:10, 8:10] = 9
+    pred[5, 0:3] = 4  # a false object
+    assert match_instances(truth, pred) == (1, 3, 3)
+    assert match_instances(truth, pred, iou=0.2) == (2, 3, 3)
+    assert instance_f1(*match_instances(truth, pred)) == pytest.approx(2 / 6)
+    assert instance_f1(0, 0, 0) == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        match_instances(truth, pred[:5])

@@ -98,7 +98,9 @@ def test_manifest_contributions():
     widgets = {w.display_name for w in manifest.contributions.widgets}
     assert widgets == {"Train anomaly model", "Score images"}
     samples = {s.display_name for s in manifest.contributions.sample_data}
-    assert samples == {"Synthetic normal cells", "Synthetic cells with anomalies"}
+    assert samples == {"Synthetic normal cells", "Synthetic cells with anomalies",
+                       "Synthetic fluorescence nuclei (normal)",
+                       "Synthetic fluorescence nuclei with anomalies"}
 
 
 def test_sample_data_through_napari(make_napari_viewer):

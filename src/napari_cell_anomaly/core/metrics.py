@@ -5,6 +5,7 @@
 * :func:`aupro`: area under the per-region-overlap curve (as in anomalib / MVTec AD), which
   weights every anomalous region equally regardless of its size.
 * :func:`rates_at_threshold`: detection and false-alarm rates of a fixed threshold.
+* :func:`match_instances`, :func:`instance_f1`: segmentation quality, objects matched by IoU.
 
 Convention: higher scores mean "more anomalous"; labels and masks are True for anomalies.
 """
@@ -22,6 +23,8 @@ __all__ = [
     "aupro",
     "image_auprc",
     "image_auroc",
+    "instance_f1",
+    "match_instances",
     "pixel_auroc",
     "rates_at_threshold",
 ]
@@ -331,3 +334,40 @@ def binomial_range(rate: float, n: int, confidence: float = 0.95) -> tuple[float
     tail = 0.5 * (1.0 - confidence)
     lo, hi = stats.binom.ppf([tail, 1.0 - tail], n, rate)
     return float(lo) / n, float(hi) / n
+
+
+def match_instances(truth: Any, pred: Any, iou: float = 0.5) -> tuple[int, int, int]:
+    """Match the objects of two label images by their intersection over union.
+
+    Parameters
+    ----------
+    truth, pred : array_like
+        Integer label images of the same shape (0 = background, one value per object).
+    iou : float, optional
+        Two objects match when their IoU is above this; with ``iou >= 0.5`` a match is
+        unique on both sides.
+
+    Returns
+    -------
+    tuple of int
+        ``(matched, n_truth, n_pred)``: matched pairs, objects in ``truth``, in ``pred``.
+    """
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    if truth.shape != pred.shape:
+        raise ValueError(f"label images differ in shape: {truth.shape} vs {pred.shape}")
+    t_ids, t = np.unique(truth, return_inverse=True)
+    p_ids, p = np.unique(pred, return_inverse=True)
+    t, p = t.ravel(), p.ravel()
+    nt, np_ = len(t_ids), len(p_ids)
+    inter = np.bincount(t * np_ + p, minlength=nt * np_).reshape(nt, np_)
+    area_t, area_p = inter.sum(1), inter.sum(0)
+    union = area_t[:, None] + area_p[None, :] - inter
+    overlap = (inter / np.maximum(union, 1))[t_ids != 0][:, p_ids != 0]
+    return int((overlap > iou).sum()), int((t_ids != 0).sum()), int((p_ids != 0).sum())
+
+
+def instance_f1(matched: int, n_truth: int, n_pred: int) -> float:
+    """F1 of a segmentation from :func:`match_instances`' counts (1.0 when both are empty)."""
+    if n_truth + n_pred == 0:
+        return 1.0
+    return 2 * matched / (n_truth + n_pred)
