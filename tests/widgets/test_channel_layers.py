@@ -87,6 +87,15 @@ def test_two_channel_image_trains_and_scores_as_one_image(make_napari_viewer, qt
     assert score.start_scoring()
     qtbot.waitUntil(lambda: score.state.status is Status.IDLE, timeout=SCORE_TIMEOUT)
     assert any("expects 2 channels (DAPI, GFP)" in e for e in _errors(notes))
+    # an RGB layer to the 2-channel model: one clear notification too, nothing changed
+    rgb = np.random.default_rng(4).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    viewer.add_image(rgb, name="photo", rgb=True)
+    viewer.layers.selection.select_only(viewer.layers["photo"])
+    before = snapshot(viewer)
+    assert score.start_scoring()
+    qtbot.waitUntil(lambda: score.state.status is Status.IDLE, timeout=SCORE_TIMEOUT)
+    assert any("expects 2 channels (DAPI, GFP); got an RGB" in e for e in _errors(notes))
+    assert snapshot(viewer) == before
 
 
 @pytest.mark.parametrize("widget", ["train", "score"])
