@@ -226,9 +226,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score images with a model: one CSV row per image (and per cell), optional heatmaps."""
+    from .core.bigimage import HeatmapWriteError, score_file, should_stream
     from .core.images import ImageError, find_images
     from .core.scoring import DEFAULT_FPR
-    from .core.stacks import MapStack, read_stack, score_stack
+    from .core.stacks import MapStack, PlaneScore, Stack, read_stack, score_stack
 
     csv_path = Path(args.csv)
     _check_writable_file(csv_path)
@@ -258,13 +259,30 @@ def cmd_score(args: argparse.Namespace) -> int:
             cell_writer = csv.writer(stack.enter_context(atomic_text(cells_path)))
             cell_writer.writerow(CELLS_CSV_COLUMNS)
         for k, path in enumerate(paths, 1):
+            # Larger than memory (a patch-mode model, a TIFF stored in tiles or of at least
+            # STREAM_PIXELS, its channels from its own metadata): read, scored and its heatmap
+            # written tile by tile (BigTIFF).
+            streamed = (not per_cell and detector.mode == "patch" and args.channel_axis is None
+                        and should_stream(path))
             try:
-                image = read_stack(path, args.channel_axis)  # 2-D: one plane, not a stack
-                labels = (_read_matched_labels(sources, path, args.labels, image.is_stack)
-                          if per_cell else None)
-                planes = score_stack(detector, image, fpr=args.fpr, per_cell=per_cell,
-                                     labels=labels)
-                first = next(planes)
+                if streamed:
+                    heat = heat_dir / f"{path.stem}_anomaly_map.tif" if heat_dir else None
+                    tiles = (lambda d, t, k=k, name=path.name: print(
+                        f"\rscored {k - 1}/{len(paths)}; {name}: {d}/{t} tiles", end="",
+                        file=sys.stderr, flush=True)) if show else None
+                    result = score_file(detector, path, fpr=args.fpr, heatmap=heat,
+                                        progress=tiles)
+                    image = Stack.single(None, path.name)  # one plane, its map already written
+                    planes, first = iter(()), PlaneScore(0, path.name, result)
+                else:
+                    image = read_stack(path, args.channel_axis)  # 2-D: one plane, not a stack
+                    labels = (_read_matched_labels(sources, path, args.labels, image.is_stack)
+                              if per_cell else None)
+                    planes = score_stack(detector, image, fpr=args.fpr, per_cell=per_cell,
+                                         labels=labels)
+                    first = next(planes)
+            except HeatmapWriteError:
+                raise  # a full disk is no fault of the image: stop the batch
             except (ImageError, OSError) as err:
                 msg = str(err).splitlines()[0] if str(err) else type(err).__name__
                 failures.append((path, msg))
@@ -302,7 +320,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                     maps.put(ps.index, result.error_map)
                     if cell_maps is not None and cells is not None:
                         cell_maps.put(ps.index, cells.labels)
-                elif heat_dir is not None:
+                elif heat_dir is not None and not streamed:
                     _write_tiff_atomic(heat_dir / f"{path.stem}_anomaly_map.tif",
                                        result.error_map)
                     if cells is not None:
@@ -482,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # Help texts quote the library's defaults, so they cannot drift from them.
+    from .core.bigimage import STREAM_PIXELS
     from .core.device import describe_devices
     from .core.model import PRESETS
     from .core.scoring import DEFAULT_FPR, ERROR_KINDS, TRAINABLE_DENSITIES
@@ -555,7 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heatmaps", metavar="DIR",
                    help="write float32 TIFF error maps here, <stem>_anomaly_map.tif (a stack: "
                         "one multi-page TIFF of its planes' maps; per cell: also the label "
-                        "image used, <stem>_labels.tif)")
+                        "image used, <stem>_labels.tif; a tiled, compressed BigTIFF for the "
+                        "images a patch-mode model streams: TIFFs stored in tiles or of at "
+                        f"least {round(STREAM_PIXELS ** 0.5)} x {round(STREAM_PIXELS ** 0.5)} "
+                        "pixels)")
     s.add_argument("--labels", metavar="DIR|auto",
                    help="score per cell: a folder of label images matched by stem (a "
                         "stack's: one label plane per image plane), or 'auto' for the built-in "
