@@ -1,0 +1,87 @@
+"""Lazy heatmaps of big images: only the chunks asked for are computed, chunks join without
+seams (the lazy map equals the in-memory map), coarse levels never compute, compute_all fills
+the map with progress and can be stopped."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from napari_cell_anomaly.core.lazymaps import LazyAnomalyMap
+from napari_cell_anomaly.core.sample import make_field
+from napari_cell_anomaly.core.tiling import PredictionStopped
+
+SHAPE = (600, 700)
+
+
+@pytest.fixture(scope="module")
+def field() -> np.ndarray:
+    return make_field(SHAPE, n_cells=80, anomaly_fraction=0.3, seed=4)[0]
+
+
+@pytest.fixture(scope="module")
+def in_memory_map(patch_detector, field) -> np.ndarray:
+    return patch_detector.score(field).error_map
+
+
+def test_a_view_computes_only_the_chunks_it_overlaps(patch_detector, field,
+                                                     in_memory_map) -> None:
+    heat = LazyAnomalyMap(patch_detector, da.from_array(field, chunks=(100, 100, 3)),
+                          chunk=128)
+    assert heat.grid == (5, 6) and heat.array.shape == SHAPE and heat.n_computed == 0
+    view = heat.array[100:300, 150:420].compute()  # rows in chunks 0-2, columns in 1-3
+    assert heat.n_computed == 3 * 3
+    np.testing.assert_allclose(view, in_memory_map[100:300, 150:420], rtol=1e-4, atol=1e-6)
+
+
+def test_chunks_join_without_seams(patch_detector, field, in_memory_map) -> None:
+    # 128 px chunks of a channels-first array: chunk borders fall inside the in-memory
+    # path's 512 px tiles, so any seam would show as a difference there.
+    heat = LazyAnomalyMap(patch_detector, np.ascontiguousarray(field.transpose(2, 0, 1)),
+                          chunk=128)
+    full = heat.array.compute()
+    assert full.shape == SHAPE and full.dtype == np.float32
+    np.testing.assert_allclose(full, in_memory_map, rtol=1e-4, atol=1e-6)
+    # Across every chunk border the map is as smooth as the in-memory one.
+    for axis in (0, 1):
+        jumps = np.abs(np.diff(full, axis=axis)).take(np.arange(127, SHAPE[axis] - 1, 128),
+                                                      axis=axis)
+        ref = np.abs(np.diff(in_memory_map, axis=axis)).take(
+            np.arange(127, SHAPE[axis] - 1, 128), axis=axis)
+        np.testing.assert_allclose(jumps, ref, atol=1e-5)
+
+
+def test_levels_show_computed_chunks_only_and_compute_all_fills_them(patch_detector,
+                                                                     field) -> None:
+    heat = LazyAnomalyMap(patch_detector, field, chunk=128)
+    levels = heat.levels([1, 2, 4, 3])  # 3 does not divide 128: left out
+    assert [lv.shape for lv in levels] == [SHAPE, (300, 350), (150, 175)]
+    assert not levels[2].compute().any() and heat.n_computed == 0  # coarse: nothing computed
+    heat.array[:128, :128].compute()
+    coarse = levels[1].compute()
+    assert coarse[:64, :64].any() and not coarse[64:].any() and not coarse[:, 64:].any()
+    seen: list[tuple[int, int]] = []
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 10
+
+    with pytest.raises(PredictionStopped):
+        heat.compute_all(progress=lambda d, t: seen.append((d, t)), stop=stop)
+    assert heat.n_computed == 10 and seen[-1] == (10, 30)
+    heat.compute_all(progress=lambda d, t: seen.append((d, t)))
+    assert heat.n_computed == heat.n_blocks == 30 and seen[-1] == (30, 30)
+    full = heat.array.compute()
+    np.testing.assert_array_equal(levels[1].compute(), full[::2, ::2])
+    np.testing.assert_array_equal(levels[2].compute(), full[::4, ::4])
+    np.testing.assert_array_equal(heat[5:500:3, 7:690:5], full[5:500:3, 7:690:5])
+
+
+def test_lazy_maps_need_a_patch_mode_model(patch_detector, field) -> None:
+    whole = dataclasses.replace(patch_detector, mode="whole")
+    with pytest.raises(ValueError, match="lazy heatmaps need a patch-mode model"):
+        LazyAnomalyMap(whole, field)
