@@ -18,7 +18,7 @@ never triggers the full-resolution computation of the whole slide.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -223,9 +223,17 @@ class LazyAnomalyMap:
                                          name=f"anomaly-map-{id(self):x}-{f}"))
         return out
 
+    def iter_compute(self) -> Iterator[tuple[int, int]]:
+        """Compute every chunk not computed yet, row by row, yielding ``(done, total)``
+        chunks after each (chunks computed before count as done at once)."""
+        total = self.n_blocks
+        for k in range(total):
+            self.block(*divmod(k, self.grid[1]))
+            yield k + 1, total
+
     def compute_all(self, progress: Callable[[int, int], None] | None = None,
                     stop: Callable[[], bool] | None = None) -> None:
-        """Compute every chunk not computed yet, row by row.
+        """Compute every chunk not computed yet (see :meth:`iter_compute`).
 
         Parameters
         ----------
@@ -235,10 +243,11 @@ class LazyAnomalyMap:
             Asked before each chunk; True ends it with :class:`~.tiling.PredictionStopped`
             (the chunks computed so far are kept).
         """
-        total = self.n_blocks
-        for k in range(total):
+        steps = self.iter_compute()
+        done, total = 0, self.n_blocks
+        while done < total:
             if stop is not None and stop():
-                raise PredictionStopped(f"stopped after {k} of {total} chunks")
-            self.block(*divmod(k, self.grid[1]))
+                raise PredictionStopped(f"stopped after {done} of {total} chunks")
+            done, total = next(steps)
             if progress is not None:
-                progress(k + 1, total)
+                progress(done, total)

@@ -69,6 +69,7 @@ from ._core_loader import when_core_ready
 from ._histogram import ScoreHistogram
 from ._image_results import ImageRecord, ImageResults
 from ._layers import OUTLINE, RECONSTRUCTION, remove_own_layers
+from ._lazy_maps import LazyMapsBox
 from ._model_source import ModelSourceBox
 from ._results_table import ImageResultsTable, write_csv
 from ._score_job import CellsScored, Failed, Scored, score_cells_job, score_job
@@ -162,6 +163,8 @@ class ScoreWidget(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat("")
         layout.addWidget(self.progress)
+        self.lazy_maps = LazyMapsBox(self.viewer)  # big dask/zarr/multiscale layers
+        layout.addWidget(self.lazy_maps)
 
         # -- threshold ----------------------------------------------------------------------
         row = QHBoxLayout()
@@ -286,7 +289,11 @@ class ScoreWidget(QWidget):
             show_error("No model to score with: train one with 'Train anomaly model', or load "
                        "a model file.")
             return False
-        images = self.targets.scorable_images()  # channel layers grouped into images
+        # Big lazy layers (dask, zarr, multiscale) with a patch-mode model get lazy maps.
+        lazy = self.lazy_maps.add_maps(self.targets.layers(), detector)
+        if lazy and len(lazy) == len(self.targets.layers()):
+            return True
+        images = self.targets.scorable_images(skip=lazy)  # channel layers grouped into images
         if images is None:
             return False
 
@@ -468,6 +475,7 @@ class ScoreWidget(QWidget):
 
     def _on_layer_removed(self, event: Any) -> None:
         removed = event.value
+        self.lazy_maps.forget(removed)
         if self.cell_results.forget(removed):
             self._update_buttons()
         if self.image_results.forget(removed) | self.stack_results.forget(removed):
@@ -566,6 +574,7 @@ class ScoreWidget(QWidget):
     def shutdown(self) -> None:
         """Abort a running scoring job and wait (bounded) for its thread to end."""
         self._jobs.shutdown()
+        self.lazy_maps.shutdown()
 
     def closeEvent(self, event: Any) -> None:
         self.shutdown()

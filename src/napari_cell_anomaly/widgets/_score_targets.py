@@ -9,6 +9,7 @@ layer of a multi-channel image opened with ``channel_axis`` scores that whole im
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from napari.layers import Image, Layer
@@ -16,7 +17,7 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QButtonGroup, QHBoxLayout, QRadioButton, QWidget
 
 from ._channel_layers import ChannelImage, ChannelLayersError, ChannelsCombo, group_channel_layers
-from ._common import is_own_layer, scoring_problem
+from ._common import is_own_layer, layer_key, scoring_problem
 
 if TYPE_CHECKING:
     import napari
@@ -56,13 +57,14 @@ class ScoreTargetsBox(QWidget):
                     if isinstance(ly, Image) and not is_own_layer(ly)]
         return [ly for ly in self.viewer.layers if ly in self.viewer.layers.selection]
 
-    def scorable(self) -> list[Layer] | None:
+    def scorable(self, skip: Sequence[Layer] = ()) -> list[Layer] | None:
         """The chosen layers that can be scored; None (notified) if there are none.
 
         The others are named in a warning; the plugin's own layers selected along with their
-        source are skipped silently.
+        source, and the layers in ``skip`` (handled elsewhere), are skipped silently.
         """
-        layers = self.layers()
+        skipped = {layer_key(ly) for ly in skip}
+        layers = [ly for ly in self.layers() if layer_key(ly) not in skipped]
         if not layers:
             show_warning("No layer selected: select image layers in the layer list, or "
                          "choose 'All image layers'." if self.selected_radio.isChecked()
@@ -81,12 +83,12 @@ class ScoreTargetsBox(QWidget):
                          f"{text}.")
         return good
 
-    def scorable_images(self) -> list[ChannelImage] | None:
+    def scorable_images(self, skip: Sequence[Layer] = ()) -> list[ChannelImage] | None:
         """The images to score: :meth:`scorable` layers grouped by the channels choice (with
         "napari channel layers form one image", a chosen channel layer brings the other
         channels of its image along); None (notified) if there are none or the layers cannot
-        be grouped."""
-        layers = self.scorable()
+        be grouped; ``skip`` as in :meth:`scorable`)."""
+        layers = self.scorable(skip)
         if layers is None:
             return None
         how = self.channels.choice()
