@@ -558,7 +558,7 @@ def write_heatmap(path: str | os.PathLike[str], bands: Iterable[tuple[int, np.nd
     try:
         tifffile.imwrite(tmp, _tiles_of(bands, shape[1], tile), shape=tuple(shape),
                          dtype=np.float32, tile=(tile, tile), bigtiff=True,
-                         compression="zlib", photometric="minisblack")
+                         compression="zlib", photometric="minisblack", maxworkers=1)
         os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
