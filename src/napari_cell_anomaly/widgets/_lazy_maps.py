@@ -163,8 +163,7 @@ class LazyMapsBox(QWidget):
 
     def _on_progress(self, event: tuple[int, int]) -> None:
         if self._progress is not None:
-            self._progress.n = event[0]
-            self._progress.refresh()
+            self._progress.update(event[0] - self._progress.n)
         now = time.monotonic()
         if now - self._last_refresh > REFRESH_S:  # redraw what is in view now and then
             self._last_refresh = now
