@@ -41,7 +41,7 @@ def test_chunks_join_without_seams(patch_detector, field, in_memory_map) -> None
     # 128 px chunks of a channels-first array: chunk borders fall inside the in-memory
     # path's 512 px tiles, so any seam would show as a difference there.
     heat = LazyAnomalyMap(patch_detector, np.ascontiguousarray(field.transpose(2, 0, 1)),
-                          chunk=128)
+                          chunk=128, channel_axis=0)
     full = heat.array.compute()
     assert full.shape == SHAPE and full.dtype == np.float32
     np.testing.assert_allclose(full, in_memory_map, rtol=1e-4, atol=1e-6)

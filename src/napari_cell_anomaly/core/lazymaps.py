@@ -69,12 +69,15 @@ class LazyAnomalyMap:
     detector : AnomalyDetector
         A patch-mode detector.
     image : LazyImage or array_like
-        The full-resolution image: ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)``, any sliceable
-        array (dask, zarr, ``numpy.memmap``, NumPy) or a :class:`.bigimage.LazyImage`.
+        The full-resolution image: ``(H, W)`` or ``(H, W, C)`` (``(C, H, W)`` with
+        ``channel_axis=0``), any sliceable array (dask, zarr, ``numpy.memmap``, NumPy) or a
+        :class:`.bigimage.LazyImage`.
     chunk : int, optional
         Chunk side of the map (rounded down to a multiple of the network's alignment).
         Default: the patch-mode tile side minus its two margins (448 px), so each chunk with
         its margins is one network call.
+    channel_axis : int, optional
+        0 for a channels-first array (see :func:`.bigimage.as_lazy_image`).
     name : str
         Used in error messages.
 
@@ -101,14 +104,15 @@ class LazyAnomalyMap:
     """
 
     def __init__(self, detector: Any, image: LazyImage | Any, *, chunk: int | None = None,
-                 name: str = "image") -> None:
+                 channel_axis: int | None = None, name: str = "image") -> None:
         from . import detector as detector_mod
 
         if detector.mode != "patch":
             raise ValueError(f"lazy heatmaps need a patch-mode model; this one is in "
                              f"{detector.mode} mode")
         self.detector = detector
-        self.image = image if isinstance(image, LazyImage) else as_lazy_image(image, name=name)
+        self.image = (image if isinstance(image, LazyImage)
+                      else as_lazy_image(image, channel_axis=channel_axis, name=name))
         self.name = name
         self.shape = self.image.shape
         align = detector.network.align
