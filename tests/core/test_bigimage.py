@@ -75,6 +75,8 @@ def test_streamed_score_and_heatmap_equal_the_in_memory_ones(patch_detector, fie
     assert (res.percentile, res.is_anomaly, res.threshold) == (
         in_memory.percentile, in_memory.is_anomaly, in_memory.threshold)
     assert res.shape == SHAPE
+    assert res.clipped_fraction == pytest.approx(in_memory.clipped_fraction, abs=1e-12)
+    assert res.range_warning == in_memory.range_warning
     with tifffile.TiffFile(tmp_path / "map.tif") as tif:
         page = tif.pages[0]
         assert tif.is_bigtiff and page.is_tiled and page.compression == 8  # zlib/deflate
