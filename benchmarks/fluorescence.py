@@ -229,6 +229,18 @@ def print_table(report: dict[str, Any], args: argparse.Namespace) -> None:
           f"'auto' = {auto}\n")
     head = ("| error | anomalies | image AUROC | error alone | density alone | pixel AUROC "
             "| recon. corr. |")
+    if not args.no_patch:
+        print_patch_table(report, errors, head)
+    if args.cells:
+        print_cells_table(report, errors)
+    print(f"\nloss {args.loss}; recon. corr. = correlation of the reconstruction with the "
+          "input on the normal test fields (about 0: the network outputs a constant, and the "
+          "maps are the intensity itself); 'intensity' = no model, the DNA channel's counts as "
+          "map and its 99.9th percentile as score (the floor to beat); 'error alone' / 'density "
+          "alone': image AUROC of the largest window error / lowest window log-density")
+
+
+def print_patch_table(report: dict[str, Any], errors: list[str], head: str) -> None:
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))
     for error in errors:
@@ -242,27 +254,24 @@ def print_table(report: dict[str, Any], args: argparse.Namespace) -> None:
                     f"{row[f'pixel_auroc_{name}']:.3f} | {row['recon_corr']:.2f} |")
             print(line)
     print(f"| target | planted anomalies | >= {TARGET_IMAGE} | | | >= {TARGET_PIXEL} | |")
-    if args.cells:
-        print("\nCells mode (trained on the ground-truth nuclei of the normal fields):\n")
-        print("| error | cells from | anomalies | image AUROC | pixel AUROC | per-cell AUROC |")
-        print("|" + " --- |" * 6)
-        for error in errors:
-            row = report[error]
-            for source in ("truth", "found"):
-                for name in ["mixed", *ANOMALY_KINDS]:
-                    key = f"cells_{source}_"
-                    if key + f"image_auroc_{name}" not in row:
-                        continue
-                    where = "ground truth" if source == "truth" else "segment_cells"
-                    print(f"| {error} ({row['cells_error_used']}) | {where} | "
-                          f"{name} | {row[key + f'image_auroc_{name}']:.3f} | "
-                          f"{row[key + f'pixel_auroc_{name}']:.3f} | "
-                          f"{row[key + f'cell_auroc_{name}']:.3f} |")
-    print(f"\nloss {args.loss}; recon. corr. = correlation of the reconstruction with the "
-          "input on the normal test fields (about 0: the network outputs a constant, and the "
-          "maps are the intensity itself); 'intensity' = no model, the DNA channel's counts as "
-          "map and its 99.9th percentile as score (the floor to beat); 'error alone' / 'density "
-          "alone': image AUROC of the largest window error / lowest window log-density")
+
+
+def print_cells_table(report: dict[str, Any], errors: list[str]) -> None:
+    print("\nCells mode (trained on the ground-truth nuclei of the normal fields):\n")
+    print("| error | cells from | anomalies | image AUROC | pixel AUROC | per-cell AUROC |")
+    print("|" + " --- |" * 6)
+    for error in errors:
+        row = report[error]
+        for source in ("truth", "found"):
+            for name in ["mixed", *ANOMALY_KINDS]:
+                key = f"cells_{source}_"
+                if key + f"image_auroc_{name}" not in row:
+                    continue
+                where = "ground truth" if source == "truth" else "segment_cells"
+                print(f"| {error} ({row['cells_error_used']}) | {where} | "
+                      f"{name} | {row[key + f'image_auroc_{name}']:.3f} | "
+                      f"{row[key + f'pixel_auroc_{name}']:.3f} | "
+                      f"{row[key + f'cell_auroc_{name}']:.3f} |")
 
 
 if __name__ == "__main__":
