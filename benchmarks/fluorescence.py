@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_cell_anomaly.core.cells import segment_cells
 from napari_cell_anomaly.core.metrics import image_auroc, pixel_auroc
 from napari_cell_anomaly.core.sample_fluo import ANOMALY_KINDS, FluoField, make_fluo_field
 from napari_cell_anomaly.core.scoring import ERROR_KINDS, ScoringConfig
@@ -130,13 +131,20 @@ def evaluate(det: Any, sets: dict[str, list[FluoField]], reference: bool = False
     return out
 
 
+def found_nuclei(f: FluoField) -> np.ndarray:
+    """The built-in segmentation's nuclei: on the DNA channel (on the mean of two channels
+    it would find the cell bodies)."""
+    image = pixels(f)
+    return segment_cells(image) if image.ndim == 2 else segment_cells(image, channel=0)
+
+
 def cells_mode(error: str, train: list[FluoField], sets: dict[str, list[FluoField]],
                args: argparse.Namespace) -> dict[str, Any]:
     """A cells-mode model trained on the normal fields' ground-truth nuclei; each test field
     scored per cell with its ground-truth labels (``truth``) and with the built-in
-    segmentation (``found``): image AUROC (a field's score is its worst cell's), pixel AUROC
-    (the per-cell error map) and per-cell AUROC (a found object takes the kind of the
-    ground-truth nucleus it mostly covers)."""
+    segmentation of the DNA channel (``found``): image AUROC (a field's score is its worst
+    cell's), pixel AUROC (the per-cell error map) and per-cell AUROC (a found object takes
+    the kind of the ground-truth nucleus it mostly covers)."""
     det = run_training([pixels(f) for f in train],
                        TrainConfig(mode="cells", epochs=args.epochs, seed=args.seed,
                                    loss=args.loss, **scoring_for(error)),
@@ -147,8 +155,8 @@ def cells_mode(error: str, train: list[FluoField], sets: dict[str, list[FluoFiel
         for name, fs in sets.items():
             field_scores, maps, cell_y, cell_s = [], [], [], []
             for f in fs:
-                result, cells = det.score_field(pixels(f), f.labels if source == "truth"
-                                                else None, include_border=True)
+                labels = f.labels if source == "truth" else found_nuclei(f)
+                result, cells = det.score_field(pixels(f), labels, include_border=True)
                 field_scores.append(result.score)
                 maps.append(result.error_map)
                 for k, score in zip(cells.table["label"], cells.table["score"], strict=True):
@@ -267,7 +275,7 @@ def print_cells_table(report: dict[str, Any], errors: list[str]) -> None:
                 key = f"cells_{source}_"
                 if key + f"image_auroc_{name}" not in row:
                     continue
-                where = "ground truth" if source == "truth" else "segment_cells"
+                where = "ground truth" if source == "truth" else "segment_cells (DNA)"
                 print(f"| {error} ({row['cells_error_used']}) | {where} | "
                       f"{name} | {row[key + f'image_auroc_{name}']:.3f} | "
                       f"{row[key + f'pixel_auroc_{name}']:.3f} | "
