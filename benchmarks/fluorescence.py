@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_cell_anomaly.core.cells import segment_cells
 from napari_cell_anomaly.core.metrics import image_auroc, pixel_auroc
 from napari_cell_anomaly.core.sample_fluo import ANOMALY_KINDS, FluoField, make_fluo_field
 from napari_cell_anomaly.core.scoring import ERROR_KINDS, ScoringConfig
@@ -130,13 +131,20 @@ def evaluate(det: Any, sets: dict[str, list[FluoField]], reference: bool = False
     return out
 
 
+def found_nuclei(f: FluoField) -> np.ndarray:
+    """The built-in segmentation's nuclei: on the DNA channel (on the mean of two channels
+    it would find the cell bodies)."""
+    image = pixels(f)
+    return segment_cells(image) if image.ndim == 2 else segment_cells(image, channel=0)
+
+
 def cells_mode(error: str, train: list[FluoField], sets: dict[str, list[FluoField]],
                args: argparse.Namespace) -> dict[str, Any]:
     """A cells-mode model trained on the normal fields' ground-truth nuclei; each test field
     scored per cell with its ground-truth labels (``truth``) and with the built-in
-    segmentation (``found``): image AUROC (a field's score is its worst cell's), pixel AUROC
-    (the per-cell error map) and per-cell AUROC (a found object takes the kind of the
-    ground-truth nucleus it mostly covers)."""
+    segmentation of the DNA channel (``found``): image AUROC (a field's score is its worst
+    cell's), pixel AUROC (the per-cell error map) and per-cell AUROC (a found object takes
+    the kind of the ground-truth nucleus it mostly covers)."""
     det = run_training([pixels(f) for f in train],
                        TrainConfig(mode="cells", epochs=args.epochs, seed=args.seed,
                                    loss=args.loss, **scoring_for(error)),
@@ -147,8 +155,8 @@ def cells_mode(error: str, train: list[FluoField], sets: dict[str, list[FluoFiel
         for name, fs in sets.items():
             field_scores, maps, cell_y, cell_s = [], [], [], []
             for f in fs:
-                result, cells = det.score_field(pixels(f), f.labels if source == "truth"
-                                                else None, include_border=True)
+                labels = f.labels if source == "truth" else found_nuclei(f)
+                result, cells = det.score_field(pixels(f), labels, include_border=True)
                 field_scores.append(result.score)
                 maps.append(result.error_map)
                 for k, score in zip(cells.table["label"], cells.table["score"], strict=True):
@@ -229,6 +237,18 @@ def print_table(report: dict[str, Any], args: argparse.Namespace) -> None:
           f"'auto' = {auto}\n")
     head = ("| error | anomalies | image AUROC | error alone | density alone | pixel AUROC "
             "| recon. corr. |")
+    if not args.no_patch:
+        print_patch_table(report, errors, head)
+    if args.cells:
+        print_cells_table(report, errors)
+    print(f"\nloss {args.loss}; recon. corr. = correlation of the reconstruction with the "
+          "input on the normal test fields (about 0: the network outputs a constant, and the "
+          "maps are the intensity itself); 'intensity' = no model, the DNA channel's counts as "
+          "map and its 99.9th percentile as score (the floor to beat); 'error alone' / 'density "
+          "alone': image AUROC of the largest window error / lowest window log-density")
+
+
+def print_patch_table(report: dict[str, Any], errors: list[str], head: str) -> None:
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))
     for error in errors:
@@ -242,27 +262,24 @@ def print_table(report: dict[str, Any], args: argparse.Namespace) -> None:
                     f"{row[f'pixel_auroc_{name}']:.3f} | {row['recon_corr']:.2f} |")
             print(line)
     print(f"| target | planted anomalies | >= {TARGET_IMAGE} | | | >= {TARGET_PIXEL} | |")
-    if args.cells:
-        print("\nCells mode (trained on the ground-truth nuclei of the normal fields):\n")
-        print("| error | cells from | anomalies | image AUROC | pixel AUROC | per-cell AUROC |")
-        print("|" + " --- |" * 6)
-        for error in errors:
-            row = report[error]
-            for source in ("truth", "found"):
-                for name in ["mixed", *ANOMALY_KINDS]:
-                    key = f"cells_{source}_"
-                    if key + f"image_auroc_{name}" not in row:
-                        continue
-                    where = "ground truth" if source == "truth" else "segment_cells"
-                    print(f"| {error} ({row['cells_error_used']}) | {where} | "
-                          f"{name} | {row[key + f'image_auroc_{name}']:.3f} | "
-                          f"{row[key + f'pixel_auroc_{name}']:.3f} | "
-                          f"{row[key + f'cell_auroc_{name}']:.3f} |")
-    print(f"\nloss {args.loss}; recon. corr. = correlation of the reconstruction with the "
-          "input on the normal test fields (about 0: the network outputs a constant, and the "
-          "maps are the intensity itself); 'intensity' = no model, the DNA channel's counts as "
-          "map and its 99.9th percentile as score (the floor to beat); 'error alone' / 'density "
-          "alone': image AUROC of the largest window error / lowest window log-density")
+
+
+def print_cells_table(report: dict[str, Any], errors: list[str]) -> None:
+    print("\nCells mode (trained on the ground-truth nuclei of the normal fields):\n")
+    print("| error | cells from | anomalies | image AUROC | pixel AUROC | per-cell AUROC |")
+    print("|" + " --- |" * 6)
+    for error in errors:
+        row = report[error]
+        for source in ("truth", "found"):
+            for name in ["mixed", *ANOMALY_KINDS]:
+                key = f"cells_{source}_"
+                if key + f"image_auroc_{name}" not in row:
+                    continue
+                where = "ground truth" if source == "truth" else "segment_cells (DNA)"
+                print(f"| {error} ({row['cells_error_used']}) | {where} | "
+                      f"{name} | {row[key + f'image_auroc_{name}']:.3f} | "
+                      f"{row[key + f'pixel_auroc_{name}']:.3f} | "
+                      f"{row[key + f'cell_auroc_{name}']:.3f} |")
 
 
 if __name__ == "__main__":
