@@ -42,6 +42,31 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+#: Stand for the devices found and the side of the images scoring streams in help texts;
+#: filled in only when the help is shown, as finding them imports torch
+#: (``cell-anomaly --help`` and argument errors must not).
+_DEVICES_FOUND = "<devices found>"
+_STREAM_SIDE = "<stream side>"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Fills in :data:`_DEVICES_FOUND` and :data:`_STREAM_SIDE` when a help text is
+    formatted."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and _DEVICES_FOUND in text:
+            from .core.device import describe_devices
+
+            found = describe_devices().removeprefix("devices found: ").replace("%", "%%")
+            text = text.replace(_DEVICES_FOUND, found)
+        if text and _STREAM_SIDE in text:
+            from .core.bigimage import STREAM_PIXELS
+
+            text = text.replace(_STREAM_SIDE, str(round(STREAM_PIXELS ** 0.5)))
+        return text
+
+
 # ------------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------------
@@ -499,12 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    # Help texts quote the library's defaults, so they cannot drift from them.
-    from .core.bigimage import STREAM_PIXELS
-    from .core.device import describe_devices
-    from .core.model import PRESETS
+    # Help texts quote the library's defaults, so they cannot drift from them. Only torch-free
+    # modules are imported here: the parser is built for every command, --help included.
+    from .core.modelconfig import PRESETS
     from .core.scoring import DEFAULT_FPR, ERROR_KINDS, TRAINABLE_DENSITIES
-    from .core.training import LOSSES, MODES, TrainConfig
+    from .core.trainconfig import LOSSES, MODES, TrainConfig
 
     d = TrainConfig()
     channel_help = ("which axis of the files holds the channels, where their metadata (OME-TIFF "
@@ -512,9 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "of the array as stored, or 'none' (no channel axis); default: from the "
                     "metadata, an error when it is ambiguous")
     device_help = ("where the network runs: auto = a CUDA GPU, else Apple MPS, else the CPU; "
-                   "not stored in the model (default: auto; this machine: "
-                   f"{describe_devices().removeprefix('devices found: ')})")
-    t = sub.add_parser("train", help="train a model on images of normal cells")
+                   f"not stored in the model (default: auto; this machine: {_DEVICES_FOUND})")
+    t = sub.add_parser("train", help="train a model on images of normal cells",
+                       formatter_class=_HelpFormatter)
     t.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS",
                    help="image files, folders or glob patterns (PNG, TIFF, JPEG; each plane "
                         "of a multi-page TIFF stack is one training image)")
@@ -563,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("score", help="score images with a trained model")
+    s = sub.add_parser("score", help="score images with a trained model",
+                       formatter_class=_HelpFormatter)
     s.add_argument("model", metavar="MODEL")
     s.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS",
                    help="image files, folders or glob patterns (PNG, TIFF, JPEG); a "
@@ -576,8 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "one multi-page TIFF of its planes' maps; per cell: also the label "
                         "image used, <stem>_labels.tif; a tiled, compressed BigTIFF for the "
                         "images a patch-mode model streams: TIFFs stored in tiles or of at "
-                        f"least {round(STREAM_PIXELS ** 0.5)} x {round(STREAM_PIXELS ** 0.5)} "
-                        "pixels)")
+                        f"least {_STREAM_SIDE} x {_STREAM_SIDE} pixels)")
     s.add_argument("--labels", metavar="DIR|auto",
                    help="score per cell: a folder of label images matched by stem (a "
                         "stack's: one label plane per image plane), or 'auto' for the built-in "
@@ -616,7 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_segment)
 
     e = sub.add_parser("evaluate", help="AUROC/AUPRC and the false-alarm rate observed on "
-                                        "the normals next to the nominal one, as JSON")
+                                        "the normals next to the nominal one, as JSON",
+                       formatter_class=_HelpFormatter)
     e.add_argument("model", metavar="MODEL")
     e.add_argument("--normal", required=True, metavar="DIR")
     e.add_argument("--anomalous", required=True, metavar="DIR")
@@ -636,11 +661,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cell-anomaly`` command."""
+    """Entry point of the ``cell-anomaly`` command.
+
+    Imports only what the command needs: ``--help`` and argument errors end before torch is
+    imported, and scoring with a model never imports scikit-learn.
+    """
+    args = build_parser().parse_args(argv)
     from .core.images import ImageError
     from .core.modelfile import ModelFileError
 
-    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except (CliError, ImageError, ModelFileError, ValueError) as err:

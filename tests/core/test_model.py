@@ -77,6 +77,20 @@ def test_build_model_is_channels_last_and_layout_does_not_change_results() -> No
 
 
 def test_flops_per_pixel_matches_hand_count_default() -> None:
+    # Version 2, in 1 -> widths (2,) -> latent 1, so align = 2 (every layer at half
+    # resolution: per input pixel / 4; the pixel (un)shuffles cost nothing):
+    #   enc unshuffle 1 -> 4 channels; conv3x3 4->2:  2*9*4*2 / 4 = 36
+    #   enc conv3x3 2->2:                           2*9*2*2 / 4 = 18
+    #   enc conv1x1 2->1:                           2*1*2*1 / 4 = 1
+    #   dec conv1x1 1->2:                           2*1*1*2 / 4 = 1
+    #   dec conv3x3 2->4, then shuffle to 1 channel: 2*9*2*4 / 4 = 36
+    net = build_model(ModelConfig(preset="default", in_channels=1, widths=(2,),
+                                  latent_channels=1))
+    assert net.config.version == 2
+    assert net.flops_per_pixel() == pytest.approx(36 + 18 + 1 + 1 + 36)
+
+
+def test_flops_per_pixel_matches_hand_count_default_version_1() -> None:
     # in 1 -> widths (2,) -> latent 1, so align = 2 ("full" = per input pixel, "half" = / 4):
     #   enc conv3x3 1->2 (full):            2*9*1*2      = 36
     #   enc conv3x3 s2 2->2 (half):         2*9*2*2 / 4  = 18
@@ -85,7 +99,7 @@ def test_flops_per_pixel_matches_hand_count_default() -> None:
     #   dec convT2x2 s2 2->2 (each full-res output reads 1 tap of 2 channels): 2*2*2 = 8
     #   dec conv3x3 2->1 (full):            2*9*2*1      = 36
     net = build_model(ModelConfig(preset="default", in_channels=1, widths=(2,),
-                                  latent_channels=1))
+                                  latent_channels=1, version=1))
     assert net.flops_per_pixel() == pytest.approx(36 + 18 + 1 + 1 + 8 + 36)
 
 
@@ -120,3 +134,35 @@ def test_config_round_trip_and_validation() -> None:
         ModelConfig(in_channels=17)
     with pytest.raises(ValueError, match="positive"):
         ModelConfig(widths=())
+
+
+def test_version_2_has_no_full_resolution_convolution_and_fewer_flops() -> None:
+    v2 = build_model(ModelConfig())
+    v1 = build_model(ModelConfig(widths=(16, 32, 64), version=1))
+    assert ModelConfig().version == 2 and v2.align == v1.align == 8
+    assert any(isinstance(m, nn.PixelUnshuffle) for m in v2.modules())
+    assert any(isinstance(m, nn.PixelShuffle) for m in v2.modules())
+    assert v2.flops_per_pixel() < v1.flops_per_pixel()
+    # Every convolution of version 2 runs at half resolution or below.
+    sides = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sides.append(o.shape[-1]))
+             for m in v2.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    with torch.inference_mode():
+        v2(torch.rand(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert sides and max(sides) == 16
+
+
+def test_files_without_a_version_are_version_1() -> None:
+    # Model files written before the version existed hold the version-1 design.
+    d = ModelConfig(widths=(16, 32, 64), version=1).to_dict()
+    del d["version"]
+    cfg = ModelConfig.from_dict(d)
+    assert cfg.version == 1
+    assert not any(isinstance(m, nn.PixelUnshuffle) for m in build_model(cfg).modules())
+    assert ModelConfig.from_dict(ModelConfig().to_dict()).version == 2
+    with pytest.raises(ValueError, match="version"):
+        ModelConfig(version=3)
+    # The seed preset has a single design.
+    assert ModelConfig.from_preset("seed").version == 1

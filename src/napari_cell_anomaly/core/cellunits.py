@@ -37,8 +37,8 @@ import numpy as np
 from scipy import ndimage
 
 from .cells import CellTable
+from .trainconfig import CONTEXTS  # defined with the settings (torch-free)
 
-CONTEXTS = ("isolate", "keep")
 #: Pixels of context kept around a cell's mask in ``isolate`` mode (its soft rim).
 MASK_MARGIN = 2
 #: Objects with fewer pixels than this are too small to be read as cells.

@@ -67,8 +67,10 @@ class ScoreResult:
         The combined-score threshold behind ``is_anomaly``.
     error_map : np.ndarray
         ``(H, W)`` float32 smoothed per-pixel error (the heatmap), at the input's size.
-    ssim_map : np.ndarray
-        ``(H, W)`` float32 smoothed ``1 - SSIM`` map.
+    ssim_map : np.ndarray or None
+        ``(H, W)`` float32 smoothed ``1 - SSIM`` map; None when the model's error map does
+        not use SSIM (``ScoringConfig.error`` "lab" or "mse", the default "lab"), as it is
+        then not computed.
     reconstruction : np.ndarray
         ``(H, W, C)`` float32 reconstruction in the normalised [0, 1] space.
     n_windows : int
@@ -95,7 +97,7 @@ class ScoreResult:
     is_anomaly: bool
     threshold: float
     error_map: np.ndarray
-    ssim_map: np.ndarray
+    ssim_map: np.ndarray | None
     reconstruction: np.ndarray
     n_windows: int = 1
     region: np.ndarray | None = None
@@ -252,6 +254,11 @@ class AnomalyDetector(CellScoring):
         return self.calibration.describe(fpr, unit=self.calibration_unit)
 
     # -- network passes -----------------------------------------------------------------------
+    @property
+    def uses_ssim(self) -> bool:
+        """Whether the error map needs the 1-SSIM map (``error`` "ssim" or "mix")."""
+        return self.scoring.error in ("ssim", "mix")
+
     def _maps(self, x: torch.Tensor, y: torch.Tensor, with_ssim: bool = True
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Smoothed squared-error (RGB, or L*a*b* for ``error="lab"``) and 1-SSIM maps,
@@ -267,7 +274,7 @@ class AnomalyDetector(CellScoring):
         dssim = errormaps.gaussian_blur(1.0 - errormaps.ssim_map(x, y), sigma)
         return se, dssim
 
-    def _primary(self, se: np.ndarray, dssim: np.ndarray) -> np.ndarray:
+    def _primary(self, se: np.ndarray, dssim: np.ndarray | None) -> np.ndarray:
         if self.scoring.error in ("mse", "lab"):
             return se
         if self.scoring.error == "ssim":
@@ -422,7 +429,7 @@ class AnomalyDetector(CellScoring):
             yield self.score(image, fpr=fpr, name=names[i] if names else f"image {i}")
 
     def _finish(self, err: float, logd: float, fpr: float, error_map: np.ndarray,
-                ssim_map: np.ndarray, recon: np.ndarray, n_windows: int = 1,
+                ssim_map: np.ndarray | None, recon: np.ndarray, n_windows: int = 1,
                 region: np.ndarray | None = None, shape_logd: float | None = None
                 ) -> ScoreResult:
         cal = self.calibration
@@ -436,7 +443,8 @@ class AnomalyDetector(CellScoring):
             score=score, recon_error=float(err), log_density=float(logd),
             percentile=percentile, is_anomaly=bool(score > threshold),
             threshold=threshold, error_map=error_map.astype(np.float32, copy=False),
-            ssim_map=ssim_map.astype(np.float32, copy=False),
+            ssim_map=(ssim_map.astype(np.float32, copy=False)
+                      if ssim_map is not None and self.uses_ssim else None),
             reconstruction=recon.astype(np.float32, copy=False), n_windows=n_windows,
             region=None if region is None or region.all() else region,
         )
@@ -444,15 +452,16 @@ class AnomalyDetector(CellScoring):
     def _score_whole(self, x: np.ndarray, fpr: float) -> ScoreResult:
         h, w = x.shape[:2]
         unit = resize(x, (self.size, self.size))[None]
-        res = self.analyse_units(unit)
+        res = self.analyse_units(unit, with_ssim=False)
         logd = float(self.density.log_density(res["codes"])[0])
 
         def back(a: np.ndarray) -> np.ndarray:
             return resize(a, (h, w)) if (h, w) != (self.size, self.size) else a
 
         region = back(res["region"][0].astype(np.float32)) > 0.5
+        ssim = back(res["ssim_map"][0]) if self.uses_ssim else None
         return self._finish(res["recon_error"][0], logd, fpr, back(res["error_map"][0]),
-                            back(res["ssim_map"][0]), back(res["recon"][0]), region=region)
+                            ssim, back(res["recon"][0]), region=region)
 
     def analyse_field(self, x: np.ndarray, stop: Callable[[], bool] | None = None
                       ) -> dict[str, np.ndarray]:
@@ -470,25 +479,43 @@ class AnomalyDetector(CellScoring):
         Returns
         -------
         dict
-            ``recon`` (H, W, C), ``error_map`` and ``ssim_map`` (H, W), ``region`` (H, W) bool
-            (union of the windows' foreground), and per window (see :func:`window_origins`)
-            ``recon_error``, ``log_density`` and ``map_max`` (the map's maximum over the
-            window's foreground).
+            ``recon`` (H, W, C), ``error_map`` (H, W), ``ssim_map`` (H, W, or None when the
+            error does not use SSIM), ``region`` (H, W) bool (union of the windows'
+            foreground), and per window (see :func:`window_origins`) ``recon_error``,
+            ``log_density`` and ``map_max`` (the map's maximum over the window's foreground).
+
+        Notes
+        -----
+        One network pass: with ``ScoringConfig.window_codes == "field"`` the windows' latent
+        codes are read from the tiled pass (packed into one extra output plane by
+        :func:`pack_codes`), each window taking the latent block under it (a window whose
+        origin is not a multiple of ``align``, the last of a side, takes the block at the
+        origin rounded down). With ``"crop"`` (older model files) each window is encoded again
+        on its own.
         """
         h, w, c = x.shape
         chw = np.ascontiguousarray(x.transpose(2, 0, 1))
         net = self.network
         device = self.device
+        ssim = self.uses_ssim
+        a = net.align
+        field_codes = (self.scoring.window_codes == "field" and self.size % a == 0
+                       and net.config.latent_channels <= a * a)
 
         def fn(t: torch.Tensor) -> torch.Tensor:
             t = t.to(device)
             z = net.encode(t)
             y = net.decode(z)
-            se, dssim = self._maps(t, y)
-            return torch.cat([y, se, dssim], dim=1)
+            se, dssim = self._maps(t, y, with_ssim=ssim)
+            parts = [y, se, dssim] if ssim else [y, se]
+            if field_codes:
+                parts.append(pack_codes(z, a))
+            return torch.cat(parts, dim=1)
 
-        out = predict_tiled(fn, chw, tile=TILE, margin=TILE_MARGIN, align=net.align, stop=stop)
-        error_map = self._primary(out[c], out[c + 1]).astype(np.float32)
+        out = predict_tiled(fn, chw, tile=TILE, margin=TILE_MARGIN, align=a, stop=stop)
+        ssim_map = out[c + 1] if ssim else None
+        codes = unpack_codes(out[-1], a, net.config.latent_channels) if field_codes else None
+        error_map = self._primary(out[c], ssim_map).astype(np.float32)
         region = np.zeros((h, w), dtype=bool)
         windows = window_origins(h, w, self.size)
         errs, logds, maxima = [], [], []
@@ -497,7 +524,13 @@ class AnomalyDetector(CellScoring):
                 raise PredictionStopped(f"stopped after {batch_start} of {len(windows)} windows")
             batch = windows[batch_start:batch_start + 64]
             crops = np.stack([x[r:r + self.size, q:q + self.size] for r, q in batch])
-            logds.append(self.density.log_density(encode_units(net, crops)))
+            if codes is not None:
+                k = self.size // a
+                logds.append(self.density.log_density(np.stack(
+                    [codes[:, r // a:r // a + k, q // a:q // a + k].reshape(-1)
+                     for r, q in batch])))
+            else:
+                logds.append(self.density.log_density(encode_units(net, crops)))
             for (r, q), crop in zip(batch, crops, strict=True):
                 m = error_map[r:r + self.size, q:q + self.size]
                 mask = self._region(crop)
@@ -505,7 +538,7 @@ class AnomalyDetector(CellScoring):
                 maxima.append(float(m[mask].max()))
                 region[r:r + self.size, q:q + self.size] |= mask
         return {"recon": out[:c].transpose(1, 2, 0), "error_map": error_map,
-                "ssim_map": out[c + 1], "region": region, "recon_error": np.asarray(errs),
+                "ssim_map": ssim_map, "region": region, "recon_error": np.asarray(errs),
                 "log_density": np.concatenate(logds), "map_max": np.asarray(maxima)}
 
     def _score_patch(self, x: np.ndarray, fpr: float,
@@ -618,6 +651,31 @@ def encode_units(network: Autoencoder, units: np.ndarray, batch_size: int = 128
             x = to_tensor(units[start:start + batch_size], device)
             out.append(to_numpy(network.encode(x).flatten(1)))
     return np.concatenate(out)
+
+
+def pack_codes(z: torch.Tensor, align: int) -> torch.Tensor:
+    """Latent code maps ``(N, C, h, w)`` as one plane ``(N, 1, h * align, w * align)``.
+
+    Channel ``j`` of latent position ``(i, k)`` goes to pixel ``(i * align + j // align,
+    k * align + j % align)`` of the ``align x align`` block under that position (the other
+    pixels are 0), so the plane can ride along the maps of a tiled pass, whose tiles start at
+    multiples of ``align``, and :func:`unpack_codes` reads the codes back exactly.
+    Needs ``C <= align ** 2``.
+    """
+    n, ch = z.shape[:2]
+    if ch > align * align:
+        raise ValueError(f"{ch} latent channels do not fit in {align} x {align} blocks")
+    pad = z.new_zeros((n, align * align - ch, *z.shape[2:]))
+    return torch.nn.functional.pixel_shuffle(torch.cat([z, pad], dim=1), align)
+
+
+def unpack_codes(plane: np.ndarray, align: int, channels: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes` for one image: ``(H, W)`` -> ``(channels, H // align,
+    W // align)`` (only the whole ``align x align`` blocks of the plane)."""
+    hb, wb = plane.shape[0] // align, plane.shape[1] // align
+    blocks = plane[:hb * align, :wb * align].reshape(hb, align, wb, align)
+    return np.ascontiguousarray(
+        blocks.transpose(1, 3, 0, 2).reshape(align * align, hb, wb)[:channels])
 
 
 def window_origins(h: int, w: int, size: int) -> list[tuple[int, int]]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .cellunits import CONTEXTS
-from .model import ModelConfig
+from .modelconfig import ModelConfig
 from .scoring import ScoringConfig
+
+#: Cells mode: what surrounds a cell in its window (see :mod:`.cellunits`).
+CONTEXTS = ("isolate", "keep")
 
 MODES = ("auto", "whole", "patch", "cells")
 #: Modes whose training units are fixed-size arrays (one unit per image or per cell).
