@@ -129,3 +129,24 @@ def test_kde_scoring_matches_a_direct_log_sum_exp() -> None:
            - 0.5 * 8 * np.log(2 * np.pi * h * h))
     np.testing.assert_allclose(_log_kde(z, centres, np.log(weights), h), ref, rtol=1e-10,
                                atol=1e-8)
+
+
+def test_files_written_before_versions_load_and_score_as_before(patch_detector,
+                                                                tmp_path) -> None:
+    from napari_cell_anomaly.core.model import ModelConfig, build_model
+    from napari_cell_anomaly.core.modelfile import load_file, save_file
+
+    torch.manual_seed(1)
+    v1 = build_model(ModelConfig(widths=(16, 32, 64), version=1)).eval()
+    det = dataclasses.replace(_with(patch_detector, window_codes="crop"), network=v1)
+    det.save(tmp_path / "new.safetensors")
+    tensors, meta = load_file(tmp_path / "new.safetensors")
+    # What a file of the previous version held: no model version, no window_codes.
+    del meta["model"]["version"], meta["scoring"]["window_codes"]
+    save_file(tmp_path / "old.safetensors", tensors, meta)
+    old = AnomalyDetector.load(tmp_path / "old.safetensors", device="cpu")
+    assert old.network.config.version == 1 and old.scoring.window_codes == "crop"
+    img, _ = make_field((192, 200), n_cells=20, anomaly_fraction=0.3, seed=8)
+    a, b = old.score(img), det.score(img)
+    assert a.score == b.score and a.log_density == b.log_density
+    np.testing.assert_array_equal(a.error_map, b.error_map)
