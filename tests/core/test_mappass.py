@@ -150,3 +150,28 @@ def test_files_written_before_versions_load_and_score_as_before(patch_detector,
     a, b = old.score(img), det.score(img)
     assert a.score == b.score and a.log_density == b.log_density
     np.testing.assert_array_equal(a.error_map, b.error_map)
+
+
+def test_foreground_masks_of_a_batch_equal_one_at_a_time() -> None:
+    from scipy import ndimage
+
+    from napari_cell_anomaly.core.detector import foreground_masks
+
+    def one(x: np.ndarray, erode: int) -> np.ndarray:  # the per-image definition
+        border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+        bg = np.median(border, axis=0)
+        dist = np.sqrt(((x - bg) ** 2).sum(-1))
+        mask = ndimage.binary_fill_holes(dist > 0.25 * max(float(dist.max()), 1e-6))
+        return ndimage.binary_erosion(mask, iterations=erode) if erode else mask
+
+    img, _ = make_field((256, 256), n_cells=30, anomaly_fraction=0.3, seed=9)
+    x = img.astype(np.float32) / 255.0
+    units = np.stack([x[r:r + 64, q:q + 64] for r, q in window_origins(256, 256, 64)])
+    units[3] = 0.5  # a constant unit (empty mask)
+    units[5, 20:40, 20:40] = 0.0  # a ring with a hole to fill
+    units[5, 25:35, 25:35] = units[5, 0, 0]
+    for erode in (0, 3):
+        batch = foreground_masks(units, erode)
+        for u, m in zip(units, batch, strict=True):
+            np.testing.assert_array_equal(m, one(u, erode))
+    assert batch.any() and not batch[3].any()
