@@ -271,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(e.g. ../main/src before a change)")
     parser.add_argument("--skip-train-2500", action="store_true",
                         help="leave out the 2,500-crop training (minutes)")
+    parser.add_argument("--cli-repeats", type=int, default=3,
+                        help="command-line runs of each kind per source tree (best of)")
     args = parser.parse_args(argv)
 
     load = [round(v, 2) for v in os.getloadavg()]
@@ -289,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     srcs = {"this": ROOT / "src"}
     if args.baseline_src:
         srcs = {"baseline": args.baseline_src.resolve(), **srcs}
-    res["cli"] = cli_timings(srcs, repeats=1 if args.quick else 3)
+    res["cli"] = cli_timings(srcs, repeats=1 if args.quick else args.cli_repeats)
 
     print("network forward, 2048 x 2048 tiles ...", file=sys.stderr)
     big, _ = make_field((2048, 2048), n_cells=900, anomaly_fraction=0.05, seed=7)
