@@ -352,6 +352,11 @@ class _Windows:
         self.det = detector
         self.size = detector.size
         self.windows = window_origins(height, width, self.size)
+        # New models read each window's latent code from the map pass (packed in a code
+        # plane, as analyse_field does); older ones encode each window on its own.
+        self.align = detector.network.align
+        self.codes = field_codes(detector)
+        self.c = np.zeros((0, width), np.float32)
         self.next = 0
         self.y0 = 0  # first row held in the buffers
         self.err = np.zeros((0, width), np.float32)
@@ -361,10 +366,16 @@ class _Windows:
         self.logds: list[np.ndarray] = []
         self.stop = stop
 
-    def add(self, err_rows: np.ndarray, x_rows: np.ndarray) -> None:
-        """Take the next band of heatmap rows and preprocessed image rows."""
+    def add(self, err_rows: np.ndarray, x_rows: np.ndarray,
+            code_rows: np.ndarray | None = None) -> None:
+        """Take the next band of heatmap rows, preprocessed image rows and (when the windows'
+        codes come from the map pass) code-plane rows."""
+        from .detector import unpack_codes
+
         self.err = np.concatenate([self.err, err_rows])
         self.x = np.concatenate([self.x, x_rows])
+        if self.codes:
+            self.c = np.concatenate([self.c, code_rows])
         end = self.y0 + len(self.err)
         s = self.size
         while self.next < len(self.windows) and self.windows[self.next][0] + s <= end:
@@ -373,14 +384,24 @@ class _Windows:
             m = self.err[r - self.y0:r - self.y0 + s, q:q + s]
             mask = self.det._region(crop)
             self.errs.append(reduce_map(m, self.det.scoring.reduce, mask))
-            self.queue.append(crop.copy())
+            if self.codes:  # the latent block under the window (origin rounded down)
+                a = self.align
+                r0, q0 = r - r % a, q - q % a
+                plane = self.c[r0 - self.y0:r0 - self.y0 + s, q0:q0 + s]
+                self.queue.append(unpack_codes(plane, a, self.det.network.config.latent_channels
+                                               ).reshape(-1))
+            else:
+                self.queue.append(crop.copy())
             self.next += 1
             if len(self.queue) == WINDOW_BATCH:
                 self._flush()
         keep = self.windows[self.next][0] if self.next < len(self.windows) else end
+        keep -= keep % self.align
         if keep > self.y0:
             self.err = self.err[keep - self.y0:].copy()
             self.x = self.x[keep - self.y0:].copy()
+            if self.codes:
+                self.c = self.c[keep - self.y0:].copy()
             self.y0 = keep
 
     def _flush(self) -> None:
@@ -391,9 +412,10 @@ class _Windows:
         if self.stop is not None and self.stop():
             raise PredictionStopped(f"stopped after {len(self.errs)} of {len(self.windows)} "
                                     "windows")
-        crops = np.stack(self.queue)
+        units = np.stack(self.queue)
         self.queue = []
-        self.logds.append(self.det.density.log_density(encode_units(self.det.network, crops)))
+        codes = units if self.codes else encode_units(self.det.network, units)
+        self.logds.append(self.det.density.log_density(codes))
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """``(recon_error, log_density)`` per window, once every band has arrived."""
@@ -402,17 +424,31 @@ class _Windows:
         return np.asarray(self.errs), np.concatenate(self.logds)
 
 
-def _tile_fn(detector: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+def field_codes(detector: Any) -> bool:
+    """Whether ``analyse_field`` reads the windows' codes from the map pass (see
+    ``ScoringConfig.window_codes``)."""
+    a = detector.network.align
+    return bool(detector.scoring.window_codes == "field" and detector.size % a == 0
+                and detector.network.config.latent_channels <= a * a)
+
+
+def _tile_fn(detector: Any, codes: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """The network + error maps that ``analyse_field`` runs on every tile, giving the primary
-    heatmap's two ingredients (squared error and 1 - SSIM), ``(N, 2, h, w)``."""
+    heatmap's two ingredients (squared error and 1 - SSIM, zeros when the error does not use
+    it), ``(N, 2, h, w)``, and with ``codes`` the packed latent code plane as a third."""
+    from .detector import pack_codes
+
     net = detector.network
     device = detector.device
+    ssim = detector.uses_ssim
 
     def fn(t: torch.Tensor) -> torch.Tensor:
         t = t.to(device)
-        y = net.decode(net.encode(t))
-        se, dssim = detector._maps(t, y)
-        return torch.cat([se, dssim], dim=1)
+        z = net.encode(t)
+        y = net.decode(z)
+        se, dssim = detector._maps(t, y, with_ssim=ssim)
+        parts = [se, dssim, pack_codes(z, net.align)] if codes else [se, dssim]
+        return torch.cat(parts, dim=1)
 
     return fn
 
@@ -446,10 +482,11 @@ def iter_heatmap_bands(detector: Any, image: LazyImage, *, windows: _Windows | N
     th, tw = min(tile_y, len(iy)), min(tile_x, len(ix))
     tiles = [(a, b) for a in range(len(ys)) for b in range(len(xs))]
     total = len(tiles)
-    fn = _tile_fn(detector)
+    codes = windows is not None and windows.codes
+    fn = _tile_fn(detector, codes)
     pre = detector.preprocessing
     n_ch = pre.n_channels
-    bands: dict[int, tuple[np.ndarray, np.ndarray, list[int]]] = {}
+    bands: dict[int, tuple[np.ndarray, np.ndarray, list[int], np.ndarray]] = {}
     next_band = 0
     done = 0
     with torch.inference_mode():
@@ -478,25 +515,28 @@ def iter_heatmap_bands(detector: Any, image: LazyImage, *, windows: _Windows | N
                 if a not in bands:
                     h = max(y1 - y0, 0)
                     bands[a] = (np.empty((h, width), np.float32),
-                                np.empty((h, width, n_ch), np.float32), [0])
-                err, xb, count = bands[a]
+                                np.empty((h, width, n_ch), np.float32), [0],
+                                np.empty((h, width) if codes else (0, 0), np.float32))
+                err, xb, count, cb = bands[a]
                 count[0] += 1
                 if y0 < y1 and x0 < x1:
                     se = res_np[j, 0, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
                     dssim = res_np[j, 1, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
                     err[:, x0:x1] = detector._primary(se, dssim)
                     xb[:, x0:x1] = inputs[j][y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+                    if codes:
+                        cb[:, x0:x1] = res_np[j, 2, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
             done += len(index)
             if progress is not None:
                 progress(done, total)
             while next_band in bands and bands[next_band][2][0] == len(xs):
-                err, xb, _ = bands.pop(next_band)
+                err, xb, _, cb = bands.pop(next_band)
                 start = ys[next_band][1]
                 next_band += 1
                 if len(err) == 0:
                     continue
                 if windows is not None:
-                    windows.add(err, xb)
+                    windows.add(err, xb, cb if codes else None)
                 yield start, err
 
 
