@@ -166,3 +166,17 @@ def test_files_without_a_version_are_version_1() -> None:
         ModelConfig(version=3)
     # The seed preset has a single design.
     assert ModelConfig.from_preset("seed").version == 1
+
+
+def test_init_output_bias_starts_chosen_channels_at_their_mean() -> None:
+    torch.manual_seed(0)
+    net = build_model(ModelConfig.from_preset("default", in_channels=2))
+    before = [m for m in net.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    kept = before.bias.detach().clone()
+    net.init_output_bias([0.02, float("nan")])
+    out = net(torch.rand(1, 2, 64, 64) * 0.04).detach()
+    assert float(out[:, 0].mean()) < 0.1  # starts near the dark mean, not at 0.5
+    repeat = before.out_channels // 2
+    assert torch.equal(before.bias[repeat:], kept[repeat:])  # NaN: random start kept
+    with pytest.raises(ValueError, match="channel means"):
+        net.init_output_bias([0.5])

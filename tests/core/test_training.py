@@ -18,6 +18,7 @@ from napari_cell_anomaly.core.images import ImageError
 from napari_cell_anomaly.core.sample import make_cells
 from napari_cell_anomaly.core.scoring import ScoringConfig
 from napari_cell_anomaly.core.training import (
+    MID_RANGE,
     PATCH_MODE_FACTOR,
     TrainConfig,
     TrainProgress,
@@ -337,3 +338,18 @@ def test_false_alarm_rate_holds_on_unseen_normals_end_to_end() -> None:
         observed = float(np.mean(scores > det.calibration.threshold(fpr)))
         noise = 3 * np.sqrt(hi * (1 - hi) / len(fresh))
         assert lo - noise <= observed <= hi + noise, (fpr, observed, lo, hi)
+
+
+def test_dark_fluorescence_fields_are_reconstructed_not_flattened_to_black() -> None:
+    # A mostly black 16-bit field: without a start at the dark mean the network settled on a
+    # constant black output (reconstruction uncorrelated with the input).
+    from napari_cell_anomaly.core.sample_fluo import make_fluo_field
+
+    fields = [make_fluo_field((192, 192), n_nuclei=10, anomaly_fraction=0.0, seed=s).image
+              for s in range(4)]
+    det = run_training(fields, TrainConfig(epochs=2, seed=0, mode="patch"))
+    x = det.preprocessing(fields[0])
+    with torch.inference_mode():
+        y = det.network(torch.from_numpy(x).permute(2, 0, 1)[None]).numpy()[0, 0]
+    assert float(x.mean()) < MID_RANGE[0]  # the case the dark start is for
+    assert np.corrcoef(x[..., 0].ravel(), y.ravel())[0, 1] > 0.5

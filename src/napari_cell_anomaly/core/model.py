@@ -19,9 +19,11 @@ Two presets:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -150,6 +152,30 @@ class Autoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct ``x``."""
         return self.decoder(self.encoder(x))
+
+    def init_output_bias(self, mean: Sequence[float]) -> None:
+        """Start the output of some channels at a given mean intensity.
+
+        Sets the bias of the last convolution (before the sigmoid, and before the pixel
+        shuffle in version 2) of each channel whose ``mean`` is not NaN to ``logit(mean)``,
+        ``mean`` clipped to ``[0.01, 0.99]``; NaN channels keep their random start.
+
+        Parameters
+        ----------
+        mean : sequence of float
+            Starting output intensity (in ``[0, 1]``) of each channel, or NaN.
+        """
+        values = np.asarray(mean, dtype=np.float64)
+        if values.shape != (self.config.in_channels,):
+            raise ValueError(f"expected {self.config.in_channels} channel means; got "
+                             f"shape {values.shape}")
+        last = [m for m in self.decoder.modules() if isinstance(m, nn.Conv2d)][-1]
+        repeat = last.out_channels // self.config.in_channels  # 4 before a pixel shuffle
+        clipped = np.clip(values, 0.01, 0.99)
+        with torch.no_grad():
+            for c in np.flatnonzero(np.isfinite(values)):
+                logit = float(np.log(clipped[c] / (1.0 - clipped[c])))
+                last.bias[c * repeat:(c + 1) * repeat] = logit
 
     def flops_per_pixel(self) -> float:
         """Multiply-add FLOPs (x2) of one forward pass per input pixel.

@@ -226,6 +226,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     mcfg = ModelConfig.from_preset(cfg.preset, in_channels=in_ch)
     net = build_model(mcfg)
     data = prepare(images, cfg, prep, names, rng, labels, net.align)
+    net.init_output_bias(_dark_or_bright_start(_channel_means(data.train)))
     net.to(dev)
 
     n_units = (len(data.train) if data.mode in UNIT_MODES
@@ -459,6 +460,33 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: TrainingData, cfg: Trai
     if data.calib is not None:
         provenance["n_calibration_images"] = len(data.calib)
     return det
+
+
+def _channel_means(units: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """Mean preprocessed intensity per channel of training units ``(..., C)``."""
+    if isinstance(units, np.ndarray):
+        return units.reshape(-1, units.shape[-1]).mean(axis=0, dtype=np.float64)
+    sums = sum(u.reshape(-1, u.shape[-1]).sum(axis=0, dtype=np.float64) for u in units)
+    return sums / sum(u.shape[0] * u.shape[1] for u in units)
+
+
+#: A channel whose mean training intensity lies outside this range starts at its mean.
+MID_RANGE = (0.15, 0.85)
+
+
+def _dark_or_bright_start(means: np.ndarray) -> np.ndarray:
+    """Starting output of each channel: its mean where it lies outside :data:`MID_RANGE`,
+    else NaN (the random start, whose sigmoid output begins near 0.5).
+
+    Mostly dark images (fluorescence: a black background and a few bright nuclei) otherwise
+    let the network settle on a constant black output (measured on synthetic fluorescence:
+    correlation of reconstruction and input 0.00 without, 0.99 with). Mid-range channels keep
+    the random start: starting them at their mean made robust training's first rejection
+    (after the first third of the epochs) miss the anomalous images in 3 of 6 synthetic runs
+    against 1 of 6, as the network had already learnt them.
+    """
+    low, high = MID_RANGE
+    return np.where((means < low) | (means > high), means, np.nan)
 
 
 def run_training(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
