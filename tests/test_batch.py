@@ -376,8 +376,9 @@ def test_cluster_scores_per_cell_like_a_single_process(
     _assert_same_rows(dask_rows, one)
     assert len(one_cells) > 20 and len(dask_cells) == len(one_cells)
     for a, b in zip(one_cells[1:], dask_cells[1:], strict=True):
-        assert a[:2] == b[:2]  # same image, same cell id, same order
-        np.testing.assert_allclose(np.array(b[2:], float), np.array(a[2:], float), rtol=1e-4)
+        assert a[:2] == b[:2] and a[12:] == b[12:]  # same image, cell id, order and plane
+        np.testing.assert_allclose(np.array(b[2:12], float), np.array(a[2:12], float),
+                                   rtol=1e-4)
     for ref in one_maps.glob("*_labels.tif"):
         np.testing.assert_array_equal(tifffile.imread(dask_maps / ref.name), tifffile.imread(ref))
 
