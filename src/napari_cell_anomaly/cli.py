@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import itertools
 import json
 import os
 import sys
@@ -17,11 +16,12 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
 from . import __version__
+from .core.batch import CELLS_CSV_COLUMNS, CSV_COLUMNS  # noqa: F401 - the CSV formats
 
 if TYPE_CHECKING:
     import torch
@@ -30,12 +30,7 @@ if TYPE_CHECKING:
     from .core.stacks import LoadedPlanes
 
 EXIT_BAD_INPUT = 2
-CSV_COLUMNS = ("path", "score", "recon_error", "log_density", "is_anomaly", "percentile",
-               "threshold", "error", "clipped_fraction", "plane")
-#: Per-cell CSV (``score --cells-csv``): these first columns are fixed (scripts rely on them).
-CELLS_CSV_COLUMNS = ("path", "cell_id", "centroid_y", "centroid_x", "area", "score",
-                     "recon_error", "log_density", "is_anomaly", "percentile", "at_border",
-                     "shape_log_density", "plane")
+
 
 
 class CliError(Exception):
@@ -111,17 +106,9 @@ def atomic_text(path: Path) -> Iterator[TextIO]:
 def _write_tiff_atomic(path: Path, data: np.ndarray, metadata: dict | None = None) -> None:
     """Write a TIFF atomically: float maps as float32, integer (label) images as they are;
     ``metadata`` (e.g. ``{"axes": "ZYX"}`` for a stack) goes into the file's description."""
-    import tifffile
+    from .core.batch import write_tiff_atomic
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    if data.dtype.kind == "f":
-        data = data.astype(np.float32, copy=False)
-    try:
-        tifffile.imwrite(tmp, data, photometric="minisblack", metadata=metadata or {})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_tiff_atomic(path, data, metadata)
 
 
 def _load_inputs(inputs: Sequence[str], channel_axis: int | str | None = None
@@ -250,19 +237,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    """Score images with a model: one CSV row per image (and per cell), optional heatmaps."""
-    from .core.bigimage import HeatmapWriteError, score_file, should_stream
-    from .core.images import ImageError, find_images
+    """Score images with a model: one CSV row per image (and per cell), optional heatmaps,
+    written as each image finishes (``--resume`` goes on where a run stopped)."""
+    from tqdm import tqdm
+
+    from .core.batch import BatchSettings, ResultsWriter, iter_outcomes, make_tasks
+    from .core.images import find_images
     from .core.scoring import DEFAULT_FPR
-    from .core.stacks import MapStack, PlaneScore, Stack, read_stack, score_stack
 
     csv_path = Path(args.csv)
     _check_writable_file(csv_path)
     cells_path = Path(args.cells_csv) if args.cells_csv else None
     if cells_path is not None:
         _check_writable_file(cells_path)
+    if args.workers and args.scheduler:
+        raise CliError("give --workers (a cluster on this machine) or --scheduler (a running "
+                       "cluster), not both")
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
-    device = _device(args.device)
+    # With --scheduler the network runs on the workers; this process only reads the model.
+    device = _device("cpu" if args.scheduler else args.device)
     if heat_dir is not None:
         _prepare_dir(heat_dir)
     detector = _detector(args.model, device)
@@ -271,105 +264,67 @@ def cmd_score(args: argparse.Namespace) -> int:
     per_cell = (sources is not None or cells_path is not None or detector.mode == "cells")
     if per_cell and sources is None:
         sources = dict.fromkeys(paths)  # built-in segmentation
-    _say(f"model: {detector.describe_rate(args.fpr or DEFAULT_FPR)}; running on {device}")
-    failures: list[tuple[Path, str]] = []
+    fpr = args.fpr or DEFAULT_FPR
+    out = ResultsWriter(csv_path, cells_path, resume=args.resume,
+                        threshold=f"{detector.calibration.threshold(fpr):.6g}")
+    tasks = [t for t in make_tasks(paths, sources) if t.csv_path not in out.done]
+    where = (f"on the dask cluster at {args.scheduler} (device {args.device} on each worker)"
+             if args.scheduler else f"on {device}" + (f", {args.workers} local dask workers"
+                                                     if args.workers else ""))
+    _say(f"model: {detector.describe_rate(fpr)}; running {where}")
+    if out.resumed:
+        _say(f"resuming {csv_path}: {len(out.done)} images already scored, {len(tasks)} to go")
+    settings = BatchSettings(fpr=args.fpr, per_cell=per_cell, labels_spec=args.labels,
+                             heatmaps=heat_dir, cells_csv=cells_path is not None,
+                             channel_axis=args.channel_axis)
+    first_failure, n_failed = "", 0
+    first_out_of_range, n_out_of_range = "", 0
     n_flagged = n_ok = n_cells = n_cells_flagged = n_skipped = n_stacks = 0
-    out_of_range: list[str] = []
-    show = not args.quiet and sys.stderr.isatty()
     with contextlib.ExitStack() as stack:
-        writer = csv.writer(stack.enter_context(atomic_text(csv_path)))
-        writer.writerow(CSV_COLUMNS)
-        cell_writer = None
-        if cells_path is not None:
-            cell_writer = csv.writer(stack.enter_context(atomic_text(cells_path)))
-            cell_writer.writerow(CELLS_CSV_COLUMNS)
-        for k, path in enumerate(paths, 1):
-            # Larger than memory (a patch-mode model, a TIFF stored in tiles or of at least
-            # STREAM_PIXELS, its channels from its own metadata): read, scored and its heatmap
-            # written tile by tile (BigTIFF).
-            streamed = (not per_cell and detector.mode == "patch" and args.channel_axis is None
-                        and should_stream(path))
+        if args.workers or args.scheduler:
             try:
-                if streamed:
-                    heat = heat_dir / f"{path.stem}_anomaly_map.tif" if heat_dir else None
-                    tiles = (lambda d, t, k=k, name=path.name: print(
-                        f"\rscored {k - 1}/{len(paths)}; {name}: {d}/{t} tiles", end="",
-                        file=sys.stderr, flush=True)) if show else None
-                    result = score_file(detector, path, fpr=args.fpr, heatmap=heat,
-                                        progress=tiles)
-                    image = Stack.single(None, path.name)  # one plane, its map already written
-                    planes, first = iter(()), PlaneScore(0, path.name, result)
-                else:
-                    image = read_stack(path, args.channel_axis)  # 2-D: one plane, not a stack
-                    labels = (_read_matched_labels(sources, path, args.labels, image.is_stack)
-                              if per_cell else None)
-                    planes = score_stack(detector, image, fpr=args.fpr, per_cell=per_cell,
-                                         labels=labels)
-                    first = next(planes)
-            except HeatmapWriteError:
-                raise  # a full disk is no fault of the image: stop the batch
-            except (ImageError, OSError) as err:
-                msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-                failures.append((path, msg))
-                writer.writerow([str(path), "", "", "", "", "", "", msg, "", ""])
-                continue
-            maps = MapStack(len(image), image.plane_shape) if image.is_stack else None
-            n_stacks += int(image.is_stack)
-            scored_before = n_ok
-            cell_maps = (MapStack(len(image), image.plane_shape, np.uint32)
-                         if maps is not None and per_cell else None)
-            for ps in itertools.chain([first], planes):
-                plane = ps.index if image.is_stack else ""
-                result, cells = ps.result, ps.cells
-                if result is None:
-                    if not any(f[0] == path for f in failures):
-                        failures.append((path, ps.error or ""))
-                    writer.writerow([str(path), "", "", "", "", "", "", ps.error, "", plane])
-                    continue
-                row = result.as_row()
-                writer.writerow([str(path), f"{row['score']:.6g}", f"{row['recon_error']:.6g}",
-                                 f"{row['log_density']:.6g}", row["is_anomaly"],
-                                 f"{row['percentile']:.2f}", f"{result.threshold:.6g}", "",
-                                 f"{result.clipped_fraction:.4g}", plane])
-                if result.range_warning:
-                    out_of_range.append(result.range_warning)
-                n_ok += 1
-                n_flagged += int(result.is_anomaly)
-                if cells is not None:
-                    n_cells += len(cells)
-                    n_skipped += cells.skipped
-                    n_cells_flagged += int(cells.table["is_anomaly"].sum())
-                    if cell_writer is not None:
-                        _write_cell_rows(cell_writer, path, cells, plane)
-                if maps is not None:
-                    maps.put(ps.index, result.error_map)
-                    if cell_maps is not None and cells is not None:
-                        cell_maps.put(ps.index, cells.labels)
-                elif heat_dir is not None and not streamed:
-                    _write_tiff_atomic(heat_dir / f"{path.stem}_anomaly_map.tif",
-                                       result.error_map)
-                    if cells is not None:
-                        _write_tiff_atomic(heat_dir / f"{path.stem}_labels.tif",
-                                           _label_dtype(cells.labels))
-            if heat_dir is not None and maps is not None and n_ok > scored_before:
-                # a stack: its planes' maps in one file
-                axes = {"axes": f"{image.axis if image.axis in 'ZT' else 'Q'}YX"}
-                _write_tiff_atomic(heat_dir / f"{path.stem}_anomaly_map.tif", maps.data, axes)
-                if cell_maps is not None:
-                    _write_tiff_atomic(heat_dir / f"{path.stem}_labels.tif",
-                                       _label_dtype(cell_maps.data), axes)
-            if show:
-                print(f"\rscored {k}/{len(paths)}", end="", file=sys.stderr, flush=True)
-    if show:
-        print(file=sys.stderr)
-    _report_failures(failures)
-    if out_of_range:
-        _say(f"warning: {len(out_of_range)} image(s) lie outside the model's training range "
-             f"(see clipped_fraction in {csv_path}); first: {out_of_range[0]}")
-    rate = f"{100 * (args.fpr or DEFAULT_FPR):g}% false-alarm rate"
+                from .core.cluster import connect, iter_cluster_outcomes
+            except ImportError as err:
+                raise CliError(f"--workers and --scheduler need dask.distributed ({err}); "
+                               "pip install 'napari-cell-anomaly[dask]'") from None
+            client = stack.enter_context(connect(args.scheduler, workers=args.workers,
+                                                 timeout=args.connect_timeout))
+            outcomes = iter_cluster_outcomes(client, args.model, tasks, settings,
+                                             device=args.device if args.scheduler
+                                             else str(device))
+            stack.callback(outcomes.close)  # cancels what is in flight, before the client goes
+        stack.enter_context(out)
+        bar = stack.enter_context(tqdm(total=len(tasks), unit="image", file=sys.stderr,
+                                       disable=args.quiet or not sys.stderr.isatty(),
+                                       dynamic_ncols=True))
+        if not (args.workers or args.scheduler):
+            def tiles(name: str, done: int, total: int) -> None:  # a big image streams
+                bar.set_postfix_str(f"{name}: {done}/{total} tiles")
+
+            outcomes = iter_outcomes(detector, tasks, settings, tiles=tiles)
+        for outcome in outcomes:
+            out.write(outcome)
+            bar.update()
+            if outcome.error is not None:
+                first_failure, n_failed = first_failure or outcome.error, n_failed + 1
+            first_out_of_range = first_out_of_range or outcome.range_warning or ""
+            n_out_of_range += outcome.n_out_of_range
+            n_stacks += int(outcome.is_stack)
+            n_ok += outcome.n_scored
+            n_flagged += outcome.n_flagged
+            n_cells += outcome.n_cells
+            n_cells_flagged += outcome.n_cells_flagged
+            n_skipped += outcome.n_skipped
+    if n_failed:
+        _say(f"skipped {n_failed} unusable image file(s); first: {first_failure}")
+    if n_out_of_range:
+        _say(f"warning: {n_out_of_range} image(s) lie outside the model's training range "
+             f"(see clipped_fraction in {csv_path}); first: {first_out_of_range}")
+    rate = f"{100 * fpr:g}% false-alarm rate"
+    before = f" (and {len(out.done)} files scored before)" if out.resumed else ""
     planes = f" (each plane of the {n_stacks} stack(s) counted as one)" if n_stacks else ""
-    _say(f"scored {n_ok} images{planes}: {n_flagged} flagged anomalous at {rate}; results in "
-         f"{csv_path}")
+    _say(f"scored {n_ok} images{planes}{before}: {n_flagged} flagged anomalous at {rate}; "
+         f"results in {csv_path}")
     if per_cell:
         _say(f"scored {n_cells} cells: {n_cells_flagged} flagged anomalous (cells cut by the "
              f"image edge are not judged)" + (f"; per-cell rows in {cells_path}"
@@ -379,40 +334,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 
             _say(f"left out {n_skipped} objects too small to be read as cells "
                  f"(under {MIN_CELL_AREA} pixels)")
-    return 0 if n_ok else EXIT_BAD_INPUT
-
-
-def _read_matched_labels(sources: dict[Path, Path | None], path: Path, spec: str | None,
-                         stack: bool = False) -> np.ndarray | None:
-    """The label image for ``path`` (None: segment it), or an error when a labels folder was
-    given and holds none for it. For a stack, the label file as stored (one label plane per
-    image plane, checked by ``score_stack``)."""
-    from .core.cells import read_labels
-    from .core.images import ImageError, read_image
-
-    match = sources.get(path)
-    if match is None and spec not in (None, "auto"):
-        raise ImageError(f"no label image for {path.name} in {spec} (expected "
-                         f"{path.stem}.tif or {path.stem}_labels.tif)")
-    if match is None:
-        return None
-    return read_image(match) if stack else read_labels(match)
-
-
-def _write_cell_rows(writer: Any, path: Path, cells: Any, plane: int | str = "") -> None:
-    t = cells.table
-    for i in range(len(cells)):
-        writer.writerow([str(path), int(t["label"][i]), f"{t['centroid_y'][i]:.1f}",
-                         f"{t['centroid_x'][i]:.1f}", int(t["area"][i]),
-                         f"{t['score'][i]:.6g}", f"{t['recon_error'][i]:.6g}",
-                         f"{t['log_density'][i]:.6g}", int(t["is_anomaly"][i]),
-                         f"{t['percentile'][i]:.2f}", int(t["at_border"][i]),
-                         f"{t['shape_log_density'][i]:.6g}", plane])
+    return 0 if n_ok or (out.done and not n_failed) else EXIT_BAD_INPUT
 
 
 def _label_dtype(labels: np.ndarray) -> np.ndarray:
     """uint16 label images where the ids fit, else uint32."""
-    return labels.astype(np.uint16 if int(labels.max()) < 2**16 else np.uint32)
+    from .core.batch import label_dtype
+
+    return label_dtype(labels)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -526,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Help texts quote the library's defaults, so they cannot drift from them. Only torch-free
     # modules are imported here: the parser is built for every command, --help included.
+    from .core.batch import CONNECT_TIMEOUT
     from .core.modelconfig import PRESETS
     from .core.scoring import DEFAULT_FPR, ERROR_KINDS, TRAINABLE_DENSITIES
     from .core.trainconfig import LOSSES, MODES, TrainConfig
@@ -614,10 +544,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "then holds each image's (each plane's) worst cell")
     s.add_argument("--fpr", type=_fpr, help=f"target false-alarm rate (default: {DEFAULT_FPR})")
     s.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
-                   help=device_help)
+                   help=device_help + "; with --scheduler, resolved on each worker")
+    s.add_argument("--resume", action="store_true",
+                   help="keep the scored rows of an existing --csv (and --cells-csv) and "
+                        "score only the images not in it (rows holding an error are tried "
+                        "again); refused if its rows were scored at another threshold")
+    s.add_argument("--workers", type=_positive, metavar="N",
+                   help="score on a dask cluster of N worker processes started on this "
+                        "machine (one thread each)")
+    s.add_argument("--scheduler", metavar="ADDRESS",
+                   help="score on a running dask.distributed cluster (tcp://host:8786); its "
+                        "workers must see the images and the --heatmaps folder at the same "
+                        "paths")
+    s.add_argument("--connect-timeout", type=_positive_float, default=CONNECT_TIMEOUT,
+                   metavar="SECONDS",
+                   help=f"give up on a --scheduler that does not answer within this time "
+                        f"(default: {CONNECT_TIMEOUT:g})")
     s.add_argument("--channel-axis", type=_channel_axis, metavar="N|none",
                    help=channel_help)
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_score)
 
     g = sub.add_parser("segment", help="find the cells of each image (built-in segmentation)")

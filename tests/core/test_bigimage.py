@@ -200,4 +200,9 @@ def test_cli_disk_full_while_writing_the_heatmap(patch_detector, field, tmp_path
     assert last.startswith("cell-anomaly: error: File too large")
     assert "slide_anomaly_map.tif" in last and "Traceback" not in proc.stderr
     assert list(maps.iterdir()) == []  # no partial heatmap, no temporary file
-    assert not (tmp_path / "s.csv").exists() and not list(tmp_path.glob(".*tmp"))
+    # The results CSV is written row by row (a stopped batch keeps its finished rows): it
+    # holds the header only, no row for the image whose heatmap could not be written.
+    from napari_cell_anomaly.core.batch import CSV_COLUMNS
+
+    assert (tmp_path / "s.csv").read_text().splitlines() == [",".join(CSV_COLUMNS)]
+    assert not list(tmp_path.glob(".*tmp"))
