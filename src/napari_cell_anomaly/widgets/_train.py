@@ -20,7 +20,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -213,16 +213,27 @@ class TrainWidget(QWidget):
                         partial(report_error, "Could not load the anomaly-detection core"))
 
     def _on_core_ready(self) -> None:
-        """Build the loss plot, fill the settings with the core's defaults, enable them."""
-        from ._loss_plot import LossPlot
-
-        self.plot = LossPlot()
-        self._plot_box.layout().addWidget(self.plot)
+        """Fill the settings with the core's defaults and enable them; the loss plot is
+        built in the next event-loop turn (~50 ms), or when training starts if sooner."""
+        timer = QTimer(self)
+        timer.setSingleShot(True)
+        timer.timeout.connect(self._ensure_plot)
+        timer.timeout.connect(timer.deleteLater)
+        timer.start(0)
         self.settings.fill_defaults()
         self.settings.set_enabled(True)
         self._ready = True
         self.status_label.setText("Pick normal images, then press Train.")
         self._update_buttons()
+
+    def _ensure_plot(self) -> LossPlot:
+        """The loss plot, built (pyqtgraph) if it is not yet."""
+        if self.plot is None:
+            from ._loss_plot import LossPlot
+
+            self.plot = LossPlot()
+            self._plot_box.layout().addWidget(self.plot)
+        return self.plot
 
     def is_ready(self) -> bool:
         """True once the settings are filled and training can start."""
@@ -382,7 +393,7 @@ class TrainWidget(QWidget):
     # rendering events
     # ------------------------------------------------------------------------------------
     def _reset_progress(self) -> None:
-        self.plot.reset()
+        self._ensure_plot().reset()
         self._last_event = None
         self.progress.setRange(0, 1000)
         self.progress.setValue(0)
