@@ -148,28 +148,46 @@ def test_omp_wait_policy_default_and_opt_out(env, expected):
     assert _run(code, **env) == expected
 
 
-def test_widget_modules_do_not_import_torch_or_sklearn():
+def test_widget_modules_do_not_import_torch_sklearn_pyqtgraph_or_pandas():
+    # napari imports the widget modules on its GUI thread; these load in the core loader's
+    # thread (torch, scikit-learn, pyqtgraph) or where they are used (pandas).
     code = ("import sys, napari_cell_anomaly.widgets; "
-            "print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'sklearn', 'pyqtgraph', 'pandas') "
+            "if m in sys.modules))")
     assert _run(code) == "[]"
 
 
-def test_slider_redraws_outlines_one_per_event_loop_turn(make_napari_viewer, qtbot,
-                                                          tiny_model):
+def test_a_result_is_rendered_one_layer_per_step(make_napari_viewer, tiny_model):
     viewer = make_napari_viewer()
-    score = _start_scoring(viewer, qtbot, tiny_model, _big_fields(n=3, side=256))
-    qtbot.waitUntil(lambda: score.state.status is Status.IDLE, timeout=60_000)
-    records = list(score.image_results.records)
-    assert len(records) == 3 and all(r.outline is not None for r in records)
-    viewer.layers["field 1 anomalous region"].visible = False
-    score.fpr_slider.setValue(0.5)
-    score.apply_fpr()  # what the slider's debounce timer calls
-    # Verdicts and numbers follow at once; the outlines wait for the event loop, visible first.
-    assert all(r.heatmap.metadata["napari_cell_anomaly"]["fpr"] == 0.005 for r in records)
-    assert score.outlines_pending()
-    queue = score.image_results.outline_queue
-    assert [r.source.name for r in queue] == ["field 0", "field 2", "field 1"]
-    qtbot.waitUntil(lambda: not score.outlines_pending(), timeout=5_000)
-    for record in records:
-        level = tiny_model.calibration.pixel_threshold(0.005, record.result.n_windows)
-        np.testing.assert_array_equal(record.outline.data, record.result.error_map > level)
+    _, score = viewer.window.add_plugin_dock_widget(PLUGIN, "Score images")
+    image = _big_fields(n=1, side=256)[0]
+    source = viewer.add_image(image, name="field", rgb=True)
+    result = tiny_model.score(image)
+    steps = score.image_results.render_steps(source, result, tiny_model, reconstruction=True,
+                                             outline=True)
+    names = lambda: [ly.name for ly in viewer.layers]  # noqa: E731
+    next(steps)  # the reconstruction, under what follows
+    assert names() == ["field", "field reconstruction"] and not score.results()
+    next(steps)  # the anomaly map and its table row
+    assert names() == ["field", "field reconstruction", "field anomaly map"]
+    assert [r["score"] for r in score.results()] == [result.score]
+    with pytest.raises(StopIteration):  # the outline, last
+        next(steps)
+    assert names()[-1] == "field anomalous region"
+    assert viewer.layers.selection.active is source  # the user's selection is kept
+
+
+def test_scoring_stays_busy_until_every_result_is_shown(make_napari_viewer, qtbot,
+                                                        tiny_model):
+    viewer = make_napari_viewer()
+    shown_at_idle: list[int] = []
+    state = get_state(viewer)
+    state.status_changed.connect(lambda: shown_at_idle.append(len(viewer.layers))
+                                 if state.status is Status.IDLE else None)
+    score = _start_scoring(viewer, qtbot, tiny_model, _big_fields(n=3, side=128))
+    qtbot.waitUntil(lambda: state.status is Status.IDLE, timeout=60_000)
+    # Results are shown one layer per event-loop turn after the worker sends them; the job
+    # ends (status idle, Score enabled) only once the last is shown: 3 images, 3 maps and
+    # 3 outlines.
+    assert shown_at_idle == [9] and not score.rendering()
+    assert sorted(r["layer"] for r in score.results()) == ["field 0", "field 1", "field 2"]

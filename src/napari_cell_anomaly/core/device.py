@@ -130,11 +130,24 @@ def describe_devices() -> str:
     ``"devices found: cpu, cuda:0 (NVIDIA H100 80GB HBM3); auto picks cuda:0
     (torch 2.3.1, CUDA 12.1 build)"``
     """
+    named = torch.cuda.is_available() and torch.cuda.is_initialized()
+    found = [f"{spec} ({torch.cuda.get_device_name(spec)})" if named and spec.startswith("cuda")
+             else spec for spec in found_devices()]
+    return f"devices found: {', '.join(found)}; auto picks {_auto()} ({_torch_build()})"
+
+
+def found_devices() -> list[str]:
+    """The specs of the devices on this machine: ``"cpu"``, then ``"cuda:N"`` for every CUDA
+    device, then ``"mps"`` where there is one; each is accepted by :func:`resolve_device`.
+
+    Examples
+    --------
+    >>> found_devices()[0]
+    'cpu'
+    """
     found = ["cpu"]
     if torch.cuda.is_available():
-        named = torch.cuda.is_initialized()
-        found += [f"cuda:{i}" + (f" ({torch.cuda.get_device_name(i)})" if named else "")
-                  for i in range(torch.cuda.device_count())]
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if _mps_available():
         found.append("mps")
-    return f"devices found: {', '.join(found)}; auto picks {_auto()} ({_torch_build()})"
+    return found

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from napari.layers import Labels
 from napari.utils.colormaps import DirectLabelColormap, ensure_colormap
 
@@ -26,6 +25,7 @@ from ..core.cellscores import CELL_COLUMNS, CellScores
 
 if TYPE_CHECKING:
     import napari
+    import pandas as pd
 
 __all__ = ["CELLS", "COLOR_MODES", "CellColormap", "cell_colormap", "cell_features",
            "display_labels", "focus_on_cell", "other_labels"]
@@ -59,6 +59,8 @@ def cell_features(cells: CellScores, is_anomaly: np.ndarray) -> pd.DataFrame:
         One row per cell, label ascending. ``index`` repeats ``label``: napari reads it to find
         a label's row (status bar, ``Labels.get_status``).
     """
+    import pandas as pd  # here, not at module level: it costs the GUI thread ~0.1 s
+
     frame = pd.DataFrame({name: np.asarray(cells.table[name]) for name in CELL_COLUMNS})
     frame["is_anomaly"] = np.asarray(is_anomaly, dtype=bool)
     frame["index"] = frame["label"]

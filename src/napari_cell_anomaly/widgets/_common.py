@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyqtgraph as pg
 from napari.layers import Image, Layer
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent, QObject, QSize, Qt
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QWidget
 
 if TYPE_CHECKING:
@@ -32,7 +31,6 @@ __all__ = [
     "JobFailure",
     "JobSlot",
     "Plane",
-    "SmallPlot",
     "bind",
     "find_own_layer",
     "format_seconds",
@@ -300,13 +298,6 @@ class JobSlot:
     def shutdown(self, *_: Any) -> None:
         """Abort the current job and wait (at most a second) for its thread to end."""
         self.current.shutdown()
-
-
-class SmallPlot(pg.PlotWidget):
-    """A pyqtgraph plot that asks for a dock-sized width (pyqtgraph's default is 640 px)."""
-
-    def sizeHint(self) -> QSize:
-        return QSize(320, 180)
 
 
 class _WindowWatcher(QObject):

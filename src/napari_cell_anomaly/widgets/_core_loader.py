@@ -12,6 +12,11 @@ throughout. :func:`_preload_torch_libraries` loads those libraries first through
 library's ``dlopen`` called via :mod:`ctypes`, which releases the GIL during the call; the
 ``import torch`` that follows finds them loaded. Where that is unavailable (not Linux or
 macOS, an unusual torch layout) the step is skipped and torch loads as usual.
+
+The same thread first imports :data:`GUI_MODULES` (pyqtgraph, for the plots: ~0.2 s of the GUI
+thread otherwise; the widgets build their plots once the loader is done), and after the core it
+asks torch which devices there are (:func:`._device_choice.device_options`: starting a CUDA
+driver can take a while), so the widgets' device choices are filled from a cached answer.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from pathlib import Path
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QWidget
 
-__all__ = ["CORE_MODULES", "WARM_MODULES", "core_ready", "load_core", "when_core_ready"]
+__all__ = ["CORE_MODULES", "GUI_MODULES", "WARM_MODULES", "core_ready", "load_core",
+           "when_core_ready"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +45,10 @@ CORE_MODULES = (
     "napari_cell_anomaly.core.training",
     "napari_cell_anomaly.core.density",
 )
+#: Widget-only modules imported first by the same thread (their import costs the GUI thread
+#: ~0.2 s; none creates a Qt object at import time). Not waited for by :func:`core_ready`:
+#: where the core was imported by someone else, the widgets import these when they need them.
+GUI_MODULES = ("pyqtgraph",)
 #: Imported next, in the same background thread, but not waited for: torch's optimisers import
 #: ``torch._dynamo`` on their first step (a ~1 s stall of the first training step otherwise).
 WARM_MODULES = ("torch._dynamo",)
@@ -95,14 +105,20 @@ def _preload_torch_libraries() -> None:
 
 
 def load_core() -> None:
-    """Import the core modules in the calling thread, once per process (thread-safe)."""
+    """Import the widget-only and core modules in the calling thread and probe the devices,
+    once per process (thread-safe)."""
+    from ._device_choice import device_options
+
     with _lock:
         if core_ready():
             return
+        for name in GUI_MODULES:
+            importlib.import_module(name)
         if "torch" not in sys.modules:
             _preload_torch_libraries()
         for name in CORE_MODULES:
             importlib.import_module(name)
+        device_options()
         _loaded.set()
 
 

@@ -7,7 +7,7 @@ import pyqtgraph as pg
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QSizePolicy
 
-from ._common import SmallPlot
+from ._small_plot import SmallPlot
 
 __all__ = ["ScoreHistogram"]
 

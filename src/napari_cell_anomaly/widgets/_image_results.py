@@ -6,12 +6,13 @@ reconstruction). :class:`ImageResults` renders a result as those layers and a ro
 table, and re-applies the calibrated thresholds of a new false-alarm rate to the stored results
 (verdict, layer metadata, outline) without scoring again. Outlines are then redrawn one layer
 per event-loop turn (each costs napari ~10-30 ms), visible layers first, so the slider never
-freezes.
+freezes; a new result's layers can likewise be added one per turn
+(:meth:`ImageResults.render_steps`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -93,44 +94,69 @@ class ImageResults:
                reconstruction: bool, outline: bool) -> None:
         """Show ``result``: anomaly map, optional reconstruction and outline, table row.
 
-        An outline made before is refreshed even when ``outline`` is off.
+        An outline made before is refreshed even when ``outline`` is off. All at once; the
+        Score widget uses :meth:`render_steps` to spread the work over event-loop turns.
+        """
+        for _ in self.render_steps(source, result, detector, reconstruction=reconstruction,
+                                   outline=outline):
+            pass
+
+    def render_steps(self, source: Layer, result: ScoreResult, detector: AnomalyDetector, *,
+                     reconstruction: bool, outline: bool) -> Iterator[None]:
+        """:meth:`render` as a generator that adds or refreshes one layer per step.
+
+        napari spends ~50-150 ms of the GUI thread adding a layer (its controls, its visual,
+        the selection events); a caller that runs one step per event-loop turn keeps the GUI
+        responsive while many results arrive. Steps: the reconstruction (if asked for), the
+        anomaly map with the table row, the outline; the rest is skipped if the source is
+        removed (or its record dropped) between steps.
         """
         record = self.record_of(source)
+        new = record is None  # listed in self.records once its anomaly map exists
         if record is None:
             record = ImageRecord(source, result, detector, heatmap=None)  # type: ignore[arg-type]
-            self.records.append(record)
         record.result, record.detector = result, detector
         cal = detector.calibration
         viewer = self.viewer
-        with keep_selection(viewer):
-            if reconstruction:
-                recon = result.reconstruction
-                rgb = recon.ndim == 3 and recon.shape[-1] == 3
+        lo, hi = cal.display_range()
+        # New layers over a hidden image start hidden: napari draws every visible layer.
+        shown = bool(source.visible)
+        if reconstruction:  # first, so that it lies under the map and the outline
+            recon = result.reconstruction
+            rgb = recon.ndim == 3 and recon.shape[-1] == 3
+            with keep_selection(viewer):
                 record.reconstruction = upsert(
                     viewer, RECONSTRUCTION, source,
                     recon if rgb else recon.reshape(recon.shape[:2]), "image", rgb=rgb,
                     contrast_limits=(0.0, 1.0), visible=False,
                     metadata=layer_meta(RECONSTRUCTION, source))
-            lo, hi = cal.display_range()
-            # New layers over a hidden image start hidden: napari draws every visible layer.
-            shown = bool(source.visible)
+            yield
+            if source not in viewer.layers or (not new and record not in self.records):
+                return
+        with keep_selection(viewer):
             record.heatmap = upsert(
                 viewer, HEATMAP, source, result.error_map, "image", colormap="inferno",
                 blending="additive", opacity=0.6, contrast_limits=(float(lo), float(hi)),
                 visible=shown, metadata=layer_meta(HEATMAP, source))
-            if outline or record.outline is not None:
+        if new:
+            self.records.append(record)
+        self.apply(record, outline=False)  # the outline is drawn below
+        r = result
+        self.table.set_result(record.key, source.name,
+                              (r.score, r.recon_error, r.log_density, r.percentile),
+                              self.is_anomalous(record))
+        if outline or record.outline is not None:
+            yield
+            if record not in self.records or source not in viewer.layers:
+                return
+            if record in self.outline_queue:
+                self.outline_queue.remove(record)
+            with keep_selection(viewer):
                 record.outline = upsert(
                     viewer, OUTLINE, source, self.region(record), "labels", contour=1,
                     opacity=1.0, visible=shown,
                     colormap=DirectLabelColormap(color_dict={None: "transparent", 1: "cyan"}),
                     metadata=layer_meta(OUTLINE, source))
-        if record in self.outline_queue:
-            self.outline_queue.remove(record)
-        self.apply(record, outline=False)  # the outline was just drawn
-        r = result
-        self.table.set_result(record.key, source.name,
-                              (r.score, r.recon_error, r.log_density, r.percentile),
-                              self.is_anomalous(record))
 
     def region(self, record: ImageRecord) -> np.ndarray:
         """Where the record's anomaly map exceeds the pixel threshold (uint8 0/1)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyqtgraph as pg
 from qtpy.QtWidgets import QSizePolicy
 
-from ._common import SmallPlot
+from ._small_plot import SmallPlot
 
 __all__ = ["LossPlot"]
 

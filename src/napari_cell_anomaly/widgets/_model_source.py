@@ -2,7 +2,8 @@
 
 Three sources: the model trained in this session (published by the Train widget through the
 viewer's :class:`~._state.ModelState`), a model file, or the shipped default model. The box
-only chooses and describes the active model; it never scores.
+only chooses and describes the active model, and where it runs (the device choice, used by
+the Score widget's jobs and when a model file is read); it never scores.
 
 The shipped default model is read in a worker thread (a file read plus building the network
 and the density), so opening the Score widget never waits for it; until it has loaded, the box
@@ -31,6 +32,7 @@ from qtpy.QtWidgets import (
 
 from ..core.modelfile import ModelFileError
 from ._common import bind
+from ._device_choice import DeviceChoice
 from ._state import ModelState
 
 if TYPE_CHECKING:
@@ -69,6 +71,11 @@ class ModelSourceBox(QGroupBox):
         row.addWidget(self.combo, 1)
         row.addWidget(self.load_button)
         layout.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Device"))
+        self.device = DeviceChoice()
+        row.addWidget(self.device, 1)
+        layout.addLayout(row)
         self.label = QLabel()
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -81,9 +88,12 @@ class ModelSourceBox(QGroupBox):
     def on_core_ready(self) -> None:
         """Offer the shipped default model, and read it in the background if no model is set.
 
-        Called by the Score widget once the core (torch) is imported.
+        Called by the Score widget once the core (torch) is imported; also fills the device
+        choice.
         """
         from ..core.detector import default_model_path
+
+        self.device.fill()
 
         if default_model_path() is None:
             item = self.combo.model().item(2)
@@ -103,8 +113,8 @@ class ModelSourceBox(QGroupBox):
         path = default_model_path()
         if path is None or self._default_model is not None or self._default_worker is not None:
             return False
-        worker = create_worker(AnomalyDetector.load, path, _ignore_errors=True,
-                               _start_thread=False)
+        worker = create_worker(AnomalyDetector.load, path, device=self.device.spec(),
+                               _ignore_errors=True, _start_thread=False)
         self._default_worker = worker
         worker.returned.connect(lambda detector: self._default_loaded(detector, path))
         worker.errored.connect(lambda exc: show_error(f"Could not load the default model: "
@@ -131,6 +141,7 @@ class ModelSourceBox(QGroupBox):
         """Allow changing the model only while nothing runs."""
         self.load_button.setEnabled(idle)
         self.combo.setEnabled(idle)
+        self.device.setEnabled(idle)
 
     def _on_source_chosen(self, index: int) -> None:
         key = self.combo.itemData(index)
@@ -171,7 +182,7 @@ class ModelSourceBox(QGroupBox):
 
         path = Path(path)
         try:
-            detector = AnomalyDetector.load(path)
+            detector = AnomalyDetector.load(path, device=self.device.spec())
         except (ModelFileError, ValueError, OSError) as exc:
             show_error(f"Could not load the model: {exc}")
             self.refresh()
@@ -196,7 +207,7 @@ class ModelSourceBox(QGroupBox):
             return False
         if self._default_model is None:
             try:
-                self._default_model = AnomalyDetector.load(path)
+                self._default_model = AnomalyDetector.load(path, device=self.device.spec())
             except (ModelFileError, ValueError, OSError) as exc:
                 if not quiet:
                     show_error(f"Could not load the default model: {exc}")

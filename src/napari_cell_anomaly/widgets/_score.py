@@ -30,6 +30,9 @@ from __future__ import annotations
 
 import html
 import logging
+import weakref
+from collections import deque
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,7 +69,6 @@ from ._common import (
     watch_window_close,
 )
 from ._core_loader import when_core_ready
-from ._histogram import ScoreHistogram
 from ._image_results import ImageRecord, ImageResults
 from ._layers import OUTLINE, RECONSTRUCTION, remove_own_layers
 from ._lazy_maps import LazyMapsBox
@@ -83,6 +85,7 @@ if TYPE_CHECKING:
     from ..core.cellscores import CellScores
     from ..core.detector import AnomalyDetector, ScoreResult
     from ._channel_layers import ChannelImage
+    from ._histogram import ScoreHistogram
 
 __all__ = ["ScoreWidget"]
 
@@ -92,6 +95,18 @@ logger = logging.getLogger(__name__)
 def _fraction(slider: QLabeledDoubleSlider) -> float:
     """A percent slider's value as a fraction."""
     return float(slider.value()) / 100.0
+
+
+def _scoring_finished(widget: weakref.ref[ScoreWidget], state: ModelState) -> None:
+    """The scoring worker ended: the widget sets the status idle once it has rendered what
+    the worker sent; without a widget (closed meanwhile), the status is set idle at once."""
+    dock = widget()
+    try:
+        if dock is not None and dock.finish_when_rendered():
+            return
+    except RuntimeError:  # its Qt object was deleted
+        pass
+    state.set_status(Status.IDLE)
 
 
 class ScoreWidget(QWidget):
@@ -121,6 +136,15 @@ class ScoreWidget(QWidget):
         self._fpr_timer.setSingleShot(True)
         self._fpr_timer.setInterval(60)
         self._fpr_timer.timeout.connect(self.apply_fpr)
+        # Results are rendered one step (at most one layer) per event-loop turn: napari takes
+        # ~50-150 ms of the GUI thread per layer added, and a worker can send several results
+        # between two turns.
+        self._render_queue: deque[Scored | CellsScored | Failed] = deque()
+        self._render_steps: Iterator[None] | None = None
+        self._worker_done = True
+        self._render_timer = QTimer(self)
+        self._render_timer.setInterval(0)
+        self._render_timer.timeout.connect(self._render_next)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
@@ -130,6 +154,7 @@ class ScoreWidget(QWidget):
         self.source_combo = self.model_box.combo
         self.load_button = self.model_box.load_button
         self.model_label = self.model_box.label
+        self.device = self.model_box.device
         layout.addWidget(self.model_box)
 
         # -- what to score ------------------------------------------------------------------
@@ -204,9 +229,9 @@ class ScoreWidget(QWidget):
         row.addWidget(self.export_button)
         row.addWidget(self.export_cells_button)
         layout.addLayout(row)
-        self.hist = ScoreHistogram()
-        self._threshold_line = self.hist.threshold_line
-        layout.addWidget(self.hist, 1)
+        # The histogram (pyqtgraph, imported by the core loader's thread) is added below the
+        # rest once the core is ready (see _on_core_ready); until then it is None.
+        self.hist: ScoreHistogram | None = None
 
         # -- connections --------------------------------------------------------------------
         self.score_button.clicked.connect(self.start_scoring)
@@ -229,8 +254,26 @@ class ScoreWidget(QWidget):
         self._on_model_changed()
         # torch loads in the background the first time a widget opens; the shipped default
         # model is then read in another worker (see ModelSourceBox.on_core_ready).
-        when_core_ready(self, self.model_box.on_core_ready,
+        when_core_ready(self, self._on_core_ready,
                         partial(report_error, "Could not load the anomaly-detection core"))
+
+    def _on_core_ready(self) -> None:
+        """Fill the device choice, offer (and read) the default model; the histogram is
+        added in the next event-loop turn (building it takes ~50 ms)."""
+        self.model_box.on_core_ready()
+        timer = QTimer(self)
+        timer.setSingleShot(True)
+        timer.timeout.connect(self._add_histogram)
+        timer.timeout.connect(timer.deleteLater)
+        timer.start(0)
+
+    def _add_histogram(self) -> None:
+        from ._histogram import ScoreHistogram
+
+        self.hist = ScoreHistogram()
+        self._threshold_line = self.hist.threshold_line
+        self.layout().addWidget(self.hist, 1)
+        self._update_histogram()
 
     # ------------------------------------------------------------------------------------
     # model choice (the box does the work; these keep the widget's public API)
@@ -330,13 +373,16 @@ class ScoreWidget(QWidget):
         self._jobs.current = job = JobControl()
         if job_args[0] is score_job:
             job_args += (job,)  # its stop flag cancels between batches of tiles
-        worker = create_worker(*job_args, _ignore_errors=True, _start_thread=False)
+        worker = create_worker(*job_args, device=self.device.spec(), _ignore_errors=True,
+                               _start_thread=False)
         job.worker = worker
         worker.errored.connect(partial(report_error, "Scoring failed"))
-        worker.finished.connect(partial(state.set_status, Status.IDLE))
+        # The status turns idle once every result sent is rendered (or at once if this
+        # widget is gone).
+        worker.finished.connect(partial(_scoring_finished, weakref.ref(self), state))
         self._job_detector = detector
+        self._worker_done = False
         worker.yielded.connect(self._on_event)
-        worker.finished.connect(self._on_finished)
         self.progress.setRange(0, len(layers))
         self.progress.setValue(0)
         self.progress.setFormat(f"0/{len(layers)}")
@@ -375,6 +421,24 @@ class ScoreWidget(QWidget):
             job.worker.quit()
 
     def _on_event(self, event: Scored | CellsScored | Failed) -> None:
+        """A worker event: queued, rendered by :meth:`_render_next` one step per turn."""
+        self._render_queue.append(event)
+        self._render_timer.start()
+
+    def _render_next(self) -> None:
+        """One rendering step: at most one layer added or refreshed (see render_steps)."""
+        if self._render_steps is not None:
+            if next(self._render_steps, StopIteration) is not StopIteration:
+                return
+            self._render_steps = None
+        if self._render_queue:
+            self._render_steps = self._render_event(self._render_queue.popleft())
+            return
+        self._render_timer.stop()
+        if self._worker_done:
+            self._finish_job()
+
+    def _render_event(self, event: Scored | CellsScored | Failed) -> Iterator[None]:
         detector = self._job_detector
         self._job_done += 1
         n = len(self._job_layers)
@@ -410,9 +474,26 @@ class ScoreWidget(QWidget):
             if event.result.range_warning:
                 self._job_range_warnings.append(event.result.range_warning)
         else:
-            self._render_result(source, event.result, detector)
+            yield from self._render_result_steps(source, event.result, detector)
             if event.result.range_warning:
                 self._job_range_warnings.append(event.result.range_warning)
+
+    def rendering(self) -> bool:
+        """True while results received from the worker still wait to be shown."""
+        return bool(self._render_queue) or self._render_steps is not None
+
+    def finish_when_rendered(self) -> bool:
+        """The worker has ended: finish the job (status idle, failures reported) now if
+        every result is shown, else once the last one is. Returns True."""
+        self._worker_done = True
+        if not self.rendering():
+            self._render_timer.stop()
+            self._finish_job()
+        return True
+
+    def _finish_job(self) -> None:
+        self.state.set_status(Status.IDLE)
+        self._on_finished()
 
     def _on_finished(self) -> None:
         n = len(self._job_layers)
@@ -435,12 +516,17 @@ class ScoreWidget(QWidget):
     # ------------------------------------------------------------------------------------
     def _render_result(self, source: Layer, result: ScoreResult,
                        detector: AnomalyDetector) -> None:
+        for _ in self._render_result_steps(source, result, detector):
+            pass
+
+    def _render_result_steps(self, source: Layer, result: ScoreResult,
+                             detector: AnomalyDetector) -> Iterator[None]:
         self.cell_results.drop(source)
         # Scored per cell before: its cells layer would stay, looking current.
         remove_own_layers(self.viewer, (CELLS,), source)
-        self.image_results.render(source, result, detector,
-                                  reconstruction=self.recon_check.isChecked(),
-                                  outline=self.outline_check.isChecked())
+        yield from self.image_results.render_steps(
+            source, result, detector, reconstruction=self.recon_check.isChecked(),
+            outline=self.outline_check.isChecked())
         self._update_histogram()
         self._update_buttons()
 
@@ -542,6 +628,8 @@ class ScoreWidget(QWidget):
             f"{detector.calibration.pixel_threshold(self.fpr):.3g}</small>")
 
     def _update_histogram(self) -> None:
+        if self.hist is None:  # not built yet: drawn when it is
+            return
         detector = self.state.detector
         if detector is None:
             self.hist.clear_scores()
@@ -572,9 +660,15 @@ class ScoreWidget(QWidget):
     # lifetime
     # ------------------------------------------------------------------------------------
     def shutdown(self) -> None:
-        """Abort a running scoring job and wait (bounded) for its thread to end."""
+        """Abort a running scoring job and wait (bounded) for its thread to end; results not
+        yet shown are dropped."""
         self._jobs.shutdown()
         self.lazy_maps.shutdown()
+        self._render_timer.stop()
+        self._render_queue.clear()
+        self._render_steps = None
+        if self._worker_done and self.state.status is Status.SCORING:
+            self._finish_job()  # the worker had ended; its results waited to be shown
 
     def closeEvent(self, event: Any) -> None:
         self.shutdown()

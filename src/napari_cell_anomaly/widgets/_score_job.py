@@ -57,7 +57,8 @@ class Failed:
 
 
 def score_job(detector: AnomalyDetector, items: Sequence[Plane], fpr: float,
-              control: JobControl | None = None) -> Generator[Scored | Failed, None, None]:
+              control: JobControl | None = None, *, device: str | None = None
+              ) -> Generator[Scored | Failed, None, None]:
     """Worker body: score each image; a bad image is reported and the rest still scored.
 
     Parameters
@@ -72,6 +73,10 @@ def score_job(detector: AnomalyDetector, items: Sequence[Plane], fpr: float,
     control : JobControl, optional
         Its ``stop`` flag ends the job between batches of tiles, without an event for the
         image being scored.
+    device : str, optional
+        Where the network runs (``"auto"``, ``"cpu"``, ``"cuda:N"``, ``"mps"``): the detector
+        is moved there first, here in the worker (:meth:`AnomalyDetector.to`); None leaves it
+        where it is. A device this machine lacks ends the job with a ``DeviceError``.
 
     Yields
     ------
@@ -81,6 +86,8 @@ def score_job(detector: AnomalyDetector, items: Sequence[Plane], fpr: float,
     from ..core.tiling import PredictionStopped
 
     stop = control.stop.is_set if control is not None else None
+    if device is not None:
+        detector.to(device)
     try:
         own_planes(items)  # private copies first: the user may edit the layers meanwhile
         for index, plane in enumerate(items):
@@ -99,7 +106,8 @@ def score_job(detector: AnomalyDetector, items: Sequence[Plane], fpr: float,
 
 def score_cells_job(detector: AnomalyDetector,
                     items: Sequence[tuple[Plane, np.ndarray | None]], fpr: float,
-                    include_border: bool) -> Generator[CellsScored | Failed, None, None]:
+                    include_border: bool, *, device: str | None = None
+                    ) -> Generator[CellsScored | Failed, None, None]:
     """Worker body: score the cells of each image; a bad image is reported, the rest scored.
 
     Parameters
@@ -114,6 +122,8 @@ def score_cells_job(detector: AnomalyDetector,
         False-alarm rate of the verdicts stored in each result.
     include_border : bool
         Give verdicts to the cells cut by the image edge too.
+    device : str, optional
+        Where the network runs (see :func:`score_job`).
 
     Yields
     ------
@@ -121,6 +131,8 @@ def score_cells_job(detector: AnomalyDetector,
         One event per image, in order. An image none of whose cells can be judged (e.g. a
         single-cell crop, whose only cell touches the edge) is a failure.
     """
+    if device is not None:
+        detector.to(device)
     try:
         own_planes([plane for plane, _ in items])  # private copies first (see score_job)
         for index, (plane, labels) in enumerate(items):

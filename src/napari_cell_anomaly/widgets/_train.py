@@ -20,7 +20,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -47,7 +47,6 @@ from ._common import (
     watch_window_close,
 )
 from ._core_loader import when_core_ready
-from ._loss_plot import LossPlot
 from ._rejected import RejectedImages, TrainingSource
 from ._state import ModelState, Status, get_state
 from ._train_settings import TrainSettings
@@ -58,6 +57,7 @@ if TYPE_CHECKING:
 
     from ..core.detector import AnomalyDetector
     from ..core.training import TrainConfig, TrainProgress
+    from ._loss_plot import LossPlot
 
 __all__ = ["FolderLoaded", "TrainWidget"]
 
@@ -76,12 +76,13 @@ class FolderLoaded:
 
 
 def _train_job(items: Sequence[Plane], folder: str | None, config: TrainConfig,
-               control: JobControl, labels: Sequence[np.ndarray | None] | None = None
-               ) -> Generator[Any, None, AnomalyDetector | None]:
+               control: JobControl, labels: Sequence[np.ndarray | None] | None = None,
+               device: str = "auto") -> Generator[Any, None, AnomalyDetector | None]:
     """Worker body: read the images, then relay every event of :func:`train`.
 
     ``labels`` (cells mode) gives one label image or None per item; the folder's images get
-    None (their cells are found by the built-in segmentation).
+    None (their cells are found by the built-in segmentation). ``device`` is where the network
+    trains (and stays: the published detector runs there).
     """
     from ..core.images import find_images
     from ..core.stacks import load_planes
@@ -99,7 +100,8 @@ def _train_job(items: Sequence[Plane], folder: str | None, config: TrainConfig,
             if labels is not None:
                 labels += [None] * len(loaded.images)
             yield FolderLoaded(folder, list(loaded.paths), loaded.failures, loaded.names)
-        gen = train(images, config, labels=labels, stop=control.stop.is_set, names=names)
+        gen = train(images, config, labels=labels, stop=control.stop.is_set, names=names,
+                    device=device)
         while True:
             if control.abort.is_set():
                 gen.close()
@@ -146,7 +148,7 @@ class TrainWidget(QWidget):
         # -- settings -----------------------------------------------------------------------
         self.settings = TrainSettings()
         for name in ("epochs", "size", "loss", "seed", "advanced", "batch_size", "lr", "preset",
-                     "mode", "robust", "density"):
+                     "mode", "robust", "density", "device"):
             setattr(self, name, getattr(self.settings, name))
         layout.addWidget(self.settings)
 
@@ -169,8 +171,13 @@ class TrainWidget(QWidget):
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
 
-        self.plot = LossPlot()
-        layout.addWidget(self.plot, 1)
+        # The loss plot (pyqtgraph, imported by the core loader's thread) is built once the
+        # core is ready; until then this empty box holds its place.
+        self.plot: LossPlot | None = None
+        self._plot_box = QWidget()
+        self._plot_box.setMinimumHeight(150)
+        QVBoxLayout(self._plot_box).setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self._plot_box, 1)
 
         # -- result -------------------------------------------------------------------------
         self.model_label = QLabel()
@@ -206,12 +213,27 @@ class TrainWidget(QWidget):
                         partial(report_error, "Could not load the anomaly-detection core"))
 
     def _on_core_ready(self) -> None:
-        """Fill the settings with the core's defaults and enable them."""
+        """Fill the settings with the core's defaults and enable them; the loss plot is
+        built in the next event-loop turn (~50 ms), or when training starts if sooner."""
+        timer = QTimer(self)
+        timer.setSingleShot(True)
+        timer.timeout.connect(self._ensure_plot)
+        timer.timeout.connect(timer.deleteLater)
+        timer.start(0)
         self.settings.fill_defaults()
         self.settings.set_enabled(True)
         self._ready = True
         self.status_label.setText("Pick normal images, then press Train.")
         self._update_buttons()
+
+    def _ensure_plot(self) -> LossPlot:
+        """The loss plot, built (pyqtgraph) if it is not yet."""
+        if self.plot is None:
+            from ._loss_plot import LossPlot
+
+            self.plot = LossPlot()
+            self._plot_box.layout().addWidget(self.plot)
+        return self.plot
 
     def is_ready(self) -> bool:
         """True once the settings are filled and training can start."""
@@ -332,7 +354,8 @@ class TrainWidget(QWidget):
         self._reset_progress()
         self._jobs.current = job = JobControl()
         worker = create_worker(_train_job, items, folder, config, job, labels,
-                               _ignore_errors=True, _start_thread=False)
+                               self.settings.device_spec(), _ignore_errors=True,
+                               _start_thread=False)
         job.worker = worker
         state = self.state
         # Model publication and state go through plain functions: they must happen even if
@@ -370,7 +393,7 @@ class TrainWidget(QWidget):
     # rendering events
     # ------------------------------------------------------------------------------------
     def _reset_progress(self) -> None:
-        self.plot.reset()
+        self._ensure_plot().reset()
         self._last_event = None
         self.progress.setRange(0, 1000)
         self.progress.setValue(0)

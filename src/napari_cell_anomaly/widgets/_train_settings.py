@@ -1,4 +1,4 @@
-"""The Train widget's settings: epochs, size, loss, seed and the advanced ones.
+"""The Train widget's settings: epochs, size, loss, seed and the advanced ones (device too).
 
 :class:`TrainSettings` holds the controls and turns them into a
 :class:`~..core.training.TrainConfig`. The controls start empty and disabled: their defaults
@@ -20,6 +20,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 from superqt import QCollapsible
+
+from ._device_choice import DeviceChoice
 
 if TYPE_CHECKING:
     from ..core.training import TrainConfig
@@ -102,13 +104,15 @@ class TrainSettings(QWidget):
                               "for fluorescence, grayscale and other channel sets.")
         adv_form.addRow("Pixel error", self.error)
         adv_form.addRow(self.robust)
+        self.device = DeviceChoice()
+        adv_form.addRow("Device", self.device)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
 
         self.size.editingFinished.connect(self.snap_size)
         self.controls = [self.epochs, self.size, self.loss, self.seed, self.batch_size,
                          self.lr, self.preset, self.mode, self.robust, self.density,
-                         self.error]
+                         self.error, self.device]
 
     def set_enabled(self, on: bool) -> None:
         """Enable or disable every control (the "Advanced" toggle stays usable)."""
@@ -140,6 +144,12 @@ class TrainSettings(QWidget):
         for key in ("auto", *ERROR_KINDS):
             self.error.addItem(_ERROR_LABELS.get(key, key), key)
         self.error.setCurrentIndex(max(self.error.findData(defaults.scoring.error), 0))
+        self.device.fill()
+
+    def device_spec(self) -> str:
+        """The chosen device (``"auto"``, ``"cpu"``, ``"cuda:N"``, ``"mps"``): a runtime
+        choice passed to training, not part of the :class:`TrainConfig`."""
+        return self.device.spec()
 
     def snap_size(self) -> None:
         """Round the size to a multiple of 8 (at least 16)."""
