@@ -31,7 +31,7 @@ import imageio.v3 as iio
 import numpy as np
 import tifffile
 
-from .images import MAX_CHANNELS, ImageError
+from .images import MAX_CHANNELS, ImageError, check_image_file
 
 __all__ = ["NO_CHANNEL_AXIS", "read_2d_image", "read_image_axes", "resolve_axes"]
 
@@ -206,11 +206,7 @@ def read_image_axes(path: str | os.PathLike[str], channel_axis: int | str | None
     >>> arr.shape, axes                                   # doctest: +SKIP
     ((12, 512, 512, 2), 'ZYXC')
     """
-    p = Path(path)
-    if not p.exists():
-        raise ImageError(f"cannot read image {p.name!r}: no such file ({str(p)!r})")
-    if p.is_dir():
-        raise ImageError(f"cannot read image {p.name!r}: it is a directory, expected a file")
+    p = check_image_file(path)
     try:
         if p.suffix.lower() in (".tif", ".tiff"):
             data, axes, rgb, alpha = _tiff_axes(p)

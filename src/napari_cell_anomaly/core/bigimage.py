@@ -283,14 +283,7 @@ def preprocess_block(pre: Preprocessing, block: np.ndarray, *, name: str = "imag
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ImageError(f"{label} contains NaN or infinite pixels; expected finite pixel "
                          "values")
-    img = _match_channels(arr.astype(np.float32), pre, label)
-    if isinstance(pre.low, tuple):
-        low = np.asarray(pre.low, dtype=np.float32)
-        span = (np.asarray(pre.high, dtype=np.float64)
-                - np.asarray(pre.low, dtype=np.float64)).astype(np.float32)
-    else:
-        low, span = np.float32(pre.low), np.float32(pre.high - pre.low)
-    out = (img - low) / span
+    out = pre.scale(_match_channels(arr.astype(np.float32), pre, label))
     if clip:
         np.clip(out, 0.0, 1.0, out=out)
     return out.astype(np.float32, copy=False)

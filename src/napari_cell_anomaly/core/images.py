@@ -35,6 +35,7 @@ __all__ = [
     "LoadedImages",
     "Preprocessing",
     "as_float_image",
+    "check_image_file",
     "find_images",
     "load_images",
     "luminosity",
@@ -456,6 +457,17 @@ class Preprocessing:
         low, high = _percentile_range(values)
         return cls(channels, low, high, names_t, dtypes)
 
+    def scale(self, image: np.ndarray) -> np.ndarray:
+        """Map the raw intensities of a channel-matched ``(..., C)`` float32 array to the
+        model's ``[0, 1]`` range, unclipped (``(x - low) / (high - low)`` per channel)."""
+        if isinstance(self.low, tuple):
+            low = np.asarray(self.low, dtype=np.float32)
+            span = (np.asarray(self.high, dtype=np.float64)
+                    - np.asarray(self.low, dtype=np.float64)).astype(np.float32)
+        else:
+            low, span = np.float32(self.low), np.float32(self.high - self.low)
+        return (image - low) / span
+
     def transform(self, image: Any, *, name: str = "image",
                   channel_axis: int | None = None) -> tuple[np.ndarray, float]:
         """Preprocess one raw image and measure how much of it the range clips.
@@ -486,13 +498,7 @@ class Preprocessing:
         """
         img = _match_channels(as_float_image(image, name=name, channel_axis=channel_axis),
                               self, _label(name))
-        if isinstance(self.low, tuple):
-            low = np.asarray(self.low, dtype=np.float32)
-            span = (np.asarray(self.high, dtype=np.float64)
-                    - np.asarray(self.low, dtype=np.float64)).astype(np.float32)
-        else:
-            low, span = np.float32(self.low), np.float32(self.high - self.low)
-        out = (img - low) / span
+        out = self.scale(img)
         clipped = np.count_nonzero(out < 0.0) + np.count_nonzero(out > 1.0)
         np.clip(out, 0.0, 1.0, out=out)
         return out.astype(np.float32, copy=False), float(clipped / max(out.size, 1))
@@ -695,6 +701,16 @@ def random_patches(
 # --------------------------------------------------------------------------------------
 
 
+def check_image_file(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` as a Path; raise :class:`ImageError` if it is missing or a folder."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"cannot read image {p.name!r}: no such file ({str(p)!r})")
+    if p.is_dir():
+        raise ImageError(f"cannot read image {p.name!r}: it is a directory, expected a file")
+    return p
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as it is stored (no conversion).
 
@@ -714,11 +730,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         If the file is missing or cannot be decoded; the message names the file and the
         reason.
     """
-    p = Path(path)
-    if not p.exists():
-        raise ImageError(f"cannot read image {p.name!r}: no such file ({str(p)!r})")
-    if p.is_dir():
-        raise ImageError(f"cannot read image {p.name!r}: it is a directory, expected a file")
+    p = check_image_file(path)
     try:
         if p.suffix.lower() in (".tif", ".tiff"):
             data = tifffile.imread(p)
