@@ -278,3 +278,13 @@ def test_shape_density_of_an_older_file_reads_its_own_columns():
     np.testing.assert_allclose(old.log_density(feats), old.log_density(feats[:, :8]))
     new = ShapeDensity.fit(feats)
     assert not np.allclose(new.log_density(feats), old.log_density(feats))
+
+
+def test_per_cell_scoring_reports_a_field_outside_the_training_range(cells_detector,
+                                                                     test_field, scored):
+    assert scored.range_warning is None  # the same kind of field as in training
+    sixteen = test_field.image.astype(np.uint16) * 257  # the model was trained on uint8
+    cells = cells_detector.score_cells(sixteen, test_field.labels)
+    assert cells.range_warning and "uint16" in cells.range_warning
+    result, field_cells = cells_detector.score_field(sixteen, test_field.labels)
+    assert field_cells.range_warning == result.range_warning == cells.range_warning

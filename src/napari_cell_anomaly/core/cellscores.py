@@ -41,6 +41,9 @@ class CellScores:
         Whether cells cut by the image edge take part in verdicts.
     skipped : int
         Objects in :attr:`labels` too small to be read as cells (not in the table).
+    range_warning : str or None
+        One line when the field lies far outside the model's training range (many values
+        clipped, or another integer bit depth), as :attr:`.detector.ScoreResult.range_warning`.
     """
 
     table: dict[str, np.ndarray]
@@ -49,6 +52,7 @@ class CellScores:
     threshold: float
     include_border: bool = False
     skipped: int = 0
+    range_warning: str | None = None
 
     def __len__(self) -> int:
         return int(self.table["label"].size)

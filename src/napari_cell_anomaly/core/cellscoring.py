@@ -64,7 +64,10 @@ class CellScoring:
             For an invalid image, labels of another shape, no readable cells, or a patch-mode
             model (its calibration is per window, not per cell).
         """
-        return self._cells(image, labels, fpr, name, include_border)[0]
+        cells, _, _, _, clipped = self._cells(image, labels, fpr, name, include_border)
+        cells.range_warning = self.preprocessing.range_warning(clipped,
+                                                               np.asarray(image).dtype, name)
+        return cells
 
     def _cells(self, image: np.ndarray, labels: np.ndarray | None, fpr: float | None,
                name: str, include_border: bool
@@ -185,7 +188,9 @@ class CellScoring:
         result = self._finish(row["recon_error"], row["log_density"], fpr, cells.error_map,
                               zeros, recon, n_windows=int(cells.judged().sum()),
                               shape_logd=shape)
-        return self._note_range(result, clipped, np.asarray(image).dtype, name), cells
+        result = self._note_range(result, clipped, np.asarray(image).dtype, name)
+        cells.range_warning = result.range_warning
+        return result, cells
 
 
 def _cell_crops(x: np.ndarray, labels: np.ndarray, table: Any, size: int) -> CellUnits:

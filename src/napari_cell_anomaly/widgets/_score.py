@@ -461,6 +461,8 @@ class ScoreWidget(QWidget):
             self._render_cells(source, stack_cells(planes, image_hw(source)[-2:]), detector)
         elif isinstance(event, CellsScored):
             self._render_cells(source, event.cells, detector, event.labels, event.others)
+            if event.cells.range_warning:
+                self._job_range_warnings.append(event.cells.range_warning)
         elif plane is not None:
             if self.cell_results.record_of(source) is not None:  # scored per cell before
                 self.cell_results.drop(source)
