@@ -191,3 +191,20 @@ def test_scoring_stays_busy_until_every_result_is_shown(make_napari_viewer, qtbo
     # 3 outlines.
     assert shown_at_idle == [9] and not score.rendering()
     assert sorted(r["layer"] for r in score.results()) == ["field 0", "field 1", "field 2"]
+
+
+def test_freezing_long_lived_objects_can_be_turned_off(monkeypatch):
+    import gc
+
+    from napari_cell_anomaly.widgets._core_loader import KEEP_GC_ENV, freeze_long_lived_objects
+
+    gc.unfreeze()
+    try:
+        monkeypatch.setenv(KEEP_GC_ENV, "1")
+        assert not freeze_long_lived_objects()
+        assert gc.get_freeze_count() == 0
+        monkeypatch.delenv(KEEP_GC_ENV)
+        assert freeze_long_lived_objects()
+        assert gc.get_freeze_count() > 1000  # napari, Qt and the test run's objects
+    finally:
+        gc.unfreeze()
