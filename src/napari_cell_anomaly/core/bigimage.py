@@ -328,10 +328,11 @@ class StreamedScore:
     range_warning: str | None = None
 
     def as_row(self) -> dict[str, float | int]:
-        """The numbers of this result, as written to a CSV row."""
-        return {"score": self.score, "recon_error": self.recon_error,
-                "log_density": self.log_density, "is_anomaly": int(self.is_anomaly),
-                "percentile": self.percentile, "clipped_fraction": self.clipped_fraction}
+        """The numbers of this result, as written to a CSV row (the same columns as
+        :meth:`.detector.ScoreResult.as_row`, which reads only these attributes)."""
+        from .detector import ScoreResult
+
+        return ScoreResult.as_row(self)  # type: ignore[arg-type]
 
 
 class _Windows:
