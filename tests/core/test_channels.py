@@ -1,4 +1,4 @@
-"""Channel layouts, per-channel ranges and bit depth in core.images.Preprocessing."""
+"""Channel layouts, per-channel ranges and bit depth in core.preprocessing.Preprocessing."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from napari_cell_anomaly.core.images import (
-    CLIPPED_WARN_FRACTION,
-    ImageError,
-    Preprocessing,
-)
+from napari_cell_anomaly.core.images import ImageError
+from napari_cell_anomaly.core.preprocessing import CLIPPED_WARN_FRACTION, Preprocessing
 
 
 def _fluo(channels: int, dtype=np.uint16, seed: int = 0, scale: float = 1000.0,
@@ -68,7 +65,7 @@ def test_multi_model_refuses_other_channel_counts_in_one_line():
 def test_gray_model_converts_rgb_and_logs_it(caplog):
     prep = Preprocessing("gray", 0.0, 255.0)
     rgb = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
-    with caplog.at_level(logging.INFO, logger="napari_cell_anomaly.core.images"):
+    with caplog.at_level(logging.INFO, logger="napari_cell_anomaly.core.preprocessing"):
         assert prep(rgb).shape == (16, 16, 1)
     assert "converted to luminosity" in caplog.text
     with pytest.raises(ImageError, match=r"expects grayscale images.*2-channel"):

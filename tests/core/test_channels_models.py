@@ -100,7 +100,7 @@ def test_8_bit_model_warns_on_16_bit_image(caplog):
 
 def test_rgb_fluorescence_composite_gets_the_channel_error():
     from napari_cell_anomaly.core.errorchoice import choose_error
-    from napari_cell_anomaly.core.images import Preprocessing
+    from napari_cell_anomaly.core.preprocessing import Preprocessing
 
     composites = [np.clip(_nuclei_field(s, channels=3) / 20, 0, 255).astype(np.uint8)
                   for s in range(3)]

@@ -10,7 +10,8 @@ import pytest
 import tifffile
 
 from napari_cell_anomaly.core.cells import image_kind, segment_cells
-from napari_cell_anomaly.core.images import Preprocessing, read_image
+from napari_cell_anomaly.core.images import read_image
+from napari_cell_anomaly.core.preprocessing import Preprocessing
 from napari_cell_anomaly.core.sample_fluo import DARK_OFFSET
 
 DSB = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dsb2018-fluo"

@@ -1,4 +1,4 @@
-"""Tests for napari_cell_anomaly.core.images."""
+"""Tests for napari_cell_anomaly.core.images (and Preprocessing, core.preprocessing)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from napari_cell_anomaly.core.images import (
     MIN_SIDE,
     ImageError,
     LoadedImages,
-    Preprocessing,
     as_float_image,
     find_images,
     load_images,
@@ -24,6 +23,7 @@ from napari_cell_anomaly.core.images import (
     read_image,
     resize,
 )
+from napari_cell_anomaly.core.preprocessing import Preprocessing
 
 
 def _ramp(shape=(16, 16), dtype=np.uint8, scale=1):

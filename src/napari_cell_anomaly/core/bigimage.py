@@ -8,7 +8,7 @@ while holding only a band of tiles at a time:
 * the image is read lazily, region by region (:func:`open_image`: a tiled TIFF through
   tifffile's zarr view, an OME-Zarr / zarr store, or any array that can be sliced), and each
   region is preprocessed on its own (:func:`preprocess_block`, the same arithmetic as
-  :class:`.images.Preprocessing`);
+  :class:`.preprocessing.Preprocessing`);
 * the network runs on exactly the tiles, in exactly the batches, that
   :func:`.tiling.predict_tiled` uses for the whole image (same plan, same alignment padding),
   so the heatmap is the in-memory heatmap;
@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .images import MAX_CHANNELS, ImageError, Preprocessing, _label, _match_channels
+from .images import MAX_CHANNELS, ImageError, _label
+from .preprocessing import Preprocessing, _match_channels
 from .scoring import DEFAULT_FPR, reduce_map
 from .tiling import PredictionStopped, _axis_plan, _fit_tile, _pad_to_multiple, _validate
 
@@ -251,7 +252,7 @@ def should_stream(path: str | os.PathLike[str], *, pixels: int = STREAM_PIXELS) 
 # ------------------------------------------------------------------------------------------
 def preprocess_block(pre: Preprocessing, block: np.ndarray, *, name: str = "image",
                      clip: bool = True) -> np.ndarray:
-    """Preprocess one region of an image exactly as :meth:`.images.Preprocessing.transform`
+    """Preprocess one region of an image exactly as :meth:`.preprocessing.Preprocessing.transform`
     does the whole image (channels, intensity range, clipping), without the whole-image
     checks (size, constant image) that make no sense for a region.
 

@@ -29,9 +29,10 @@ from .cellunits import (
 )
 from .density import Density, density_from_arrays
 from .device import module_device, resolve_device
-from .images import ImageError, Preprocessing, resize
+from .images import ImageError, resize
 from .model import Autoencoder, ModelConfig, build_model
 from .modelfile import ModelFileError, load_file, save_file
+from .preprocessing import Preprocessing
 from .scoring import DEFAULT_FPR, Calibration, ScoringConfig, reduce_map
 from .tiling import PredictionStopped, predict_tiled
 
@@ -84,7 +85,7 @@ class ScoreResult:
         on these pixels; draw outlines with :meth:`anomaly_region`.
     clipped_fraction : float
         Fraction of the image's values outside the model's training intensity range (clipped
-        by the preprocessing; see :meth:`.images.Preprocessing.transform`).
+        by the preprocessing; see :meth:`.preprocessing.Preprocessing.transform`).
     range_warning : str or None
         One line when the image lies outside the training range (many values clipped, or
         another integer bit depth than the training images), else None; also logged.
@@ -210,7 +211,7 @@ class AnomalyDetector(CellScoring):
 
     @property
     def channels(self) -> str:
-        """``"rgb"``, ``"gray"`` or ``"multi"`` (see :class:`.images.Preprocessing`)."""
+        """``"rgb"``, ``"gray"`` or ``"multi"`` (see :class:`.preprocessing.Preprocessing`)."""
         return self.preprocessing.channels
 
     def describe_input(self) -> str:
@@ -356,7 +357,7 @@ class AnomalyDetector(CellScoring):
         ----------
         image : np.ndarray
             ``(H, W)`` or ``(H, W, C)`` (channels last) array of any numeric dtype, with the
-            model's channels (see :class:`.images.Preprocessing`).
+            model's channels (see :class:`.preprocessing.Preprocessing`).
         fpr : float, optional
             Target false-alarm rate for the verdict (default 5%).
         name : str

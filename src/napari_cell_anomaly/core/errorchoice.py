@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .images import Preprocessing
+from .preprocessing import Preprocessing
 
 __all__ = ["AUTO", "CHANNELS_ERROR", "choose_error"]
 

@@ -55,7 +55,7 @@ class TrainConfig:
     preset : {"default", "seed"}
         Network preset (see :mod:`.model`).
     channels : {"rgb", "gray", "multi"} or None
-        Channel layout (see :class:`.images.Preprocessing`); None: ``"gray"`` for one
+        Channel layout (see :class:`.preprocessing.Preprocessing`); None: ``"gray"`` for one
         channel, ``"rgb"`` for 3-channel (or RGBA) ``uint8`` images, else ``"multi"``.
     val_fraction : float
         Fraction of images (whole mode), of fields (cells mode) or of each image's rows (patch

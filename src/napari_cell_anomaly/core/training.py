@@ -47,8 +47,9 @@ from .density import fit_density
 from .detector import AnomalyDetector, encode_units, provenance_base, to_tensor
 from .device import resolve_device
 from .errorchoice import AUTO, choose_error
-from .images import ImageError, Preprocessing, random_patches
+from .images import ImageError, random_patches
 from .model import Autoencoder, ModelConfig, build_model
+from .preprocessing import Preprocessing
 from .scoring import Calibration, robust_location_scale
 from .trainconfig import (  # noqa: F401  (re-exported: the public training API lives here)
     LOSSES,

@@ -28,7 +28,8 @@ from .cellunits import (
     window_side,
 )
 from .detector import window_origins
-from .images import ImageError, Preprocessing, resize
+from .images import ImageError, resize
+from .preprocessing import Preprocessing
 from .trainconfig import PATCH_MODE_FACTOR, TrainConfig
 
 
