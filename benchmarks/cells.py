@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_cell_anomaly.core.cells import measure_cells, segment_cells
+from napari_cell_anomaly.core.cells import measure_cells
 from napari_cell_anomaly.core.images import read_image
 from napari_cell_anomaly.core.metrics import image_auroc
 from napari_cell_anomaly.core.sample import make_cell_field
+from napari_cell_anomaly.core.segmentation import segment_cells
 from napari_cell_anomaly.core.training import TrainConfig, run_training
 
 CHULA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chula-rbc"

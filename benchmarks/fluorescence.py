@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_cell_anomaly.core.cells import segment_cells
 from napari_cell_anomaly.core.metrics import image_auroc, pixel_auroc
 from napari_cell_anomaly.core.sample_fluo import ANOMALY_KINDS, FluoField, make_fluo_field
 from napari_cell_anomaly.core.scoring import ERROR_KINDS, ScoringConfig
+from napari_cell_anomaly.core.segmentation import segment_cells
 from napari_cell_anomaly.core.training import TrainConfig, run_training
 
 SHAPE = (256, 256)

@@ -1,4 +1,4 @@
-"""How well does the built-in segmentation (core.cells.segment_cells) find cells?
+"""How well does the built-in segmentation (core.segmentation.segment_cells) find cells?
 
 Prints numbers for three data sets:
 
@@ -34,12 +34,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_cell_anomaly.core.cells import measure_cells, segment_cells
+from napari_cell_anomaly.core.cells import measure_cells
 from napari_cell_anomaly.core.images import read_image
 from napari_cell_anomaly.core.metrics import instance_f1 as f1
 from napari_cell_anomaly.core.metrics import match_instances as iou_matches
 from napari_cell_anomaly.core.sample import make_cell_field
 from napari_cell_anomaly.core.sample_fluo import DARK_OFFSET, make_fluo_field
+from napari_cell_anomaly.core.segmentation import segment_cells
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

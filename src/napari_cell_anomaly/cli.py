@@ -347,8 +347,8 @@ def _label_dtype(labels: np.ndarray) -> np.ndarray:
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment the cells of each image: one ``<stem>_labels.tif`` per image."""
     from .core.axes import read_2d_image
-    from .core.cells import segment_cells
     from .core.images import ImageError, find_images
+    from .core.segmentation import segment_cells
 
     out = Path(args.out)
     _prepare_dir(out)

@@ -1,4 +1,5 @@
-"""Built-in segmentation, label-image checks and per-object measurements (core.cells)."""
+"""Built-in segmentation (core.segmentation), label-image checks and per-object measurements
+(core.cells)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
+from napari_cell_anomaly.core import cells
 from napari_cell_anomaly.core.cells import (
     check_labels,
-    image_kind,
     match_label_files,
     measure_cells,
     read_labels,
-    segment_cells,
 )
 from napari_cell_anomaly.core.images import ImageError, read_image
 from napari_cell_anomaly.core.sample import make_cell_field
+from napari_cell_anomaly.core.segmentation import image_kind, segment_cells
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -59,6 +60,11 @@ def test_finds_the_planted_cells_of_a_synthetic_smear(field) -> None:
     matched, n_truth, n_pred = _matched(field.labels, labels)
     assert matched >= 0.95 * n_truth
     assert n_pred <= 1.05 * n_truth
+
+
+def test_segment_cells_is_still_importable_from_core_cells() -> None:
+    # README documented ``from napari_cell_anomaly.core.cells import segment_cells``.
+    assert cells.segment_cells is segment_cells
 
 
 def test_kind_is_decided_from_the_image(field) -> None:

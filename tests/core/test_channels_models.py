@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_cell_anomaly.core.cells import image_kind, segment_cells, segmentation_image
 from napari_cell_anomaly.core.detector import AnomalyDetector, default_model_path
 from napari_cell_anomaly.core.images import ImageError
 from napari_cell_anomaly.core.sample import make_cells
 from napari_cell_anomaly.core.scoring import ScoringConfig
+from napari_cell_anomaly.core.segmentation import image_kind, segment_cells, segmentation_image
 from napari_cell_anomaly.core.training import TrainConfig, run_training
 
 

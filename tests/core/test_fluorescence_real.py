@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_cell_anomaly.core.cells import image_kind, segment_cells
 from napari_cell_anomaly.core.images import read_image
 from napari_cell_anomaly.core.preprocessing import Preprocessing
 from napari_cell_anomaly.core.sample_fluo import DARK_OFFSET
+from napari_cell_anomaly.core.segmentation import image_kind, segment_cells
 
 DSB = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dsb2018-fluo"
 #: Two fields of different kinds: small bright nuclei (256 x 256), large dim ones (640 x 512).

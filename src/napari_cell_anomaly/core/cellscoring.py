@@ -45,7 +45,7 @@ class CellScoring:
         labels : np.ndarray, optional
             ``(H, W)`` integer label image (0 = background, one value per cell), e.g. from
             cellpose, StarDist or a hand annotation. None finds the cells with
-            :func:`.cells.segment_cells`.
+            :func:`.segmentation.segment_cells`.
         fpr : float, optional
             Target false-alarm rate per cell for the verdicts (default 5%).
         name : str
@@ -74,7 +74,8 @@ class CellScoring:
                ) -> tuple[CellScores, CellUnits, list[np.ndarray], np.ndarray, float]:
         """:meth:`score_cells`, also returning the units, their reconstructions, the
         preprocessed field and the fraction of its values clipped by the preprocessing."""
-        from .cells import check_labels, measure_cells, segment_cells
+        from .cells import check_labels, measure_cells
+        from .segmentation import segment_cells
 
         if self.mode == "patch":
             raise ImageError("this patch-mode model is calibrated on windows, not cells; "

@@ -153,7 +153,7 @@ class AnomalyDetector(CellScoring):
         Cells mode: density of the training cells' morphometry; a cell's log-density is its
         code's plus its shape's (see :class:`.cellunits.ShapeDensity`).
     segmentation : dict
-        Cells mode: keyword arguments of :func:`.cells.segment_cells` used when no labels
+        Cells mode: keyword arguments of :func:`.segmentation.segment_cells` used when no labels
         are given (the training fields' image kind, so scoring segments alike).
     """
 

@@ -48,7 +48,7 @@ class TrainConfig:
     mode : {"auto", "whole", "patch", "cells"}
         ``whole``: each image is one cell crop, resized to ``size``. ``patch``: random patches
         from large fields of view. ``cells``: one native-scale window per cell of a field
-        (cells from the given label images, or found by :func:`.cells.segment_cells`); the
+        (cells from the given label images, or found by :func:`.segmentation.segment_cells`); the
         window side comes from the training cells' sizes and ``size`` is not used. ``auto``
         picks ``cells`` when label images are given, else ``whole`` or ``patch`` from the
         image sizes.

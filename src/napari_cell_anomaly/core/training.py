@@ -175,7 +175,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     labels : sequence of (np.ndarray or None), optional
         Cells mode: one label image per image (0 = background, one value per normal cell;
         only labelled objects are used), or None for an image whose cells are found by
-        :func:`.cells.segment_cells`. Giving labels makes ``mode="auto"`` choose cells mode.
+        :func:`.segmentation.segment_cells`. Giving labels makes ``mode="auto"`` choose cells mode.
     stop : callable, optional
         Polled between steps; when it returns True training ends early, keeping the best
         checkpoint so far, and a usable detector is still returned.

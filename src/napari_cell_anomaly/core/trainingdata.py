@@ -190,7 +190,8 @@ def _prepare_cells(images: Sequence[np.ndarray], xs: Sequence[np.ndarray],
                    names: Sequence[str], rng: np.random.Generator,
                    shapes: list[tuple[int, ...]], align: int) -> TrainingData:
     """Cells-mode units: a window per cell, fields split into training and held-out fields."""
-    from .cells import check_labels, image_kind, measure_cells, segment_cells
+    from .cells import check_labels, measure_cells
+    from .segmentation import image_kind, segment_cells
 
     n = len(xs)
     labels = list(labels) if labels is not None else [None] * n
