@@ -48,8 +48,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 
 from napari_cell_anomaly.core.density import fit_density
-from napari_cell_anomaly.core.detector import AnomalyDetector, encode_units, foreground_mask
+from napari_cell_anomaly.core.detector import AnomalyDetector
 from napari_cell_anomaly.core.images import find_images, load_images, resize
+from napari_cell_anomaly.core.mappass import encode_units, foreground_mask
 from napari_cell_anomaly.core.metrics import image_auprc, image_auroc
 from napari_cell_anomaly.core.scoring import ScoringConfig
 from napari_cell_anomaly.core.training import TrainConfig, run_training

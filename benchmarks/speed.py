@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from napari_cell_anomaly.core import detector as detector_mod
-from napari_cell_anomaly.core import errormaps
+from napari_cell_anomaly.core import errormaps, mappass
 from napari_cell_anomaly.core.images import find_images, load_images, read_image
 from napari_cell_anomaly.core.model import Autoencoder, ModelConfig, build_model
 from napari_cell_anomaly.core.sample import make_cells, make_field
@@ -130,8 +130,8 @@ def tile_pixels(h: int, w: int, align: int) -> int:
         count += t.shape[0] * t.shape[2] * t.shape[3]
         return t[:, :1]
 
-    predict_tiled(fn, np.zeros((1, h, w), np.float32), tile=detector_mod.TILE,
-                  margin=detector_mod.TILE_MARGIN, align=align)
+    predict_tiled(fn, np.zeros((1, h, w), np.float32), tile=mappass.TILE,
+                  margin=mappass.TILE_MARGIN, align=align)
     return count
 
 
@@ -144,8 +144,8 @@ def forward_seconds(net: Autoencoder, image_chw: np.ndarray, *, channels_last: b
     def fn(t: torch.Tensor) -> torch.Tensor:
         return net(t.contiguous(memory_format=fmt))
 
-    return best_of(lambda: predict_tiled(fn, image_chw, tile=detector_mod.TILE,
-                                         margin=detector_mod.TILE_MARGIN, align=net.align),
+    return best_of(lambda: predict_tiled(fn, image_chw, tile=mappass.TILE,
+                                         margin=mappass.TILE_MARGIN, align=net.align),
                    repeats)
 
 
@@ -163,26 +163,26 @@ def stage_shares(det: detector_mod.AnomalyDetector, big: np.ndarray,
         z = net.encode(t)
         y = net.decode(z)
         se, _ = det._maps(t, y, with_ssim=det.uses_ssim)
-        return torch.cat([y, se, detector_mod.pack_codes(z, a)], dim=1)
+        return torch.cat([y, se, mappass.pack_codes(z, a)], dim=1)
 
     prep = best_of(lambda: det.preprocessing(big), 3)
     forward = forward_seconds(net, chw, channels_last=True)
-    pass_s = best_of(lambda: predict_tiled(tiled, chw, tile=detector_mod.TILE,
-                                           margin=detector_mod.TILE_MARGIN, align=a), 3)
-    out = predict_tiled(tiled, chw, tile=detector_mod.TILE, margin=detector_mod.TILE_MARGIN,
+    pass_s = best_of(lambda: predict_tiled(tiled, chw, tile=mappass.TILE,
+                                           margin=mappass.TILE_MARGIN, align=a), 3)
+    out = predict_tiled(tiled, chw, tile=mappass.TILE, margin=mappass.TILE_MARGIN,
                         align=a)
-    codes = detector_mod.unpack_codes(out[-1], a, net.config.latent_channels)
+    codes = mappass.unpack_codes(out[-1], a, net.config.latent_channels)
     k = det.size // a
-    windows = detector_mod.window_origins(*x.shape[:2], det.size)
+    windows = mappass.window_origins(*x.shape[:2], det.size)
     win_codes = np.stack([codes[:, r // a:r // a + k, q // a:q // a + k].reshape(-1)
                           for r, q in windows])
     density = best_of(lambda: det.density.log_density(win_codes), 3)
     # What the previous map pass also did: the 1-SSIM map, and encoding every window again.
     ssim_extra = best_of(lambda: predict_tiled(
         lambda t: errormaps.gaussian_blur(1.0 - errormaps.ssim_map(t, t.flip(-1)), 1.0), chw,
-        tile=detector_mod.TILE, margin=detector_mod.TILE_MARGIN, align=a), 2)
+        tile=mappass.TILE, margin=mappass.TILE_MARGIN, align=a), 2)
     crops = np.stack([x[r:r + det.size, q:q + det.size] for r, q in windows])
-    encode_again = best_of(lambda: detector_mod.encode_units(net, crops), 2)
+    encode_again = best_of(lambda: mappass.encode_units(net, crops), 2)
     stages = {"preprocess_s": prep, "forward_s": forward,
               "error_maps_s": max(pass_s - forward, 0.0), "density_s": density}
     stages["windows_rest_s"] = max(score_s - sum(stages.values()), 0.0)

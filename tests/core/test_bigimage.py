@@ -23,7 +23,7 @@ import zarr
 from skimage.io import imsave
 
 from napari_cell_anomaly.cli import main
-from napari_cell_anomaly.core import detector as detector_mod
+from napari_cell_anomaly.core import mappass
 from napari_cell_anomaly.core.bigimage import (
     HeatmapWriteError,
     open_image,
@@ -48,7 +48,7 @@ def field() -> np.ndarray:
 def small_tiles(monkeypatch: pytest.MonkeyPatch) -> int:
     """128-pixel tiles (margin 32) for the in-memory and the streamed path alike: 5 x 6 tiles,
     several tiles per batch row, batches straddling tile rows."""
-    monkeypatch.setattr(detector_mod, "TILE", 128)
+    monkeypatch.setattr(mappass, "TILE", 128)
     return 128
 
 

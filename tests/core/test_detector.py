@@ -12,14 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cell_anomaly.core import detector as detector_mod
-from napari_cell_anomaly.core.detector import (
-    AnomalyDetector,
-    ScoreResult,
-    foreground_mask,
-    window_origins,
-)
+from napari_cell_anomaly.core import mappass
+from napari_cell_anomaly.core.detector import AnomalyDetector, ScoreResult
 from napari_cell_anomaly.core.images import ImageError
+from napari_cell_anomaly.core.mappass import foreground_mask, window_origins
 from napari_cell_anomaly.core.metrics import image_auroc, pixel_auroc
 from napari_cell_anomaly.core.modelfile import ModelFileError
 from napari_cell_anomaly.core.sample import make_field
@@ -263,7 +259,7 @@ def test_tiled_scoring_equals_untiled(patch_detector, monkeypatch) -> None:
     shapes: list[tuple[int, ...]] = []
     hook = patch_detector.network.decoder.register_forward_pre_hook(
         lambda _m, inputs: shapes.append(tuple(inputs[0].shape)))
-    monkeypatch.setattr(detector_mod, "TILE", 128)
+    monkeypatch.setattr(mappass, "TILE", 128)
     try:
         tiled = patch_detector.score(img)
     finally:

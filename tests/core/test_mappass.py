@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cell_anomaly.core import detector as detector_mod
+from napari_cell_anomaly.core import mappass
 from napari_cell_anomaly.core.density import _log_kde
-from napari_cell_anomaly.core.detector import (
-    AnomalyDetector,
+from napari_cell_anomaly.core.detector import AnomalyDetector
+from napari_cell_anomaly.core.mappass import (
     encode_units,
     pack_codes,
     unpack_codes,
@@ -63,7 +63,7 @@ def test_new_models_read_window_codes_from_the_map_pass(patch_detector) -> None:
     assert len(calls) == 1
     # Each window's log-density is that of the latent block under it in the whole image's code.
     with torch.inference_mode():
-        z = net.encode(detector_mod.to_tensor(x[None]))[0].numpy()
+        z = net.encode(mappass.to_tensor(x[None]))[0].numpy()
     a, k = net.align, det.size // net.align
     windows = window_origins(*x.shape[:2], det.size)
     codes = np.stack([z[:, r // a:r // a + k, q // a:q // a + k].reshape(-1)
@@ -76,7 +76,7 @@ def test_tiled_field_codes_equal_untiled(patch_detector, monkeypatch) -> None:
     img, _ = make_field((250, 270), n_cells=25, anomaly_fraction=0.3, seed=4)
     x = patch_detector.preprocessing(img)
     one = patch_detector.analyse_field(x)
-    monkeypatch.setattr(detector_mod, "TILE", 128)
+    monkeypatch.setattr(mappass, "TILE", 128)
     tiled = patch_detector.analyse_field(x)
     np.testing.assert_allclose(tiled["log_density"], one["log_density"], rtol=1e-4, atol=1e-4)
 
@@ -155,7 +155,7 @@ def test_files_written_before_versions_load_and_score_as_before(patch_detector,
 def test_foreground_masks_of_a_batch_equal_one_at_a_time() -> None:
     from scipy import ndimage
 
-    from napari_cell_anomaly.core.detector import foreground_masks
+    from napari_cell_anomaly.core.mappass import foreground_masks
 
     def one(x: np.ndarray, erode: int) -> np.ndarray:  # the per-image definition
         border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])

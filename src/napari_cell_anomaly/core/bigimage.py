@@ -342,7 +342,7 @@ class _Windows:
 
     def __init__(self, detector: Any, height: int, width: int,
                  stop: Callable[[], bool] | None) -> None:
-        from .detector import window_origins
+        from .mappass import window_origins
 
         self.det = detector
         self.size = detector.size
@@ -365,7 +365,7 @@ class _Windows:
             code_rows: np.ndarray | None = None) -> None:
         """Take the next band of heatmap rows, preprocessed image rows and (when the windows'
         codes come from the map pass) code-plane rows."""
-        from .detector import unpack_codes
+        from .mappass import unpack_codes
 
         self.err = np.concatenate([self.err, err_rows])
         self.x = np.concatenate([self.x, x_rows])
@@ -400,7 +400,7 @@ class _Windows:
             self.y0 = keep
 
     def _flush(self) -> None:
-        from .detector import encode_units
+        from .mappass import encode_units
 
         if not self.queue:
             return
@@ -431,7 +431,7 @@ def _tile_fn(detector: Any, codes: bool = False) -> Callable[[torch.Tensor], tor
     """The network + error maps that ``analyse_field`` runs on every tile, giving the primary
     heatmap's two ingredients (squared error and 1 - SSIM, zeros when the error does not use
     it), ``(N, 2, h, w)``, and with ``codes`` the packed latent code plane as a third."""
-    from .detector import pack_codes
+    from .mappass import pack_codes
 
     net = detector.network
     device = detector.device
@@ -463,10 +463,10 @@ def iter_heatmap_bands(detector: Any, image: LazyImage, *, windows: _Windows | N
     ``clipped`` (a one-item list) accumulates the number of values the intensity range clips.
     """
     clipped = [0] if clipped is None else clipped
-    from . import detector as detector_mod
+    from . import mappass
 
-    tile = detector_mod.TILE if tile is None else tile
-    margin = detector_mod.TILE_MARGIN if margin is None else margin
+    tile = mappass.TILE if tile is None else tile
+    margin = mappass.TILE_MARGIN if margin is None else margin
     align = detector.network.align
     _validate(tile, margin, align, batch_size)
     height, width = image.shape

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import errormaps
+from . import errormaps, mappass
 from .cellscoring import CellScoring
 from .cellunits import (
     CONTEXTS,
@@ -30,11 +30,11 @@ from .cellunits import (
 from .density import Density, density_from_arrays
 from .device import module_device, resolve_device
 from .images import ImageError, resize
+from .mappass import foreground_mask, to_numpy, to_tensor
 from .model import Autoencoder, ModelConfig, build_model
 from .modelfile import ModelFileError, load_file, save_file
 from .preprocessing import Preprocessing
 from .scoring import DEFAULT_FPR, Calibration, ScoringConfig, reduce_map
-from .tiling import PredictionStopped, predict_tiled
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,6 @@ MODES = ("whole", "patch", "cells")
 #: A whole-mode model refuses images whose longer side exceeds this many times the median
 #: longer side of its training images: squeezed into the model size, a field would be a blur.
 WHOLE_MODE_MAX_FACTOR = 4
-#: Tile side for patch-mode inference; overlap margin discarded on each interior side.
-TILE = 512
-TILE_MARGIN = 32
 
 
 @dataclass
@@ -302,7 +299,7 @@ class AnomalyDetector(CellScoring):
             ``(N, size, size, C)`` preprocessed float32 images.
         masks : sequence of np.ndarray, optional
             ``(size, size)`` bool per unit: the pixels its error is reduced over (cells mode:
-            the cell's eroded mask). By default the object found by :func:`foreground_mask`
+            the cell's eroded mask). By default the object found by :func:`.mappass.foreground_mask`
             when the scoring restricts to the foreground, else every pixel.
 
         Returns
@@ -467,82 +464,9 @@ class AnomalyDetector(CellScoring):
     def analyse_field(self, x: np.ndarray, stop: Callable[[], bool] | None = None
                       ) -> dict[str, np.ndarray]:
         """Run the network over a preprocessed image in overlapping tiles (patch mode) and
-        measure each model-size window, the unit that patch-mode calibration and verdicts use.
-
-        Parameters
-        ----------
-        x : np.ndarray
-            ``(H, W, C)`` preprocessed float32 image, at least ``size`` per side.
-        stop : callable, optional
-            Called between batches of tiles and of windows; True raises
-            :class:`~.tiling.PredictionStopped`.
-
-        Returns
-        -------
-        dict
-            ``recon`` (H, W, C), ``error_map`` (H, W), ``ssim_map`` (H, W, or None when the
-            error does not use SSIM), ``region`` (H, W) bool (union of the windows'
-            foreground), and per window (see :func:`window_origins`) ``recon_error``,
-            ``log_density`` and ``map_max`` (the map's maximum over the window's foreground).
-
-        Notes
-        -----
-        One network pass: with ``ScoringConfig.window_codes == "field"`` the windows' latent
-        codes are read from the tiled pass (packed into one extra output plane by
-        :func:`pack_codes`), each window taking the latent block under it (a window whose
-        origin is not a multiple of ``align``, the last of a side, takes the block at the
-        origin rounded down). With ``"crop"`` (older model files) each window is encoded again
-        on its own.
-        """
-        h, w, c = x.shape
-        chw = np.ascontiguousarray(x.transpose(2, 0, 1))
-        net = self.network
-        device = self.device
-        ssim = self.uses_ssim
-        a = net.align
-        field_codes = (self.scoring.window_codes == "field" and self.size % a == 0
-                       and net.config.latent_channels <= a * a)
-
-        def fn(t: torch.Tensor) -> torch.Tensor:
-            t = t.to(device)
-            z = net.encode(t)
-            y = net.decode(z)
-            se, dssim = self._maps(t, y, with_ssim=ssim)
-            parts = [y, se, dssim] if ssim else [y, se]
-            if field_codes:
-                parts.append(pack_codes(z, a))
-            return torch.cat(parts, dim=1)
-
-        out = predict_tiled(fn, chw, tile=TILE, margin=TILE_MARGIN, align=a, stop=stop)
-        ssim_map = out[c + 1] if ssim else None
-        codes = unpack_codes(out[-1], a, net.config.latent_channels) if field_codes else None
-        error_map = self._primary(out[c], ssim_map).astype(np.float32)
-        region = np.zeros((h, w), dtype=bool)
-        windows = window_origins(h, w, self.size)
-        errs, logds, maxima = [], [], []
-        for batch_start in range(0, len(windows), 64):
-            if stop is not None and stop():
-                raise PredictionStopped(f"stopped after {batch_start} of {len(windows)} windows")
-            batch = windows[batch_start:batch_start + 64]
-            crops = np.stack([x[r:r + self.size, q:q + self.size] for r, q in batch])
-            fg = (foreground_masks(crops, erode=self.scoring.erode)
-                  if self.scoring.foreground else [None] * len(crops))
-            if codes is not None:
-                k = self.size // a
-                logds.append(self.density.log_density(np.stack(
-                    [codes[:, r // a:r // a + k, q // a:q // a + k].reshape(-1)
-                     for r, q in batch])))
-            else:
-                logds.append(self.density.log_density(encode_units(net, crops)))
-            for (r, q), crop, found in zip(batch, crops, fg, strict=True):
-                m = error_map[r:r + self.size, q:q + self.size]
-                mask = self._region(crop, found)
-                errs.append(reduce_map(m, self.scoring.reduce, mask))
-                maxima.append(float(m[mask].max()))
-                region[r:r + self.size, q:q + self.size] |= mask
-        return {"recon": out[:c].transpose(1, 2, 0), "error_map": error_map,
-                "ssim_map": ssim_map, "region": region, "recon_error": np.asarray(errs),
-                "log_density": np.concatenate(logds), "map_max": np.asarray(maxima)}
+        measure each model-size window: :func:`.mappass.analyse_field` (see there for the
+        returned maps and per-window numbers)."""
+        return mappass.analyse_field(self, x, stop)
 
     def _score_patch(self, x: np.ndarray, fpr: float,
                      stop: Callable[[], bool] | None = None) -> ScoreResult:
@@ -628,117 +552,6 @@ class AnomalyDetector(CellScoring):
                                  f"{msg}") from None
         detector.network.to(target)
         return detector
-
-
-def to_tensor(batch: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
-    """``(N, H, W, C)`` images -> a float32 channels_last ``(N, C, H, W)`` tensor, on
-    ``device`` (the CPU by default)."""
-    t = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)
-    t = t.contiguous(memory_format=torch.channels_last)
-    return t if device is None else t.to(device)
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A tensor on any device -> a NumPy array (copied to the CPU first when needed)."""
-    return t.detach().cpu().numpy()
-
-
-def encode_units(network: Autoencoder, units: np.ndarray, batch_size: int = 128
-                 ) -> np.ndarray:
-    """Flattened latent codes ``(N, D)`` of ``(N, size, size, C)`` images, in batches, on the
-    network's device."""
-    device = module_device(network)
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(units), batch_size):
-            x = to_tensor(units[start:start + batch_size], device)
-            out.append(to_numpy(network.encode(x).flatten(1)))
-    return np.concatenate(out)
-
-
-def pack_codes(z: torch.Tensor, align: int) -> torch.Tensor:
-    """Latent code maps ``(N, C, h, w)`` as one plane ``(N, 1, h * align, w * align)``.
-
-    Channel ``j`` of latent position ``(i, k)`` goes to pixel ``(i * align + j // align,
-    k * align + j % align)`` of the ``align x align`` block under that position (the other
-    pixels are 0), so the plane can ride along the maps of a tiled pass, whose tiles start at
-    multiples of ``align``, and :func:`unpack_codes` reads the codes back exactly.
-    Needs ``C <= align ** 2``.
-    """
-    n, ch = z.shape[:2]
-    if ch > align * align:
-        raise ValueError(f"{ch} latent channels do not fit in {align} x {align} blocks")
-    pad = z.new_zeros((n, align * align - ch, *z.shape[2:]))
-    return torch.nn.functional.pixel_shuffle(torch.cat([z, pad], dim=1), align)
-
-
-def unpack_codes(plane: np.ndarray, align: int, channels: int) -> np.ndarray:
-    """Inverse of :func:`pack_codes` for one image: ``(H, W)`` -> ``(channels, H // align,
-    W // align)`` (only the whole ``align x align`` blocks of the plane)."""
-    hb, wb = plane.shape[0] // align, plane.shape[1] // align
-    blocks = plane[:hb * align, :wb * align].reshape(hb, align, wb, align)
-    return np.ascontiguousarray(
-        blocks.transpose(1, 3, 0, 2).reshape(align * align, hb, wb)[:channels])
-
-
-def window_origins(h: int, w: int, size: int) -> list[tuple[int, int]]:
-    """Top-left corners of ``size`` windows covering an ``h x w`` image (last ones flush)."""
-    def starts(n: int) -> list[int]:
-        if n <= size:
-            return [0]
-        s = list(range(0, n - size + 1, size))
-        if s[-1] != n - size:
-            s.append(n - size)
-        return s
-
-    return [(r, q) for r in starts(h) for q in starts(w)]
-
-
-def foreground_mask(x: np.ndarray, erode: int = 2) -> np.ndarray:
-    """Pixels of a preprocessed image that differ from its border colour.
-
-    The border colour is the median of the outermost pixels; a pixel belongs to the object when
-    it is further from that colour than a quarter of the image's own colour spread. The mask is
-    eroded by ``erode`` pixels to drop the object's rim.
-
-    Parameters
-    ----------
-    x : np.ndarray
-        ``(H, W, C)`` float image in [0, 1].
-    erode : int
-        Erosion radius in pixels.
-
-    Returns
-    -------
-    np.ndarray
-        ``(H, W)`` bool mask (may be empty, in which case callers use every pixel).
-    """
-    return foreground_masks(x[None], erode)[0]
-
-
-def foreground_masks(units: np.ndarray, erode: int = 2) -> np.ndarray:
-    """:func:`foreground_mask` of each of ``(N, H, W, C)`` images at once, ``(N, H, W)``.
-
-    The same result as one call per image (hole filling and erosion use a structuring element
-    that connects pixels within an image only), in a few array operations instead of ``N``.
-    """
-    from scipy import ndimage
-
-    x = np.asarray(units)
-    border = np.concatenate([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)
-    bg = np.median(border, axis=1)
-    dist = np.sqrt(((x - bg[:, None, None, :]) ** 2).sum(-1))
-    # Each image's level as one image alone computes it (a Python float, compared in the
-    # map's dtype), so that the masks are bit-identical.
-    level = np.array([0.25 * max(float(d), 1e-6) for d in dist.reshape(len(x), -1).max(axis=1)]
-                     ).astype(dist.dtype)
-    mask = dist > level[:, None, None]
-    within = np.zeros((3, 3, 3), dtype=bool)
-    within[1] = ndimage.generate_binary_structure(2, 1)
-    mask = ndimage.binary_fill_holes(mask, structure=within)
-    if erode > 0:
-        mask = ndimage.binary_erosion(mask, structure=within, iterations=erode)
-    return mask
 
 
 def provenance_base(seed: int) -> dict[str, Any]:

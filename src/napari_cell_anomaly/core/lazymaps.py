@@ -105,7 +105,7 @@ class LazyAnomalyMap:
 
     def __init__(self, detector: Any, image: LazyImage | Any, *, chunk: int | None = None,
                  channel_axis: int | None = None, name: str = "image") -> None:
-        from . import detector as detector_mod
+        from . import mappass
 
         if detector.mode != "patch":
             raise ValueError(f"lazy heatmaps need a patch-mode model; this one is in "
@@ -116,8 +116,8 @@ class LazyAnomalyMap:
         self.name = name
         self.shape = self.image.shape
         align = detector.network.align
-        self.tile = detector_mod.TILE
-        self.margin = detector_mod.TILE_MARGIN
+        self.tile = mappass.TILE
+        self.margin = mappass.TILE_MARGIN
         side = self.tile - 2 * self.margin if chunk is None else int(chunk)
         self.chunk = max(align, side // align * align)
         self.grid = tuple(-(-n // self.chunk) for n in self.shape)

@@ -44,10 +44,11 @@ from torch import nn
 from . import errormaps
 from .cellunits import ShapeDensity
 from .density import fit_density
-from .detector import AnomalyDetector, encode_units, provenance_base, to_tensor
+from .detector import AnomalyDetector, provenance_base
 from .device import resolve_device
 from .errorchoice import AUTO, choose_error
 from .images import ImageError, random_patches
+from .mappass import encode_units, to_tensor
 from .model import Autoencoder, ModelConfig, build_model
 from .preprocessing import Preprocessing
 from .scoring import Calibration, robust_location_scale

@@ -27,8 +27,8 @@ from .cellunits import (
     take_cells,
     window_side,
 )
-from .detector import window_origins
 from .images import ImageError, resize
+from .mappass import window_origins
 from .preprocessing import Preprocessing
 from .trainconfig import PATCH_MODE_FACTOR, TrainConfig
 
