@@ -8,6 +8,7 @@ with SIGKILL, a 2-process ``dask.distributed`` cluster whose worker processes ar
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -251,20 +252,23 @@ class WorkerKiller(threading.Thread):
 
 
 def _score_killing_a_worker(client, model: Path, tasks: list, settings: BatchSettings,
-                            out: Path) -> None:
+                            out: Path) -> list[ImageOutcome]:
     from napari_cell_anomaly.core.cluster import iter_cluster_outcomes
 
     killer = WorkerKiller(client)
     killer.start()
+    outcomes = []
     with ResultsWriter(out) as writer:
         for k, outcome in enumerate(iter_cluster_outcomes(client, model, tasks, settings,
                                                           device="cpu")):
             assert outcome.index == k  # in input order
             writer.write(outcome)
+            outcomes.append(outcome)
             if k == 2:
                 killer.started.set()
     killer.join(60)
     assert killer.killed, "no worker was killed mid-batch: the batch ended first"
+    return outcomes
 
 
 def test_cluster_gives_the_single_process_rows_and_survives_a_killed_worker(
@@ -273,9 +277,18 @@ def test_cluster_gives_the_single_process_rows_and_survives_a_killed_worker(
     maps.mkdir()
     tasks = make_tasks(find_images([batch["images"]]))
     out = tmp_path / "scores.csv"
-    _score_killing_a_worker(client, batch["model"], tasks, BatchSettings(heatmaps=maps), out)
-    # The killed worker's images were scored again elsewhere: nothing lost, nothing reported.
+    outcomes = _score_killing_a_worker(client, batch["model"], tasks,
+                                       BatchSettings(heatmaps=maps), out)
+    # The killed worker's images were scored again elsewhere: nothing lost, and each of them
+    # says so in one line.
     _assert_same_rows(_rows(out), _rows(reference["csv"]))
+    retried = [o for o in outcomes if o.retries]
+    assert retried and not any(o.lost for o in outcomes)
+    for o in outcomes:
+        assert (o.notice is not None) == (o.retries > 0)
+    for o in retried:
+        assert o.notice == (f"{tasks[o.index].csv_path}: a dask worker died while scoring it; "
+                            "scored again on another worker")
     for ref in reference["maps"].glob("*.tif"):
         np.testing.assert_allclose(tifffile.imread(maps / ref.name), tifffile.imread(ref),
                                    rtol=1e-5, atol=1e-6)
@@ -292,13 +305,17 @@ def test_images_whose_workers_keep_dying_are_reported_then_resumed(
     out = tmp_path / "scores.csv"
     client.run_on_scheduler(set_allowed_failures, 0)  # no second chance after a death
     try:
-        _score_killing_a_worker(client, batch["model"], tasks, BatchSettings(), out)
+        outcomes = _score_killing_a_worker(client, batch["model"], tasks, BatchSettings(), out)
     finally:
         client.run_on_scheduler(set_allowed_failures, 3)
     rows = _rows(out)
     assert len(rows) == len(tasks)  # every image has its row: scored or reported
     lost = [p for p, r in rows.items() if "dask workers scoring it died" in r["error"]]
     assert lost and all(rows[p]["score"] == "" for p in lost)
+    assert sorted(tasks[o.index].csv_path for o in outcomes if o.lost) == sorted(lost)
+    for o in outcomes:
+        if o.lost:
+            assert o.notice == f"{tasks[o.index].csv_path}: {o.error}"
     # The CLI resumes on the same cluster (--scheduler) and scores them.
     client.wait_for_workers(2, timeout=120)
     assert main(["score", str(batch["model"]), str(batch["images"]), "--csv", str(out),
@@ -306,6 +323,61 @@ def test_images_whose_workers_keep_dying_are_reported_then_resumed(
                  "--quiet"]) == 0
     assert "to go" in capsys.readouterr().err
     _assert_same_rows(_rows(out), _rows(reference["csv"]))
+
+
+def _worker_processes(pid: int) -> list:
+    """The dask worker processes started by process ``pid`` (spawned by multiprocessing)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children():
+        with contextlib.suppress(psutil.Error):
+            line = " ".join(child.cmdline())
+            if "spawn_main" in line and "resource_tracker" not in line:
+                found.append(child)
+    return found
+
+
+def test_the_cli_reports_a_killed_worker_in_one_line_per_image_without_traceback(
+        batch: dict[str, Path], reference: dict[str, Path], tmp_path: Path) -> None:
+    """``--workers 2`` run as a user would, one of its worker processes SIGKILLed mid-batch:
+    every image is scored, the images the dead worker held are named one line each, the
+    summary counts them, and stderr holds no traceback nor dask log line."""
+    pytest.importorskip("distributed")
+    pytest.importorskip("psutil")
+    out = tmp_path / "scores.csv"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "napari_cell_anomaly.cli", "score",
+                             str(batch["model"]), str(batch["images"]), "--csv", str(out),
+                             "--workers", "2", "--device", "cpu", "--quiet"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    killed = None
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and killed is None:
+            if out.exists() and out.read_text().count("\n") > 5:
+                workers = _worker_processes(proc.pid)
+                if workers:
+                    workers[0].kill()
+                    killed = workers[0].pid
+            time.sleep(0.005)
+        err = proc.communicate(timeout=300)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None, "no worker was killed mid-batch: the batch ended first"
+    assert proc.returncode == 0, err
+    _assert_same_rows(_rows(out), _rows(reference["csv"]))
+    lines = err.strip().splitlines()
+    assert not any("Traceback" in line or "distributed." in line for line in lines), err
+    died = [line for line in lines if "a dask worker died while scoring it" in line]
+    assert died and all(line.endswith("scored again on another worker") for line in died)
+    assert len({line.split(":")[0] for line in died}) == len(died)  # one line per image
+    summary = [line for line in lines if line.startswith("dask workers died mid-batch")]
+    assert summary == [f"dask workers died mid-batch: {len(died)} image(s) scored again on "
+                       "another worker, 0 not scored (their rows say so; --resume tries them "
+                       "again)"]
 
 
 def test_a_scheduler_that_does_not_answer_is_one_line_within_seconds(

@@ -280,6 +280,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     first_failure, n_failed = "", 0
     first_out_of_range, n_out_of_range = "", 0
     n_flagged = n_ok = n_cells = n_cells_flagged = n_skipped = n_stacks = 0
+    n_retried = n_lost = 0  # images whose dask workers died: scored elsewhere / given up
     with contextlib.ExitStack() as stack:
         if args.workers or args.scheduler:
             try:
@@ -305,7 +306,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         for outcome in outcomes:
             out.write(outcome)
             bar.update()
-            if outcome.error is not None:
+            if outcome.notice:  # a dask worker died: one line per image it held
+                bar.write(outcome.notice, file=sys.stderr)
+            n_retried, n_lost = n_retried + (outcome.retries > 0), n_lost + outcome.lost
+            if outcome.error is not None and not outcome.lost:
                 first_failure, n_failed = first_failure or outcome.error, n_failed + 1
             first_out_of_range = first_out_of_range or outcome.range_warning or ""
             n_out_of_range += outcome.n_out_of_range
@@ -317,6 +321,9 @@ def cmd_score(args: argparse.Namespace) -> int:
             n_skipped += outcome.n_skipped
     if n_failed:
         _say(f"skipped {n_failed} unusable image file(s); first: {first_failure}")
+    if n_retried or n_lost:
+        _say(f"dask workers died mid-batch: {n_retried} image(s) scored again on another "
+             f"worker, {n_lost} not scored (their rows say so; --resume tries them again)")
     if n_out_of_range:
         _say(f"warning: {n_out_of_range} image(s) lie outside the model's training range "
              f"(see clipped_fraction in {csv_path}); first: {first_out_of_range}")

@@ -103,7 +103,10 @@ class ImageTask:
 class ImageOutcome:
     """What scoring one image file gave: its rows for the CSVs (one per plane of a z/t
     stack, else one) and counts for the summary. ``error`` is the first plane's error (None
-    when every plane was scored)."""
+    when every plane was scored). On a cluster (:mod:`.cluster`): ``retries`` counts the
+    workers that died while holding it before it was scored elsewhere, ``lost`` says that
+    dask gave up on it (its workers kept dying; ``error`` says so), and ``notice`` is a line
+    for the user about either (None otherwise)."""
 
     index: int
     rows: list[list[str]]
@@ -117,6 +120,9 @@ class ImageOutcome:
     n_cells: int = 0
     n_cells_flagged: int = 0
     n_skipped: int = 0
+    retries: int = 0
+    lost: bool = False
+    notice: str | None = None
 
 
 def make_tasks(paths: Sequence[Path], labels: Mapping[Path, Path | None] | None = None

@@ -15,10 +15,14 @@ with one clear line (:class:`ClusterError`) when nothing answers within ``timeou
   shared file system). Only the CSV rows come back.
 - At most a few tasks per worker thread are in flight; results are yielded in input order as
   soon as they are contiguous, so memory here stays bounded however many images there are.
-- A worker that dies while scoring an image: dask runs the image again on another worker; if
-  workers keep dying on it (more than ``distributed.scheduler.allowed-failures`` times, 3 by
-  default), its row reports it (``error`` column) and the batch goes on. ``--resume`` tries it
-  again.
+- A worker that dies while scoring an image: dask runs the image again on another worker, and
+  its outcome says so (``retries``, and a one-line ``notice``); if workers keep dying on it
+  (more than ``distributed.scheduler.allowed-failures`` times, 3 by default), its outcome is
+  ``lost``: its row reports it (``error`` column) and the batch goes on. ``--resume`` tries
+  it again. The deaths are heard from the scheduler's ``remove-worker`` events.
+- ``distributed``'s own log lines (worker restarts, rescheduled keys, tracebacks of closed
+  connections) are silenced while :func:`connect`'s client lives (``quiet=True``): what they
+  tell is in the outcomes.
 
 Requires the ``dask`` extra (``pip install napari-cell-anomaly[dask]``).
 """
@@ -28,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -41,6 +47,7 @@ from typing import Any
 import dask
 from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin, as_completed, get_worker
 from distributed.comm import connect as comm_connect
+from distributed.utils import silence_logging_cmgr
 
 from .batch import (
     CONNECT_TIMEOUT,
@@ -62,7 +69,7 @@ class ClusterError(ConnectionError):
 
 @contextmanager
 def connect(scheduler: str | None = None, *, workers: int | None = None,
-            timeout: float = CONNECT_TIMEOUT) -> Iterator[Client]:
+            timeout: float = CONNECT_TIMEOUT, quiet: bool = True) -> Iterator[Client]:
     """A ``dask.distributed`` client, closed (with its local cluster) on exit.
 
     Parameters
@@ -74,6 +81,10 @@ def connect(scheduler: str | None = None, *, workers: int | None = None,
         default for this machine).
     timeout : float
         Seconds to wait for the scheduler to answer.
+    quiet : bool
+        Silence ``distributed``'s log lines below CRITICAL while the client lives, in this
+        process and (local cluster) in the workers: a worker's death is reported in the
+        outcomes of :func:`iter_cluster_outcomes`, not as log lines and tracebacks.
 
     Raises
     ------
@@ -81,9 +92,19 @@ def connect(scheduler: str | None = None, *, workers: int | None = None,
         When the scheduler does not answer within ``timeout`` seconds, or the address is not
         one (one line).
     """
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            stack.enter_context(silence_logging_cmgr(logging.CRITICAL))
+        yield stack.enter_context(_client(scheduler, workers, timeout,
+                                          logging.CRITICAL if quiet else logging.WARN))
+
+
+@contextmanager
+def _client(scheduler: str | None, workers: int | None, timeout: float, level: int
+            ) -> Iterator[Client]:
     if scheduler is None:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=None, silence_logs=level)
         try:
             with Client(cluster, set_as_default=False) as client:
                 yield client
@@ -140,6 +161,41 @@ def _score_on_worker(plugin: str, task: ImageTask, settings: BatchSettings) -> I
     return score_task(get_worker().plugins[plugin].detector, task, settings)
 
 
+class _Deaths:
+    """How many times a worker died while holding each image of one run (by task index),
+    from the scheduler's ``remove-worker`` events (topic ``"all"``): the images it was scoring
+    and those it had scored but not yet handed over. Called in the client's event loop."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix, self._lock, self._counts = prefix, threading.Lock(), {}
+
+    def __call__(self, event: tuple[float, Any]) -> None:
+        msg = event[1]
+        if not isinstance(msg, dict) or msg.get("action") != "remove-worker" \
+                or msg.get("expected"):  # a worker retired on purpose is no death
+            return
+        keys = set(msg.get("processing-tasks", ())) | set(msg.get("lost-computed-tasks", ()))
+        with self._lock:
+            for key in keys:
+                if isinstance(key, str) and key.startswith(self.prefix):
+                    k = int(key[len(self.prefix):])
+                    self._counts[k] = self._counts.get(k, 0) + 1
+
+    def pop(self, index: int) -> int:
+        with self._lock:
+            return self._counts.pop(index, 0)
+
+
+def _with_deaths(outcome: ImageOutcome, task: ImageTask, deaths: int) -> ImageOutcome:
+    """``outcome`` with the worker deaths it survived (``retries``, ``notice``)."""
+    if deaths and not outcome.lost:
+        outcome.retries = deaths
+        times = f" ({deaths} times)" if deaths > 1 else ""
+        outcome.notice = (f"{task.csv_path}: a dask worker died while scoring it{times}; "
+                          "scored again on another worker")
+    return outcome
+
+
 class _Window:
     """Tasks to keep in flight: :data:`TASKS_PER_THREAD` per worker thread of the cluster as
     it is now (asked at most once a second: workers come and go)."""
@@ -174,6 +230,12 @@ def iter_cluster_outcomes(client: Client, model: str | os.PathLike[str],
     ------
     ModelFileError, DeviceError
         From a worker loading the model.
+
+    Notes
+    -----
+    An image whose worker died is scored again elsewhere: its outcome has ``retries`` (the
+    deaths) and a ``notice`` line; one dask gives up on is ``lost``, with an ``error`` and a
+    ``notice`` line. No image is left without an outcome.
     """
     data = Path(model).read_bytes()
     name = "cell-anomaly-model-" + hashlib.sha256(data).hexdigest()[:16]
@@ -186,6 +248,9 @@ def iter_cluster_outcomes(client: Client, model: str | os.PathLike[str],
     finished: dict[int, ImageOutcome] = {}
     next_submit = next_yield = 0
     run = uuid.uuid4().hex[:12]
+    prefix = f"cell-anomaly-score-{run}-"
+    deaths = _Deaths(prefix)
+    client.subscribe_topic("all", deaths)
     window_size = _Window(client)
 
     def fill() -> None:
@@ -196,7 +261,7 @@ def iter_cluster_outcomes(client: Client, model: str | os.PathLike[str],
             t = replace(t, path=t.path.resolve(),
                         labels=t.labels.resolve() if t.labels is not None else None)
             fut = client.submit(_score_on_worker, name, t, settings, pure=False,
-                                key=f"cell-anomaly-score-{run}-{next_submit}")
+                                key=f"{prefix}{next_submit}")
             in_flight[fut] = next_submit
             pending.add(fut)
             next_submit += 1
@@ -206,11 +271,14 @@ def iter_cluster_outcomes(client: Client, model: str | os.PathLike[str],
         for fut in pending:
             k = in_flight.pop(fut)
             try:
-                finished[k] = fut.result()
-            except KilledWorker as err:
-                finished[k] = error_outcome(
-                    tasks[k], "not scored: the dask workers scoring it died "
-                              f"({type(err).__name__}); --resume tries it again")
+                finished[k] = _with_deaths(fut.result(), tasks[k], deaths.pop(k))
+            except KilledWorker:
+                n = deaths.pop(k)
+                times = f" {n} times" if n > 1 else ""
+                lost = error_outcome(tasks[k], f"not scored: the dask workers scoring it died"
+                                               f"{times}; --resume tries it again")
+                lost.lost, lost.notice = True, f"{tasks[k].csv_path}: {lost.error}"
+                finished[k] = lost
             fut.release()
             while next_yield in finished:
                 yield finished.pop(next_yield)
@@ -220,4 +288,6 @@ def iter_cluster_outcomes(client: Client, model: str | os.PathLike[str],
         for fut in in_flight:
             fut.cancel()
         with contextlib.suppress(Exception):  # best effort: the cluster may be gone
+            client.unsubscribe_topic("all")
+        with contextlib.suppress(Exception):
             client.unregister_worker_plugin(name)
