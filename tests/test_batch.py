@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import signal
 import socket
@@ -36,9 +37,11 @@ from napari_cell_anomaly.core.batch import (
     iter_outcomes,
     make_tasks,
 )
+from napari_cell_anomaly.core.batchrecord import file_sha256, record_path, run_record
 from napari_cell_anomaly.core.detector import AnomalyDetector
 from napari_cell_anomaly.core.images import find_images
 from napari_cell_anomaly.core.sample import make_cells
+from napari_cell_anomaly.core.scoring import DEFAULT_FPR
 from napari_cell_anomaly.core.training import TrainConfig, run_training
 
 N_IMAGES = 160
@@ -178,6 +181,54 @@ def test_resume_tries_error_rows_again_and_refuses_other_settings(
     assert out.read_bytes() == before
 
 
+def test_resume_refuses_a_csv_scored_with_other_options_or_another_model_file(
+        batch: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The record next to the CSV holds what its rows were scored with; --resume with other
+    --labels, --channel-axis or another model file is refused in one line (the CSV left as
+    it was), the same model under another name is accepted, and a fresh run replaces it."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sorted(batch["images"].glob("cell_00[0-5].png")):
+        os.link(p, folder / p.name)
+    out = tmp_path / "s.csv"
+    record = record_path(out)
+    assert record.name == "s.csv.run.json"
+    base = ["score", str(folder), "--csv", str(out), "--quiet", "--device", "cpu"]
+    assert main([base[0], str(batch["model"]), *base[1:]]) == 0
+    kept = json.loads(record.read_text())
+    assert kept == {"version": 1, "model_sha256": file_sha256(batch["model"]), "fpr": 0.05,
+                    "labels": None, "channel_axis": None, "per_cell": False}
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+    before = out.read_bytes()
+    other = tmp_path / "other.safetensors"
+    run_training(make_cells(16, size=32, seed=5).images,
+                 TrainConfig(max_steps=1, size=32, batch_size=8, seed=3)).save(other)
+    capsys.readouterr()
+    for model, extra, named in ((batch["model"], ["--channel-axis", "2"], "--channel-axis"),
+                                (batch["model"], ["--labels", "auto"], "--labels"),
+                                (other, [], "model file")):
+        assert main([base[0], str(model), *base[1:], *extra, "--resume"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1].startswith(f"cell-anomaly: error: cannot resume '{out}': its rows "
+                                    f"were scored with {named} ")
+        assert "run without --resume to start afresh" in lines[-1]
+        assert not any("Traceback" in line for line in lines)
+        assert out.read_bytes() == before and json.loads(record.read_text()) == kept
+    # The same model file under another name: the same bytes, resumed.
+    same = tmp_path / "copy.safetensors"
+    same.write_bytes(batch["model"].read_bytes())
+    assert main([base[0], str(same), *base[1:], "--resume"]) == 0
+    assert "6 images already scored, 0 to go" in capsys.readouterr().err
+    # No record (a CSV from elsewhere): refused; a fresh run replaces CSV and record.
+    record.unlink()
+    assert main([base[0], str(same), *base[1:], "--resume"]) == 2
+    assert "no readable record" in capsys.readouterr().err
+    assert main([base[0], str(other), *base[1:], "--channel-axis", "2"]) == 0
+    assert json.loads(record.read_text())["channel_axis"] == 2
+    assert json.loads(record.read_text())["model_sha256"] == file_sha256(other)
+    assert main([base[0], str(other), *base[1:], "--channel-axis", "2", "--resume"]) == 0
+
+
 def _outcome(index: int, path: str, cells: int) -> ImageOutcome:
     row = [path, "1.5", "0.1", "-3", "0", "50.00", "2", "", "0", ""]
     cell_rows = [[path, str(c + 1), "1.0", "2.0", "30", "0.5", "0.1", "-2", "0", "40.00", "0",
@@ -258,7 +309,9 @@ def _score_killing_a_worker(client, model: Path, tasks: list, settings: BatchSet
     killer = WorkerKiller(client)
     killer.start()
     outcomes = []
-    with ResultsWriter(out) as writer:
+    # recorded as the CLI records a run with these settings, so that the CLI can resume it
+    record = run_record(model, settings, DEFAULT_FPR)
+    with ResultsWriter(out, record=record) as writer:
         for k, outcome in enumerate(iter_cluster_outcomes(client, model, tasks, settings,
                                                           device="cpu")):
             assert outcome.index == k  # in input order

@@ -242,6 +242,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .core.batch import BatchSettings, ResultsWriter, iter_outcomes, make_tasks
+    from .core.batchrecord import run_record
     from .core.images import find_images
     from .core.scoring import DEFAULT_FPR
 
@@ -265,8 +266,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     if per_cell and sources is None:
         sources = dict.fromkeys(paths)  # built-in segmentation
     fpr = args.fpr or DEFAULT_FPR
+    settings = BatchSettings(fpr=args.fpr, per_cell=per_cell, labels_spec=args.labels,
+                             heatmaps=heat_dir, cells_csv=cells_path is not None,
+                             channel_axis=args.channel_axis)
     out = ResultsWriter(csv_path, cells_path, resume=args.resume,
-                        threshold=f"{detector.calibration.threshold(fpr):.6g}")
+                        threshold=f"{detector.calibration.threshold(fpr):.6g}",
+                        record=run_record(args.model, settings, fpr))
     tasks = [t for t in make_tasks(paths, sources) if t.csv_path not in out.done]
     where = (f"on the dask cluster at {args.scheduler} (device {args.device} on each worker)"
              if args.scheduler else f"on {device}" + (f", {args.workers} local dask workers"
@@ -274,9 +279,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     _say(f"model: {detector.describe_rate(fpr)}; running {where}")
     if out.resumed:
         _say(f"resuming {csv_path}: {len(out.done)} images already scored, {len(tasks)} to go")
-    settings = BatchSettings(fpr=args.fpr, per_cell=per_cell, labels_spec=args.labels,
-                             heatmaps=heat_dir, cells_csv=cells_path is not None,
-                             channel_axis=args.channel_axis)
     first_failure, n_failed = "", 0
     first_out_of_range, n_out_of_range = "", 0
     n_flagged = n_ok = n_cells = n_cells_flagged = n_skipped = n_stacks = 0
@@ -555,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true",
                    help="keep the scored rows of an existing --csv (and --cells-csv) and "
                         "score only the images not in it (rows holding an error are tried "
-                        "again); refused if its rows were scored at another threshold")
+                        "again); refused if its rows were scored with another model file, "
+                        "--fpr, --labels or --channel-axis (kept in OUT.csv.run.json)")
     s.add_argument("--workers", type=_positive, metavar="N",
                    help="score on a dask cluster of N worker processes started on this "
                         "machine (one thread each)")

@@ -367,14 +367,19 @@ class ResultsWriter:
     threshold : str or None
         This run's decision threshold as written in the ``threshold`` column; resuming a CSV
         whose rows were scored at another threshold (another model or false-alarm rate)
-        raises :class:`ResumeError`. Other settings (label images, segmentation) are not
-        recorded in the CSV and cannot be checked.
+        raises :class:`ResumeError`.
+    record : mapping or None
+        What this run scores with (:func:`.batchrecord.run_record`: model file digest,
+        false-alarm rate, labels, channel axis, per-cell). :meth:`open` keeps it next to the
+        CSV (:func:`.batchrecord.write_record`); resuming a CSV that has rows checks it
+        against the one kept there (:func:`.batchrecord.check_record`: refused when they
+        differ or none is kept). None: nothing recorded or checked.
 
     Raises
     ------
     ResumeError
-        When the existing files cannot be resumed (other columns, other threshold, a
-        per-cell CSV missing for a results CSV with scored rows).
+        When the existing files cannot be resumed (other columns, other threshold, other
+        recorded settings, a per-cell CSV missing for a results CSV with scored rows).
 
     Notes
     -----
@@ -382,13 +387,19 @@ class ResultsWriter:
     """
 
     def __init__(self, csv_path: Path, cells_path: Path | None = None, *, resume: bool = False,
-                 threshold: str | None = None) -> None:
+                 threshold: str | None = None, record: Mapping[str, Any] | None = None
+                 ) -> None:
         self.csv_path, self.cells_path = Path(csv_path), cells_path
+        self.record = record
         self._rows: list[list[str]] = []
         self._cell_rows: list[list[str]] = []
         self.resumed = resume and self.csv_path.is_file()
         if self.resumed:
             rows = _read_rows(self.csv_path, CSV_COLUMNS)
+            if record is not None and rows:
+                from .batchrecord import check_record
+
+                check_record(self.csv_path, record)
             scored = {r[0] for r in rows if r[1] != ""}
             self._rows = [r for r in rows if r[0] in scored]
             seen = {r[6] for r in self._rows if r[1] != ""}
@@ -412,6 +423,10 @@ class ResultsWriter:
 
     def open(self) -> ResultsWriter:
         """Create (or rewrite, keeping the resumed rows) the files and open them to append."""
+        if self.record is not None:  # first: rows are never without their record
+            from .batchrecord import write_record
+
+            write_record(self.csv_path, self.record)
         targets = [(self.csv_path, CSV_COLUMNS, self._rows)]
         if self.cells_path is not None:
             targets.insert(0, (self.cells_path, CELLS_CSV_COLUMNS, self._cell_rows))

@@ -1,0 +1,135 @@
+"""What a batch's results CSV was scored with, kept next to it so that ``--resume`` can check.
+
+Rows of one results CSV must all be scored the same way: the same model file, false-alarm
+rate, label images (``--labels``), channel axis and per-cell choice. :func:`run_record` gives
+those of a run as a small JSON-able dict, :func:`write_record` keeps it next to the CSV
+(``<name>.csv.run.json``, written atomically) and :func:`check_record` refuses, in one line
+(:class:`~.batch.ResumeError`), to resume a CSV recorded with other settings (or without a
+record) and says how to start afresh.
+
+The model is recorded by the SHA-256 of its file's bytes, so a model retrained under the same
+name (another error kind, another density, another calibration) is a different model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .batch import BatchSettings, ResumeError
+
+#: Version of the record's layout (a record of another version is treated as different).
+RECORD_VERSION = 1
+#: The record's file name is the CSV's name followed by this suffix.
+RECORD_SUFFIX = ".run.json"
+#: How each recorded setting is named in messages (as given to ``cell-anomaly score``).
+_NAMES = {"model_sha256": "model file", "fpr": "--fpr", "labels": "--labels",
+          "channel_axis": "--channel-axis", "per_cell": "per-cell scoring",
+          "version": "record version"}
+
+
+def record_path(csv_path: str | os.PathLike[str]) -> Path:
+    """The record kept next to ``csv_path``: ``scores.csv`` -> ``scores.csv.run.json``."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(csv_path.name + RECORD_SUFFIX)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_record(model: str | os.PathLike[str], settings: BatchSettings, fpr: float
+               ) -> dict[str, Any]:
+    """What the rows of a run are scored with.
+
+    Parameters
+    ----------
+    model : path
+        The model file (recorded by the SHA-256 of its bytes).
+    settings : BatchSettings
+        The run's settings; ``labels_spec`` (a folder is recorded as its absolute path, or
+        ``"auto"``), ``channel_axis`` and ``per_cell`` change rows; the heatmap folder and
+        whether per-cell rows are written do not.
+    fpr : float
+        The false-alarm rate in effect (the default when none was given).
+
+    Returns
+    -------
+    dict
+        JSON-able: ``version``, ``model_sha256``, ``fpr``, ``labels``, ``channel_axis``,
+        ``per_cell``.
+    """
+    labels = settings.labels_spec
+    if labels not in (None, "auto"):
+        labels = str(Path(labels).resolve())
+    return {"version": RECORD_VERSION, "model_sha256": file_sha256(model), "fpr": float(fpr),
+            "labels": labels, "channel_axis": settings.channel_axis,
+            "per_cell": bool(settings.per_cell)}
+
+
+def write_record(csv_path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Keep ``record`` next to ``csv_path`` (temporary file renamed: never half-written)."""
+    path = record_path(csv_path)
+    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(dict(record), fh, indent=1, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(csv_path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The record next to ``csv_path``; None when there is none or it cannot be read."""
+    try:
+        data = json.loads(record_path(csv_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "model_sha256":
+        return f"sha256 {str(value)[:12]}"
+    if key == "per_cell":
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
+def check_record(csv_path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Refuse to resume ``csv_path`` unless its record matches this run's ``record``.
+
+    Raises
+    ------
+    ResumeError
+        One line: the first setting that differs (and how many more), or a missing record,
+        and how to go on (a new CSV, or the same command without ``--resume``).
+    """
+    fresh = "score into a new --csv, or run without --resume to start afresh (replacing it)"
+    found = read_record(csv_path)
+    if found is None:
+        raise ResumeError(f"cannot resume '{csv_path}': it has no readable record of what it "
+                          f"was scored with ({record_path(csv_path).name}); {fresh}")
+    differ = [k for k in record if found.get(k) != record[k]]
+    if not differ:
+        return
+    k = differ[0]
+    more = f" (and {len(differ) - 1} more setting(s))" if len(differ) > 1 else ""
+    raise ResumeError(f"cannot resume '{csv_path}': its rows were scored with "
+                      f"{_NAMES.get(k, k)} {_shown(k, found.get(k))}, this run has "
+                      f"{_shown(k, record[k])}{more}; {fresh}")
