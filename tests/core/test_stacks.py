@@ -82,6 +82,46 @@ def test_a_dask_stack_is_read_one_plane_at_a_time(tiny, crops) -> None:
         [tiny.score(crops[i]).score for i in range(1, 5)], rel=1e-6)
 
 
+def _indices(key: int | slice) -> list[int]:
+    """The indices one item of a read key covers (an index or a slice)."""
+    return [key] if isinstance(key, int) else list(range(key.start, key.stop))
+
+
+def test_a_tiff_stack_file_is_read_one_plane_at_a_time(tiny, crops, tmp_path: Path) -> None:
+    """read_stack reads a multi-page TIFF plane by plane from the file: nothing when opened,
+    one plane's pages per plane scored, and the same scores as the planes in memory."""
+    path = tmp_path / "z.tif"
+    tifffile.imwrite(path, crops, metadata={"axes": "ZYXS"})
+    stack = read_stack(path)
+    assert stack.is_stack and len(stack) == 5 and stack.plane_axes == "YXS"
+    assert stack.plane_shape == (32, 32, 3)
+    assert stack.source.reads == []  # opening and the plane shape read no pixel
+    planes = score_stack(tiny, stack)
+    first = next(planes)
+    assert [_indices(k[0]) for k in stack.source.reads] == [[0]]  # plane 0 only
+    rest = list(planes)
+    # each plane read once, in order, and alone
+    assert [_indices(k[0]) for k in stack.source.reads] == [[i] for i in range(5)]
+    for p in [first, *rest]:
+        ref = tiny.score(crops[p.index])
+        assert p.result.score == pytest.approx(ref.score, rel=1e-6)
+        np.testing.assert_allclose(p.result.error_map, ref.error_map, rtol=1e-5, atol=1e-7)
+
+
+def test_a_hyperstack_plane_reads_only_its_own_channel_pages(tmp_path: Path) -> None:
+    """Z planes of 2 channels stored as separate pages (ZCYX): a plane reads its 2 pages and
+    holds the pixels a whole read gives for it (channels last)."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 255, size=(4, 2, 16, 16), dtype=np.uint8)
+    path = tmp_path / "zc.tif"
+    tifffile.imwrite(path, data, metadata={"axes": "ZCYX"})
+    stack = read_stack(path)
+    assert len(stack) == 4 and stack.plane_axes == "YXC"
+    np.testing.assert_array_equal(stack.plane(2), np.moveaxis(data[2], 0, -1))
+    assert sorted((_indices(k[0]), _indices(k[1])) for k in stack.source.reads) == [
+        ([2], [0]), ([2], [1])]
+
+
 def test_a_bad_plane_is_reported_and_the_others_scored(tiny, crops) -> None:
     planes = crops.copy()
     planes[2] = 9  # a constant plane

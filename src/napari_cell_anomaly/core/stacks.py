@@ -10,6 +10,8 @@ plane that is not a stack (:meth:`Stack.single`), so callers can loop over files
   sizes and arrays of more than one plane axis are refused with one line.
 - :func:`read_stack` reads an image file with the axes :func:`~.axes.read_image_axes`
   resolves from its metadata (planes first, channels last): one plane axis makes a stack.
+  A TIFF stack is not read whole: its planes are read from the file one at a time
+  (:class:`TiffPlanes`, through tifffile's zarr view: only the pages a plane covers).
 - :func:`score_stack` scores each plane with :meth:`AnomalyDetector.score` (or
   :meth:`~.cellscoring.CellScoring.score_field` per cell) and yields a :class:`PlaneScore`
   per plane; a plane that cannot be scored is reported in its own result, not raised.
@@ -36,8 +38,8 @@ from .images import MAX_CHANNELS, ImageError, LoadedImages, as_float_image
 if TYPE_CHECKING:
     from .detector import AnomalyDetector, ScoreResult
 
-__all__ = ["LoadedPlanes", "MapStack", "PlaneScore", "Stack", "as_stack", "load_planes",
-           "plane_label", "read_stack", "score_stack", "stack_cells"]
+__all__ = ["LoadedPlanes", "MapStack", "PlaneScore", "Stack", "TiffPlanes", "as_stack",
+           "load_planes", "plane_label", "read_stack", "score_stack", "stack_cells"]
 
 _EXPECTED = "expected a 2-D image or a stack of 2-D planes (P, H, W) or (P, H, W, C)"
 
@@ -66,6 +68,9 @@ class Stack:
     plane_axes : str
         Axes of one plane when read from a file (:func:`read_stack`): ``"YXC"``, or ``"YXS"``
         for RGB colour samples; empty when not known.
+    source : TiffPlanes or None
+        The file reader behind ``data`` when :func:`read_stack` reads a TIFF stack plane by
+        plane (its ``reads`` say what was read), else None.
     """
 
     data: Any
@@ -73,6 +78,7 @@ class Stack:
     axis: str = "Z"
     is_stack: bool = True
     plane_axes: str = ""
+    source: Any = None
 
     @classmethod
     def single(cls, image: Any, name: str = "image") -> Stack:
@@ -89,8 +95,24 @@ class Stack:
         return tuple(int(s) for s in np.shape(first))
 
     def plane(self, index: int) -> np.ndarray:
-        """Read plane ``index`` (only that plane of a lazy array)."""
-        return np.asarray(self.data[index])
+        """Read plane ``index`` (only that plane of a lazy array; a dask array's plane is
+        computed in this thread, also inside a dask task).
+
+        Raises
+        ------
+        ImageError
+            One line, when a lazy source fails to read the plane (e.g. a damaged page).
+        """
+        item = self.data[index]
+        if not (hasattr(item, "dask") and hasattr(item, "compute")):
+            return np.asarray(item)
+        try:
+            return np.asarray(item.compute(scheduler="synchronous"))
+        except Exception as exc:  # decoders raise many types; one line, as read_image does
+            reason = (str(exc).strip().splitlines()[0] if str(exc).strip()
+                      else type(exc).__name__)
+            raise ImageError(f"cannot read {self.plane_name(index)}: {reason} "
+                             f"({type(exc).__name__})") from exc
 
     def plane_name(self, index: int) -> str:
         """``"<name> [z=3]"`` for a plane of a stack; the name itself for a 2-D image."""
@@ -188,8 +210,85 @@ def read_stack(path: str | os.PathLike[str], channel_axis: int | str | None = No
         several = _several_series(p, channel_axis)
         if several is not None:
             return several
+        lazy = _lazy_tiff_stack(p, channel_axis)
+        if lazy is not None:
+            return lazy
     data, axes = read_image_axes(p, channel_axis)
     return _as_planes(data, axes, p.name)
+
+
+class TiffPlanes:
+    """The first series of a TIFF file as an array read on demand, region by region.
+
+    Each ``planes[key]`` opens the file, reads the region through tifffile's zarr view of
+    the series (only the pages, or tiles, the region covers) and closes the file again, so
+    nothing stays open and memory holds only what was asked for. ``reads`` lists the keys
+    read, in order.
+
+    Parameters
+    ----------
+    path : path-like
+        A TIFF file.
+
+    Attributes
+    ----------
+    shape, dtype, ndim, axes
+        Of the series as stored (tifffile's axis letters).
+    rgb, alpha : bool
+        The samples are RGB colour; the last of them is an alpha channel.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        with tifffile.TiffFile(self.path) as tif:
+            series = tif.series[0]
+            self.shape = tuple(int(n) for n in series.shape)
+            self.dtype = np.dtype(series.dtype)
+            self.axes = str(series.axes)
+            page = series.keyframe
+            self.rgb = int(page.photometric) == int(tifffile.PHOTOMETRIC.RGB)
+            self.alpha = self.rgb and len(getattr(page, "extrasamples", ()) or ()) > 0
+        self.ndim = len(self.shape)
+        self.reads: list[Any] = []
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        import zarr
+
+        self.reads.append(key)
+        with tifffile.TiffFile(self.path) as tif:
+            store = tif.series[0].aszarr(level=0)
+            try:
+                return np.asarray(zarr.open(store, mode="r")[key])
+            finally:
+                store.close()
+
+
+def _lazy_tiff_stack(path: Path, channel_axis: int | str | None) -> Stack | None:
+    """A TIFF stack whose planes are read one at a time (:class:`TiffPlanes` behind a dask
+    array cut into single pages along the plane axes); None for a 2-D image (read whole,
+    as before) or a file tifffile cannot open (:func:`read_image_axes` reports it)."""
+    import dask.array as da
+
+    try:
+        source = TiffPlanes(path)
+    except Exception:  # reported in one line by read_image_axes
+        return None
+    yx = {source.axes.find("Y"), source.axes.find("X")}
+    if len(source.axes) != source.ndim or -1 in yx or 0 in source.shape:
+        return None
+    # One chunk per page: 1 along every axis but Y, X and the colour samples of a page.
+    chunks = tuple(n if (i in yx or a == "S") else 1
+                   for i, (n, a) in enumerate(zip(source.shape, source.axes, strict=True)))
+    lazy = da.from_array(source, chunks=chunks, asarray=False, lock=False,
+                         meta=np.empty((0,) * source.ndim, source.dtype),
+                         name=f"tiff-planes-{path.name}-{os.urandom(6).hex()}")
+    data, axes = resolve_axes(lazy, source.axes, channel_axis=channel_axis, rgb=source.rgb,
+                              alpha=source.alpha, name=path.name)
+    if len(axes) <= 3:
+        return None  # a 2-D image: read whole by read_image_axes
+    stack = _as_planes(data, axes, path.name)
+    stack.source = source
+    return stack
 
 
 def _as_planes(data: np.ndarray, axes: str, name: str) -> Stack:
