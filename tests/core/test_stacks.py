@@ -245,3 +245,61 @@ def test_stack_cells_gives_every_cell_of_a_stack_its_own_id() -> None:
     assert merged.skipped == 3 and merged.threshold == 1.5 and len(merged) == 5
     with pytest.raises(ValueError, match="no plane"):
         stack_cells([None, None], (16, 16))
+
+
+def _random_plane_cells(seed: int, n: int, top: int, shape=(24, 24)):
+    """A plane's CellScores: ``n`` cells with ids up to ``top`` and one labelled object that
+    is not a scored cell."""
+    from napari_cell_anomaly.core.cellscores import CELL_COLUMNS, CellScores
+
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(np.arange(1, top + 1), size=n + 1, replace=False))
+    labels = np.zeros(shape, np.int32)
+    for k, i in enumerate(ids):
+        labels[k, : 1 + k % shape[1]] = i
+    table = {c: rng.random(n) for c in CELL_COLUMNS}
+    table["label"] = ids[:-1]  # the last object is not a cell
+    return CellScores(table, labels, rng.random(shape).astype(np.float32), threshold=0.7,
+                      skipped=int(seed % 3))
+
+
+def _assert_same_merge(got, want) -> None:
+    np.testing.assert_array_equal(got.labels.astype(np.int64), want.labels)
+    np.testing.assert_array_equal(got.error_map, want.error_map)
+    assert got.table.keys() == want.table.keys()
+    for key in want.table:
+        np.testing.assert_array_equal(got.table[key], want.table[key], err_msg=key)
+    assert (got.skipped, got.threshold, len(got)) == (want.skipped, want.threshold, len(want))
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4, 5], [3, 0, 5, 1, 4]])
+def test_stack_cells_merged_plane_by_plane_equal_the_whole_merge(order: list[int]) -> None:
+    """StackCells after each plane equals stack_cells of the planes so far: ids, maps, rows
+    (in plane order even when planes come out of order), non-cell objects; ids past 65535
+    widen the labels once."""
+    from napari_cell_anomaly.core.stacks import StackCells, stack_cells
+
+    planes = [_random_plane_cells(s, n=5 + s, top=40000 if s in (1, 4) else 50)
+              for s in range(6)]
+    merged = StackCells(6, (24, 24))
+    assert merged.labels.dtype == np.uint16
+    so_far: list = [None] * 6
+    for i, plane in enumerate(order):
+        in_order = plane > max(order[:i], default=-1)
+        before = merged.labels.copy()
+        same_array = merged.labels
+        merged.put(plane, planes[plane])
+        so_far[plane] = planes[plane]
+        want = stack_cells(so_far, (24, 24))
+        _assert_same_merge(merged.cells(), want)
+        cells_ids = set(want.table["label"].tolist())
+        present = set(np.unique(want.labels).tolist()) - {0}
+        assert merged.others().tolist() == sorted(present - cells_ids)
+        if in_order and merged.labels is same_array:  # only the new plane was written
+            others = [p for p in range(6) if p != plane]
+            np.testing.assert_array_equal(merged.labels[others], before[others])
+    assert merged.labels.dtype == np.uint32  # two planes with ids up to 40000
+    with pytest.raises(ValueError, match="already put"):
+        merged.put(order[0], planes[order[0]])
+    with pytest.raises(ValueError, match="no plane"):
+        StackCells(2, (4, 4)).cells()

@@ -17,6 +17,9 @@ plane that is not a stack (:meth:`Stack.single`), so callers can loop over files
   per plane; a plane that cannot be scored is reported in its own result, not raised.
 - :class:`MapStack` assembles the per-plane heatmaps into one ``(P, H, W)`` array, plane by
   plane.
+- :func:`stack_cells` merges the per-plane cells of a stack into one
+  :class:`~.cellscores.CellScores`; :class:`StackCells` does the same plane by plane as the
+  planes come in, writing only the new plane (the Score widget shows a stack's cells so far).
 - :func:`load_planes` reads files for training: every plane of a stack is one sample.
 """
 
@@ -38,8 +41,9 @@ from .images import MAX_CHANNELS, ImageError, LoadedImages, as_float_image
 if TYPE_CHECKING:
     from .detector import AnomalyDetector, ScoreResult
 
-__all__ = ["LoadedPlanes", "MapStack", "PlaneScore", "Stack", "TiffPlanes", "as_stack",
-           "load_planes", "plane_label", "read_stack", "score_stack", "stack_cells"]
+__all__ = ["LoadedPlanes", "MapStack", "PlaneScore", "Stack", "StackCells", "TiffPlanes",
+           "as_stack", "load_planes", "plane_label", "read_stack", "score_stack",
+           "stack_cells"]
 
 _EXPECTED = "expected a 2-D image or a stack of 2-D planes (P, H, W) or (P, H, W, C)"
 
@@ -571,3 +575,134 @@ def stack_cells(planes: Sequence[CellScores | None], shape: Sequence[int]) -> Ce
                       error_map=maps, threshold=scored[0].threshold,
                       include_border=scored[0].include_border,
                       skipped=sum(c.skipped for c in scored))
+
+
+class StackCells:
+    """The cells of a stack's planes merged as they come in: :func:`stack_cells` kept up to
+    date plane by plane.
+
+    :meth:`put` writes only the new plane's slice of the ``(P, H, W)`` label and map arrays
+    and appends its rows, so merging P planes one after another costs time linear in P (a
+    plane put before one already there shifts the ids of the planes after it, and the rows
+    are then put in plane order again). :meth:`cells` gives the merge so far as a
+    :class:`~.cellscores.CellScores` equal to ``stack_cells`` of the same planes, holding
+    views of the arrays kept here (not copies).
+
+    Parameters
+    ----------
+    n_planes : int
+        ``P``.
+    shape : tuple of int
+        ``(H, W)`` of a plane.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        ``(P, H, W)`` stack ids (0 = background): ``uint16`` while the ids fit, then
+        ``uint32``, then ``int64`` (converted once, when a plane needs it).
+    error_map : numpy.ndarray
+        ``(P, H, W)`` float32, 0 where a plane has no cells.
+    """
+
+    def __init__(self, n_planes: int, shape: Sequence[int]) -> None:
+        h, w = (int(s) for s in shape[:2])
+        self.labels = np.zeros((int(n_planes), h, w), dtype=np.uint16)
+        self.error_map = np.zeros((int(n_planes), h, w), dtype=np.float32)
+        self._planes: list[CellScores | None] = [None] * int(n_planes)
+        self._max = np.zeros(int(n_planes), dtype=np.int64)  # largest own id per plane
+        self._others: list[np.ndarray] = [np.zeros(0, np.int64)] * int(n_planes)
+        self._columns: dict[str, np.ndarray] = {}
+        self._rows = 0
+        self._last = -1  # the last plane whose rows are in the columns
+
+    def _offset(self, plane: int) -> int:
+        return int(self._max[:plane].sum())
+
+    def _fit(self, largest: int) -> None:
+        """Widen ``labels`` once ids up to ``largest`` no longer fit its type."""
+        for dtype in (np.uint16, np.uint32, np.int64):
+            if largest <= np.iinfo(dtype).max:
+                break
+        if np.dtype(dtype).itemsize > self.labels.dtype.itemsize:
+            self.labels = self.labels.astype(dtype)
+
+    def put(self, plane: int, cells: CellScores) -> None:
+        """Merge the cells of ``plane`` (its own ids; ``cells.labels`` ``(H, W)``)."""
+        if self._planes[plane] is not None:
+            raise ValueError(f"plane {plane} was already put")
+        own = np.asarray(cells.labels)
+        largest = int(own.max(initial=0))
+        self._planes[plane] = cells
+        self._max[plane] = largest
+        later = [p for p in range(plane + 1, len(self._planes))
+                 if self._planes[p] is not None]
+        self._fit(self._offset(len(self._planes)))
+        if later and largest:  # ids of the planes after this one move up
+            for p in later:
+                view = self.labels[p]
+                view[view > 0] += largest
+                self._others[p] = self._others[p] + largest
+        offset = self._offset(plane)
+        self.labels[plane] = np.where(own > 0, own + offset, 0)
+        self.error_map[plane] = cells.error_map
+        ids = np.asarray(cells.table["label"], dtype=np.int64)
+        present = np.unique(own)
+        present = present[present != 0]
+        self._others[plane] = np.setdiff1d(present, ids, assume_unique=True) + offset
+        if later or plane < self._last:  # rows out of plane order: put them in order again
+            self._columns, self._rows, self._last = {}, 0, -1
+            for p, c in enumerate(self._planes):
+                if c is not None:
+                    self._append(self._plane_table(p, c, self._offset(p)))
+                    self._last = p
+        else:
+            self._append(self._plane_table(plane, cells, offset))
+            self._last = plane
+
+    @staticmethod
+    def _plane_table(plane: int, cells: CellScores, offset: int) -> dict[str, np.ndarray]:
+        table = {k: np.asarray(v) for k, v in cells.table.items()}
+        table["cell_id"] = np.asarray(table["label"])
+        table["label"] = table["cell_id"] + offset
+        table["plane"] = np.full(len(cells), plane, dtype=np.int64)
+        return table
+
+    def _append(self, table: dict[str, np.ndarray]) -> None:
+        """Append rows to the columns (capacity doubled when full: amortised linear)."""
+        n = len(table["label"])
+        for key, value in table.items():
+            col = self._columns.get(key)
+            if col is None:
+                col = np.empty((max(n, 16), *value.shape[1:]), dtype=value.dtype)
+            elif self._rows + n > len(col):
+                grown = np.empty((max(2 * len(col), self._rows + n), *col.shape[1:]),
+                                 dtype=np.result_type(col, value))
+                grown[:self._rows] = col[:self._rows]
+                col = grown
+            elif col.dtype != np.result_type(col, value):
+                col = col.astype(np.result_type(col, value))
+            col[self._rows:self._rows + n] = value
+            self._columns[key] = col
+        self._rows += n
+
+    def others(self) -> np.ndarray:
+        """The stack ids of objects in the label planes that are not scored cells (sorted)."""
+        return np.concatenate(self._others).astype(np.int64)
+
+    def cells(self) -> CellScores:
+        """The merge so far, as :func:`stack_cells` gives it (``labels`` of this object's
+        dtype, not int64).
+
+        Raises
+        ------
+        ValueError
+            If no plane has been put.
+        """
+        scored = [c for c in self._planes if c is not None]
+        if not scored:
+            raise ValueError("no plane of the stack has scored cells")
+        return CellScores(table={k: v[:self._rows] for k, v in self._columns.items()},
+                          labels=self.labels, error_map=self.error_map,
+                          threshold=scored[0].threshold,
+                          include_border=scored[0].include_border,
+                          skipped=sum(c.skipped for c in scored))

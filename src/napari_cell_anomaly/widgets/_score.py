@@ -9,7 +9,7 @@ calibrated thresholds to the stored results without scoring again.
 A 3-D (z or t) image layer is scored plane by plane: each plane is one job item, and its
 results are shown by :mod:`._stack_results` (layers of the stack's shape over the source, one
 table row per plane); per cell, the planes' cells are merged into one cells layer of the
-stack's shape (:func:`~..core.stacks.stack_cells`) shown as any image's cells.
+stack's shape as they come in (:class:`~..core.stacks.StackCells`) shown as any image's cells.
 
 With "Per cell" on, each image's cells (from a Labels layer, or found by the built-in
 segmentation) are scored one by one (:class:`~..core.cellscores.CellScores`) and shown as a
@@ -127,7 +127,7 @@ class ScoreWidget(QWidget):
         #: Plane index of each job item in its stack layer (None: a 2-D layer).
         self._job_planes: list[int | None] = []
         #: Per cell: the cells of each plane of each stack of the job so far, by layer key.
-        self._stack_cells: dict[str, list[Any]] = {}
+        self._stack_cells: dict[str, Any] = {}  # layer key -> core.stacks.StackCells
         self._job_failures: list[Failed] = []
         self._job_range_warnings: list[str] = []
         self._job_done = 0
@@ -404,7 +404,10 @@ class ScoreWidget(QWidget):
             stacked = len(image_hw(image)) == 3
             plane_items = list(layer_planes(image))
             if stacked and per_cell:
-                self._stack_cells[layer_key(layer)] = [None] * len(plane_items)
+                from ..core.stacks import StackCells
+
+                self._stack_cells[layer_key(layer)] = StackCells(len(plane_items),
+                                                                 image_hw(layer)[-2:])
             elif stacked:
                 self.stack_results.begin(layer, [name for name, _ in plane_items])
             for index, item in enumerate(plane_items):
@@ -452,13 +455,12 @@ class ScoreWidget(QWidget):
             return
         plane = self._job_planes[event.index]
         if isinstance(event, CellsScored) and plane is not None:
-            # A stack's cells: all its planes' cells so far, as one cells layer of its shape.
-            from ..core.stacks import stack_cells
-
+            # A stack's cells: all its planes' cells so far, as one cells layer of its shape
+            # (merged plane by plane: only the new plane is written).
             self.stack_results.drop(source)
-            planes = self._stack_cells[layer_key(source)]
-            planes[plane] = event.cells
-            self._render_cells(source, stack_cells(planes, image_hw(source)[-2:]), detector)
+            merged = self._stack_cells[layer_key(source)]
+            merged.put(plane, event.cells)
+            self._render_cells(source, merged.cells(), detector, merged.labels, merged.others())
         elif isinstance(event, CellsScored):
             self._render_cells(source, event.cells, detector, event.labels, event.others)
             if event.cells.range_warning:
