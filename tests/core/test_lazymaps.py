@@ -85,3 +85,35 @@ def test_lazy_maps_need_a_patch_mode_model(patch_detector, field) -> None:
     whole = dataclasses.replace(patch_detector, mode="whole")
     with pytest.raises(ValueError, match="lazy heatmaps need a patch-mode model"):
         LazyAnomalyMap(whole, field)
+
+
+def test_iter_score_scores_the_image_and_fills_the_chunks_not_yet_computed(
+        patch_detector, field, in_memory_map) -> None:
+    """One streamed pass gives the image's score (that of detector.score) and fills the map;
+    a chunk computed before (by a view) is kept as it was."""
+    heat = LazyAnomalyMap(patch_detector, da.from_array(field, chunks=(100, 100, 3)),
+                          chunk=128)
+    viewed = heat.block(1, 2)
+    steps = heat.iter_score()
+    progress = []
+    with pytest.raises(StopIteration) as end:
+        while True:
+            progress.append(next(steps))
+    result = end.value.value
+    assert result is heat.score
+    assert progress[-1] == (SHAPE[0], SHAPE[0]) and len(progress) > 1
+    assert [p[0] for p in progress] == sorted(p[0] for p in progress)
+    assert heat.n_computed == heat.n_blocks and heat.cached(1, 2) is viewed
+    ref = patch_detector.score(field)
+    assert result.score == pytest.approx(ref.score, rel=1e-4)
+    assert result.percentile == pytest.approx(ref.percentile, abs=1e-6)
+    assert result.is_anomaly == ref.is_anomaly
+    np.testing.assert_allclose(heat.array.compute(), in_memory_map, rtol=1e-4, atol=1e-6)
+
+
+def test_iter_score_can_be_stopped_and_keeps_the_rows_filled(patch_detector, field) -> None:
+    heat = LazyAnomalyMap(patch_detector, field, chunk=128)
+    with pytest.raises(PredictionStopped):  # asked to stop once a band came in
+        list(heat.iter_score(stop=lambda: heat.n_computed > 0))
+    assert heat.score is None and heat.n_computed > 0
+    assert heat.block(0, 0) is heat.cached(0, 0)  # the filled chunks are kept

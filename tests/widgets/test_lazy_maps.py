@@ -15,6 +15,7 @@ from conftest import KEY, PLUGIN, SCORE_TIMEOUT, snapshot
 from conftest import errors as _errors
 from napari_cell_anomaly.core.sample import make_field
 from napari_cell_anomaly.widgets import Status, get_state
+from napari_cell_anomaly.widgets._lazy_maps import NOT_COMPUTED
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +48,39 @@ def test_dask_layer_gets_a_lazy_map_that_compute_all_fills(make_napari_viewer, q
     assert heat.n_blocks == 2 * 2 and heat.n_computed == 0  # the map starts hidden too
     assert score.lazy_maps.isVisibleTo(score) and score.lazy_maps.compute_button.isEnabled()
     assert "0 of 4 map chunks computed" in score.lazy_maps.label.text()
+    # Its row is in the results table at once, marked as not computed: no numbers yet.
+    (row,) = score.results()
+    assert row["layer"] == "slide" and row["verdict"] == NOT_COMPUTED
+    assert np.isnan(row["score"]) and np.isnan(row["percentile"])
+    assert score.table.item(0, 5).text() == NOT_COMPUTED and score.table.item(0, 1).text() == ""
     assert score.lazy_maps.compute_all()
+    assert not score.lazy_maps.compute_button.isEnabled()  # the GUI goes on meanwhile
     qtbot.waitUntil(lambda: heat.n_computed == heat.n_blocks
                     and not score.lazy_maps._jobs.current.running(), timeout=SCORE_TIMEOUT)
     qtbot.waitUntil(lambda: not score.lazy_maps.compute_button.isEnabled(), timeout=5000)
     assert "4 of 4 map chunks computed" in score.lazy_maps.label.text()
-    np.testing.assert_allclose(np.asarray(heat_layer.data), patch_detector.score(field).error_map,
+    assert "1 of 1 scored" in score.lazy_maps.label.text()
+    ref = patch_detector.score(field)
+    np.testing.assert_allclose(np.asarray(heat_layer.data), ref.error_map,
                                rtol=1e-4, atol=1e-6)
+    # Compute all scored the image: its row has the numbers of the in-memory score.
+    (row,) = score.results()
+    assert row["score"] == pytest.approx(ref.score, rel=1e-4)
+    assert row["percentile"] == pytest.approx(ref.percentile, abs=1e-6)
+    assert row["verdict"] == ("anomalous" if ref.is_anomaly else "normal")
+    assert score.table.item(0, 5).text() == row["verdict"]
+    # A new false-alarm rate re-judges it, without scoring again.
+    cal = patch_detector.calibration
+    score.fpr_slider.setValue(20.0 if ref.score <= cal.threshold(0.05) else 0.1)
+    score.apply_fpr()
+    (again,) = score.results()
+    assert again["verdict"] == ("anomalous" if ref.score > cal.threshold(again["fpr"])
+                                else "normal")
+    assert score.table.item(0, 5).text() == again["verdict"]
     assert snapshot(viewer)[: len(before)] == before and not _errors(notes)
     viewer.layers.remove(source)
     assert not score.lazy_maps.maps and not score.lazy_maps.isVisibleTo(score)
+    assert score.table.rowCount() == 0 and score.results() == []
 
 
 def test_multiscale_layer_map_computes_only_what_is_in_view(make_napari_viewer, qtbot,

@@ -39,8 +39,8 @@ from .scoring import DEFAULT_FPR, reduce_map
 from .tiling import PredictionStopped, _axis_plan, _fit_tile, _pad_to_multiple, _validate
 
 __all__ = ["STREAM_PIXELS", "HeatmapWriteError", "LazyImage", "StreamedScore", "as_lazy_image",
-           "open_image", "preprocess_block", "score_file", "score_streaming", "should_stream",
-           "write_heatmap"]
+           "iter_score_streaming", "open_image", "preprocess_block", "score_file",
+           "score_streaming", "should_stream", "write_heatmap"]
 
 #: Patch-mode images with at least this many pixels (or stored in tiles) are scored by
 #: :func:`score_streaming` in the command line: above it the in-memory path needs gigabytes.
@@ -671,13 +671,58 @@ def score_streaming(detector: Any, image: LazyImage | Any, *, fpr: float | None 
     else:
         for _ in bands:
             pass
+    return _streamed_score(detector, lazy, windows, clipped[0], fpr, name, heatmap)
+
+
+def iter_score_streaming(detector: Any, image: LazyImage | Any, *, fpr: float | None = None,
+                         name: str = "image",
+                         on_band: Callable[[int, np.ndarray], None] | None = None,
+                         stop: Callable[[], bool] | None = None
+                         ) -> Iterator[tuple[int, int]]:
+    """:func:`score_streaming` (no heatmap file) as a generator, for a caller that shows
+    progress or keeps the heatmap: it yields ``(rows_done, height)`` after each band of the
+    heatmap, passes each band to ``on_band(first_row, rows)`` first, and returns the
+    :class:`StreamedScore` (``StopIteration.value``; ``yield from`` gives it).
+
+    Raises
+    ------
+    ValueError, ImageError
+        As :func:`score_streaming`.
+    PredictionStopped
+        When ``stop()`` says so (asked before each batch of tiles).
+    """
+    if detector.mode != "patch":
+        raise ValueError(f"streamed scoring needs a patch-mode model; this one is in "
+                         f"{detector.mode} mode")
+    lazy = image if isinstance(image, LazyImage) else as_lazy_image(image, name=name)
+    height, width = lazy.shape
+    if min(height, width) < detector.size:
+        label = "image" if name == "image" else f"image {name!r}"
+        raise ImageError(f"{label} is {height}x{width} pixels; this patch-mode model needs "
+                         f"at least {detector.size} pixels per side")
+    windows = _Windows(detector, height, width, stop)
+    clipped = [0]
+    for y0, rows in iter_heatmap_bands(detector, lazy, windows=windows, name=name, stop=stop,
+                                       clipped=clipped):
+        if on_band is not None:
+            on_band(y0, rows)
+        yield y0 + len(rows), height
+    return _streamed_score(detector, lazy, windows, clipped[0],
+                           DEFAULT_FPR if fpr is None else fpr, name, None)
+
+
+def _streamed_score(detector: Any, lazy: LazyImage, windows: _Windows, clipped: int,
+                    fpr: float, name: str, heatmap: str | os.PathLike[str] | None
+                    ) -> StreamedScore:
+    """The image-level numbers once every band went through ``windows``."""
+    height, width = lazy.shape
     errs, logds = windows.finish()
     scores = detector.calibration.combine(errs, logds)
     worst = int(np.argmax(scores))
     empty = np.zeros((0, 0), np.float32)
     res = detector._finish(errs[worst], logds[worst], fpr, empty, empty, empty,
                            n_windows=len(scores))
-    fraction = clipped[0] / (height * width * detector.preprocessing.n_channels)
+    fraction = clipped / (height * width * detector.preprocessing.n_channels)
     res = detector._note_range(res, fraction, np.dtype(lazy.array.dtype), name)
     return StreamedScore(score=res.score, recon_error=res.recon_error,
                          log_density=res.log_density, percentile=res.percentile,

@@ -125,6 +125,10 @@ class LazyAnomalyMap:
         self._cache: dict[tuple[int, int], np.ndarray] = {}
         self._lock = threading.Lock()
         self._array: Any = None
+        self._rows = np.zeros((0, self.shape[1]), np.float32)  # streamed rows not yet cut
+        self._rows_y0 = 0
+        #: The image's score once :meth:`iter_score` has run to its end, else None.
+        self.score: Any = None
 
     # -- chunks --------------------------------------------------------------------------------
     def _bounds(self, i: int, j: int) -> tuple[int, int, int, int]:
@@ -226,6 +230,46 @@ class LazyAnomalyMap:
                                          asarray=False, fancy=False, lock=False,
                                          name=f"anomaly-map-{id(self):x}-{f}"))
         return out
+
+    def fill_rows(self, y0: int, rows: np.ndarray) -> None:
+        """Take heatmap rows ``y0 ...`` computed elsewhere (bands of a streamed score, top to
+        bottom): each row of chunks they complete goes into the cache, except chunks already
+        computed, which are kept."""
+        if y0 == 0 or y0 != self._rows_y0 + len(self._rows):  # a new stream
+            self._rows, self._rows_y0 = np.zeros((0, self.shape[1]), np.float32), y0
+        self._rows = np.concatenate([self._rows, np.asarray(rows, np.float32)])
+        c, h = self.chunk, self.shape[0]
+        while True:
+            i = -(-self._rows_y0 // c)  # first chunk row starting at or after the buffer
+            start, end = i * c, min((i + 1) * c, h)
+            if start >= h or self._rows_y0 + len(self._rows) < end:
+                break
+            band = self._rows[start - self._rows_y0:end - self._rows_y0]
+            with self._lock:
+                for j in range(self.grid[1]):
+                    if (i, j) not in self._cache:
+                        self._cache[(i, j)] = np.ascontiguousarray(band[:, j * c:(j + 1) * c])
+            self._rows = self._rows[end - self._rows_y0:]
+            self._rows_y0 = end
+
+    def iter_score(self, *, fpr: float | None = None, stop: Callable[[], bool] | None = None
+                   ) -> Iterator[tuple[int, int]]:
+        """Score the whole image in one streamed pass (:func:`.bigimage.iter_score_streaming`)
+        and fill in the map's chunks not computed yet from the same pass, yielding
+        ``(rows_done, height)``; returns the :class:`~.bigimage.StreamedScore`, also kept in
+        :attr:`score`.
+
+        The filled chunks come from the streamed tiling, which equals the chunk-by-chunk
+        computation to float rounding (both equal the in-memory map within ``rtol=1e-4``).
+        ``stop()`` ends it with :class:`~.tiling.PredictionStopped` (the chunks filled so far
+        are kept; no score).
+        """
+        from .bigimage import iter_score_streaming
+
+        self.score = yield from iter_score_streaming(self.detector, self.image, fpr=fpr,
+                                                     name=self.name, on_band=self.fill_rows,
+                                                     stop=stop)
+        return self.score
 
     def iter_compute(self) -> Iterator[tuple[int, int]]:
         """Compute every chunk not computed yet, row by row, yielding ``(done, total)``

@@ -137,6 +137,26 @@ class ImageResultsTable(QTableWidget):
         self._names[key] = first
         self.setSortingEnabled(sorting)  # sorts once by the current sort column
 
+    def set_pending(self, key: str, name: str, state: str) -> None:
+        """Show a layer without numbers yet (e.g. a lazy map not computed): empty number
+        cells (sorted as NaN) and ``state`` in the verdict column, uncoloured."""
+        sorting = self.isSortingEnabled()
+        self.setSortingEnabled(False)
+        row = self.row_of(key)
+        if row < 0:
+            row = self.rowCount()
+            self.insertRow(row)
+        first = QTableWidgetItem(name)
+        first.setData(_KEY, key)
+        first.setToolTip(name)
+        verdict = QTableWidgetItem(state)
+        verdict.setToolTip(state)
+        items = [first, *(NumberItem(float("nan"), "") for _ in range(4)), verdict]
+        for col, item in enumerate(items):
+            self.setItem(row, col, item)
+        self._names[key] = first
+        self.setSortingEnabled(sorting)
+
     def set_name(self, key: str, name: str) -> None:
         """Show a renamed layer's new name."""
         item = self._names.get(key)

@@ -216,6 +216,7 @@ class ScoreWidget(QWidget):
         self.cell_results = CellsResults(self, self.viewer, self.state, self.table,
                                          self.cells_box, fpr)
         self.stack_results = StackResults(self.viewer, self.state, self.table, fpr)
+        self.lazy_maps.show_rows_in(self.table, fpr)
         self.cells_label = self.cell_results.label
         self.cells_table = self.cell_results.table
         layout.addWidget(self.cells_label)
@@ -235,6 +236,7 @@ class ScoreWidget(QWidget):
 
         # -- connections --------------------------------------------------------------------
         self.score_button.clicked.connect(self.start_scoring)
+        self.lazy_maps.scored.connect(self._update_histogram)
         self.stop_button.clicked.connect(self.stop_scoring)
         self.export_button.clicked.connect(self._export_dialog)
         self.fpr_slider.valueChanged.connect(lambda _: self._fpr_timer.start())
@@ -334,6 +336,8 @@ class ScoreWidget(QWidget):
             return False
         # Big lazy layers (dask, zarr, multiscale) with a patch-mode model get lazy maps.
         lazy = self.lazy_maps.add_maps(self.targets.layers(), detector)
+        for layer in lazy:  # its table row is now the lazy map's
+            self.image_results.drop(layer)
         if lazy and len(lazy) == len(self.targets.layers()):
             return True
         images = self.targets.scorable_images(skip=lazy)  # channel layers grouped into images
@@ -560,6 +564,7 @@ class ScoreWidget(QWidget):
         self.image_results.apply_all()
         self.cell_results.apply_all()
         self.stack_results.apply_all()
+        self.lazy_maps.apply_all()
         self._update_threshold_label()
         self._update_histogram()
 
@@ -607,6 +612,7 @@ class ScoreWidget(QWidget):
         cells = {r.key: r for r in self.cell_results.records}
         return [self.cell_results.summary(cells[key]) if key in cells
                 else self.image_results.row(images[key]) if key in images
+                else self.lazy_maps.row(key) if key in self.lazy_maps.maps
                 else self.stack_results.row(key) for key in self.table.keys()]
 
     def _on_row_clicked(self, row: int, _col: int) -> None:
@@ -640,7 +646,7 @@ class ScoreWidget(QWidget):
             return
         cal = detector.calibration
         scored = (self.image_results.scores(detector) + self.cell_results.scores(detector)
-                  + self.stack_results.scores(detector))
+                  + self.stack_results.scores(detector) + self.lazy_maps.scores(detector))
         self.hist.show_scores(np.asarray(cal.scores, dtype=float), np.asarray(scored, float),
                               cal.threshold(self.fpr), self.fpr)
 
