@@ -268,7 +268,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     fpr = args.fpr or DEFAULT_FPR
     settings = BatchSettings(fpr=args.fpr, per_cell=per_cell, labels_spec=args.labels,
                              heatmaps=heat_dir, cells_csv=cells_path is not None,
-                             channel_axis=args.channel_axis)
+                             channel_axis=args.channel_axis,
+                             heatmap_format=args.heatmap_format)
     out = ResultsWriter(csv_path, cells_path, resume=args.resume,
                         threshold=f"{detector.calibration.threshold(fpr):.6g}",
                         record=run_record(args.model, settings, fpr))
@@ -541,6 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "image used, <stem>_labels.tif; a tiled, compressed BigTIFF for the "
                         "images a patch-mode model streams: TIFFs stored in tiles or of at "
                         f"least {_STREAM_SIDE} x {_STREAM_SIDE} pixels)")
+    s.add_argument("--heatmap-format", choices=("tiff", "ome-zarr"), default="tiff",
+                   help="format of the heatmaps of the images a patch-mode model streams: a "
+                        "tiled, compressed BigTIFF <stem>_anomaly_map.tif, or an OME-Zarr "
+                        "folder <stem>_anomaly_map.ome.zarr (256 px chunks); other heatmaps "
+                        "are TIFFs (default: tiff)")
     s.add_argument("--labels", metavar="DIR|auto",
                    help="score per cell: a folder of label images matched by stem (a "
                         "stack's: one label plane per image plane), or 'auto' for the built-in "

@@ -31,6 +31,7 @@ from napari_cell_anomaly.core.bigimage import (
     score_streaming,
     should_stream,
     write_heatmap,
+    write_heatmap_zarr,
 )
 from napari_cell_anomaly.core.images import ImageError
 from napari_cell_anomaly.core.sample import make_field
@@ -174,6 +175,50 @@ def test_cli_scores_a_tiled_tiff_streamed(patch_detector, field, in_memory, tmp_
     with tifffile.TiffFile(tmp_path / "maps" / "slide_anomaly_map.tif") as tif:
         assert tif.is_bigtiff and tif.pages[0].is_tiled
         np.testing.assert_array_equal(tif.pages[0].asarray(), in_memory.error_map)
+
+
+def test_cli_writes_the_streamed_heatmap_as_ome_zarr(patch_detector, field, in_memory,
+                                                     tmp_path, capsys) -> None:
+    """--heatmap-format ome-zarr: an OME-Zarr folder (NGFF 0.4, one level, y/x axes, 256 px
+    chunks) holding the in-memory map exactly, readable by open_image, replaced whole by a
+    second run, no temporary folder left."""
+    model = tmp_path / "patch.safetensors"
+    patch_detector.save(model)
+    src = _tiled_tiff(tmp_path / "slide.tif", field)
+    maps = tmp_path / "maps"
+    args = ["score", str(model), str(src), "--csv", str(tmp_path / "s.csv"), "--heatmaps",
+            str(maps), "--heatmap-format", "ome-zarr", "--quiet"]
+    for _ in range(2):  # the second run replaces the folder of the first
+        assert main(args) == 0, capsys.readouterr().err
+        assert sorted(p.name for p in maps.iterdir()) == ["slide_anomaly_map.ome.zarr"]
+        root = zarr.open_group(str(maps / "slide_anomaly_map.ome.zarr"), mode="r")
+        (ms,) = root.attrs["multiscales"]
+        assert ms["version"] == "0.4" and [a["name"] for a in ms["axes"]] == ["y", "x"]
+        assert [d["path"] for d in ms["datasets"]] == ["0"]
+        level = root["0"]
+        assert level.shape == SHAPE and level.chunks == (256, 256) and level.dtype == np.float32
+        np.testing.assert_array_equal(level[:], in_memory.error_map)
+    with open_image(maps / "slide_anomaly_map.ome.zarr") as lazy:
+        np.testing.assert_array_equal(lazy.read(0, 600, 0, 700).reshape(SHAPE),
+                                      in_memory.error_map)
+
+
+def test_a_failing_zarr_heatmap_leaves_the_previous_folder_as_it_was(tmp_path) -> None:
+    target = tmp_path / "map.ome.zarr"
+    write_heatmap_zarr(target, iter([(0, np.ones(SHAPE, np.float32))]), SHAPE)
+    before = zarr.open_group(str(target), mode="r")["0"][:]
+
+    def bands():
+        yield 0, np.zeros((300, 700), np.float32)
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left on device"):
+        write_heatmap_zarr(target, bands(), SHAPE)
+    np.testing.assert_array_equal(zarr.open_group(str(target), mode="r")["0"][:], before)
+    with pytest.raises(ValueError, match="covered 300 of 600 rows"):
+        write_heatmap_zarr(tmp_path / "short.ome.zarr",
+                           iter([(0, np.zeros((300, 700), np.float32))]), SHAPE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.ome.zarr"]
 
 
 def _limit_file_size() -> None:  # runs in the child before exec

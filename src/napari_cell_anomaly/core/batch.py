@@ -74,6 +74,10 @@ class BatchSettings:
         Whether per-cell rows are wanted.
     channel_axis : int, str or None
         The files' channel axis (``--channel-axis``; None: from their metadata).
+    heatmap_format : str
+        ``"tiff"`` or ``"ome-zarr"`` (``--heatmap-format``): the format of the heatmaps of
+        images scored by streaming (``<stem>_anomaly_map.tif``, a tiled BigTIFF, or
+        ``<stem>_anomaly_map.ome.zarr``, an OME-Zarr folder); other heatmaps are TIFFs.
     """
 
     fpr: float | None = None
@@ -82,6 +86,11 @@ class BatchSettings:
     heatmaps: Path | None = None
     cells_csv: bool = False
     channel_axis: int | str | None = None
+    heatmap_format: str = "tiff"
+
+
+#: ``--heatmap-format`` choices -> the name ending of a streamed image's heatmap.
+HEATMAP_SUFFIXES = {"tiff": ".tif", "ome-zarr": ".ome.zarr"}
 
 
 @dataclass(frozen=True)
@@ -167,7 +176,8 @@ def score_task(detector: AnomalyDetector, task: ImageTask, settings: BatchSettin
                 and settings.channel_axis is None and should_stream(task.path))
     try:
         if streamed:
-            heat_file = (settings.heatmaps / f"{task.path.stem}_anomaly_map.tif"
+            suffix = HEATMAP_SUFFIXES[settings.heatmap_format]
+            heat_file = (settings.heatmaps / f"{task.path.stem}_anomaly_map{suffix}"
                          if settings.heatmaps is not None else None)
             name = task.path.name
             progress = ((lambda d, t: tiles(name, d, t)) if tiles is not None else None)

@@ -17,7 +17,8 @@ while holding only a band of tiles at a time:
   the band is written to the heatmap file (:func:`write_heatmap`) and dropped;
 * the image's numbers are those of its most anomalous window, as in memory.
 
-The heatmap is written as a tiled, zlib-compressed BigTIFF under a temporary name in the
+The heatmap is written as a tiled, zlib-compressed BigTIFF (or, for a name ending in
+``.zarr``, an OME-Zarr folder: :func:`write_heatmap_zarr`) under a temporary name in the
 target folder and renamed only when complete: an error (a full disk included) leaves no
 partial file under the final name.
 """
@@ -40,7 +41,7 @@ from .tiling import PredictionStopped, _axis_plan, _fit_tile, _pad_to_multiple, 
 
 __all__ = ["STREAM_PIXELS", "HeatmapWriteError", "LazyImage", "StreamedScore", "as_lazy_image",
            "iter_score_streaming", "open_image", "preprocess_block", "score_file",
-           "score_streaming", "should_stream", "write_heatmap"]
+           "score_streaming", "should_stream", "write_heatmap", "write_heatmap_zarr"]
 
 #: Patch-mode images with at least this many pixels (or stored in tiles) are scored by
 #: :func:`score_streaming` in the command line: above it the in-memory path needs gigabytes.
@@ -606,6 +607,112 @@ def write_heatmap(path: str | os.PathLike[str], bands: Iterable[tuple[int, np.nd
     return target
 
 
+def write_heatmap_zarr(path: str | os.PathLike[str], bands: Iterable[tuple[int, np.ndarray]],
+                       shape: tuple[int, int], *, chunk: int = HEATMAP_TILE) -> Path:
+    """Write a float32 heatmap arriving as row bands to an OME-Zarr folder (OME-NGFF 0.4:
+    zarr format 2, one ``multiscales`` level ``"0"`` with axes ``y``, ``x``; ``chunk`` x
+    ``chunk`` compressed chunks), without holding it whole.
+
+    The folder is written under a temporary name in the same folder and renamed to ``path``
+    only when complete (an existing ``path`` is moved aside first and removed after the
+    rename); on any error the temporary folder is removed and ``path`` is as it was. A
+    failure of the writing itself is raised as :class:`HeatmapWriteError`; errors of the
+    ``bands`` iterator pass through unchanged.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.ome.zarr`` folder to write.
+    bands : iterable of (int, np.ndarray)
+        ``(first_row, rows)`` with ``rows`` ``(h, W)`` float32, top to bottom, covering
+        ``shape``.
+    shape : tuple of int
+        ``(H, W)``.
+    chunk : int
+        Chunk side.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    import shutil
+    import tempfile
+
+    import zarr
+
+    target = Path(path)
+
+    def failed(exc: OSError) -> HeatmapWriteError:
+        return HeatmapWriteError(exc.errno, exc.strerror or str(exc), str(target))
+
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.",
+                                    suffix=".tmp"))
+    except OSError as exc:
+        raise failed(exc) from exc
+    try:
+        try:
+            root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+            root.attrs["multiscales"] = [{
+                "version": "0.4", "name": target.name.removesuffix(".ome.zarr"),
+                "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+                "datasets": [{"path": "0", "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0, 1.0]}]}]}]
+            arr = root.create_array("0", shape=tuple(int(n) for n in shape), dtype="float32",
+                                    chunks=(chunk, chunk), fill_value=0.0)
+        except OSError as exc:
+            raise failed(exc) from exc
+        held = np.zeros((0, int(shape[1])), np.float32)  # rows short of a whole chunk row
+        y_held = 0
+        for y0, rows in bands:
+            if y0 != y_held + len(held):
+                raise ValueError(f"heatmap band at row {y0}; expected row {y_held + len(held)}"
+                                 " (bands top to bottom, without gaps)")
+            held = np.concatenate([held, np.asarray(rows, np.float32)])
+            end = y_held + len(held)
+            full = (end - y_held) // chunk * chunk if end < shape[0] else end - y_held
+            if full:
+                try:
+                    arr[y_held:y_held + full] = held[:full]
+                except OSError as exc:
+                    raise failed(exc) from exc
+                held, y_held = held[full:], y_held + full
+        if y_held + len(held) != shape[0] or len(held):
+            raise ValueError(f"the heatmap bands covered {y_held + len(held)} of {shape[0]} "
+                             "rows")
+        try:
+            _replace_folder(tmp, target)
+        except OSError as exc:
+            raise failed(exc) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Rename folder ``new`` to ``target``; an existing ``target`` (which a rename cannot
+    replace) is moved aside first, put back if the rename fails, and removed after."""
+    import shutil
+    import tempfile
+
+    aside = None
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.",
+                                      suffix=".old"))
+        os.replace(target, aside / target.name)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside / target.name, target)
+            aside.rmdir()
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def score_streaming(detector: Any, image: LazyImage | Any, *, fpr: float | None = None,
                     heatmap: str | os.PathLike[str] | None = None, name: str = "image",
                     tile: int | None = None, margin: int | None = None, batch_size: int = 4,
@@ -628,7 +735,8 @@ def score_streaming(detector: Any, image: LazyImage | Any, *, fpr: float | None 
     fpr : float, optional
         Target false-alarm rate of the verdict (default 5%).
     heatmap : str or path-like, optional
-        Write the heatmap here (see :func:`write_heatmap`).
+        Write the heatmap here: an OME-Zarr folder for a name ending in ``.zarr``
+        (:func:`write_heatmap_zarr`), else a tiled BigTIFF (:func:`write_heatmap`).
     name : str
         Used in error messages.
     tile, margin, batch_size : int, optional
@@ -666,7 +774,9 @@ def score_streaming(detector: Any, image: LazyImage | Any, *, fpr: float | None 
     bands = iter_heatmap_bands(detector, lazy, windows=windows, tile=tile, margin=margin,
                                batch_size=batch_size, name=name, progress=progress, stop=stop,
                                clipped=clipped)
-    if heatmap is not None:
+    if heatmap is not None and str(heatmap).endswith(".zarr"):
+        write_heatmap_zarr(heatmap, bands, (height, width))
+    elif heatmap is not None:
         write_heatmap(heatmap, bands, (height, width))
     else:
         for _ in bands:
