@@ -303,3 +303,24 @@ def test_stack_cells_merged_plane_by_plane_equal_the_whole_merge(order: list[int
         merged.put(order[0], planes[order[0]])
     with pytest.raises(ValueError, match="no plane"):
         StackCells(2, (4, 4)).cells()
+
+
+def test_a_long_page_sequence_is_opened_once_and_closed(tmp_path: Path) -> None:
+    """A plain sequence of 40 pages (no shape metadata: tifffile parses every page when it
+    opens the file): read plane by plane through one open file, closed by Stack.close."""
+    path = tmp_path / "pages.tif"
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 255, size=(40, 8, 8), dtype=np.uint8)
+    with tifffile.TiffWriter(path) as tif:
+        for page in data:
+            tif.write(page, metadata=None, contiguous=False)
+    stack = read_stack(path)
+    assert len(stack) == 40 and stack.axis == "I"
+    for i in (0, 17, 39):
+        np.testing.assert_array_equal(stack.plane(i)[..., 0], data[i])
+    opened = stack.source._open
+    assert opened is not None and len(stack.source.reads) == 3
+    stack.close()
+    assert stack.source._open is None and opened[0].filehandle.closed
+    np.testing.assert_array_equal(stack.plane(5)[..., 0], data[5])  # opens again
+    stack.close()

@@ -234,6 +234,7 @@ def score_task(detector: AnomalyDetector, task: ImageTask, settings: BatchSettin
             if cells is not None:
                 write_tiff_atomic(heat / f"{task.path.stem}_labels.tif",
                                   label_dtype(cells.labels))
+    image.close()  # a TIFF stack read plane by plane: its file
     if heat is not None and maps is not None and out.n_scored:
         # a stack: its planes' maps in one file
         axes = {"axes": f"{image.axis if image.axis in 'ZT' else 'Q'}YX"}

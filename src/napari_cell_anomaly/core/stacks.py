@@ -25,7 +25,9 @@ plane that is not a stack (:meth:`Stack.single`), so callers can loop over files
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +119,11 @@ class Stack:
                       else type(exc).__name__)
             raise ImageError(f"cannot read {self.plane_name(index)}: {reason} "
                              f"({type(exc).__name__})") from exc
+
+    def close(self) -> None:
+        """Close the file behind a stack read plane by plane (:attr:`source`), if any."""
+        if self.source is not None:
+            self.source.close()
 
     def plane_name(self, index: int) -> str:
         """``"<name> [z=3]"`` for a plane of a stack; the name itself for a 2-D image."""
@@ -224,10 +231,11 @@ def read_stack(path: str | os.PathLike[str], channel_axis: int | str | None = No
 class TiffPlanes:
     """The first series of a TIFF file as an array read on demand, region by region.
 
-    Each ``planes[key]`` opens the file, reads the region through tifffile's zarr view of
-    the series (only the pages, or tiles, the region covers) and closes the file again, so
-    nothing stays open and memory holds only what was asked for. ``reads`` lists the keys
-    read, in order.
+    Each ``planes[key]`` reads the region through tifffile's zarr view of the series (only
+    the pages, or tiles, the region covers), so memory holds only what was asked for. The
+    file is opened at the first read and kept open (parsing the pages of a long stack again
+    for every plane would cost time quadratic in its length) until :meth:`close` (also on
+    garbage collection). ``reads`` lists the keys read, in order.
 
     Parameters
     ----------
@@ -254,17 +262,36 @@ class TiffPlanes:
             self.alpha = self.rgb and len(getattr(page, "extrasamples", ()) or ()) > 0
         self.ndim = len(self.shape)
         self.reads: list[Any] = []
+        self._open: tuple[Any, Any, Any] | None = None  # file, zarr store, zarr array
+        self._lock = threading.Lock()
 
     def __getitem__(self, key: Any) -> np.ndarray:
         import zarr
 
-        self.reads.append(key)
-        with tifffile.TiffFile(self.path) as tif:
-            store = tif.series[0].aszarr(level=0)
-            try:
-                return np.asarray(zarr.open(store, mode="r")[key])
-            finally:
+        with self._lock:
+            self.reads.append(key)
+            if self._open is None:
+                tif = tifffile.TiffFile(self.path)
+                try:
+                    store = tif.series[0].aszarr(level=0)
+                    self._open = (tif, store, zarr.open(store, mode="r"))
+                except BaseException:
+                    tif.close()
+                    raise
+            return np.asarray(self._open[2][key])
+
+    def close(self) -> None:
+        """Close the file (a later read opens it again)."""
+        with self._lock:
+            if self._open is not None:
+                tif, store, _ = self._open
+                self._open = None
                 store.close()
+                tif.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 def _lazy_tiff_stack(path: Path, channel_axis: int | str | None) -> Stack | None:
@@ -391,6 +418,7 @@ def load_planes(paths: Iterable[str | os.PathLike[str]],
             out.names.append(name)
             out.planes.append(index if stack.is_stack else None)
             out.axes.append(stack.plane_axes or "YXC")
+        stack.close()
     return out
 
 
