@@ -307,6 +307,8 @@ def _lazy_tiff_stack(path: Path, channel_axis: int | str | None) -> Stack | None
     yx = {source.axes.find("Y"), source.axes.find("X")}
     if len(source.axes) != source.ndim or -1 in yx or 0 in source.shape:
         return None
+    if all(a in "YXS" or n == 1 for a, n in zip(source.axes, source.shape, strict=True)):
+        return None  # a 2-D image (colour samples at most): no dask array needed
     # One chunk per page: 1 along every axis but Y, X and the colour samples of a page.
     chunks = tuple(n if (i in yx or a == "S") else 1
                    for i, (n, a) in enumerate(zip(source.shape, source.axes, strict=True)))
