@@ -539,9 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heatmaps", metavar="DIR",
                    help="write float32 TIFF error maps here, <stem>_anomaly_map.tif (a stack: "
                         "one multi-page TIFF of its planes' maps; per cell: also the label "
-                        "image used, <stem>_labels.tif; a tiled, compressed BigTIFF for the "
-                        "images a patch-mode model streams: TIFFs stored in tiles or of at "
-                        f"least {_STREAM_SIDE} x {_STREAM_SIDE} pixels)")
+                        "image used, <stem>_labels.tif; a tiled, compressed BigTIFF, or an "
+                        "OME-Zarr folder with --heatmap-format ome-zarr, for the images a "
+                        "patch-mode model streams: TIFFs stored in tiles or of at least "
+                        f"{_STREAM_SIDE} x {_STREAM_SIDE} pixels)")
     s.add_argument("--heatmap-format", choices=("tiff", "ome-zarr"), default="tiff",
                    help="format of the heatmaps of the images a patch-mode model streams: a "
                         "tiled, compressed BigTIFF <stem>_anomaly_map.tif, or an OME-Zarr "
@@ -564,10 +565,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the scored rows of an existing --csv (and --cells-csv) and "
                         "score only the images not in it (rows holding an error are tried "
                         "again); refused if its rows were scored with another model file, "
-                        "--fpr, --labels or --channel-axis (kept in OUT.csv.run.json)")
+                        "--fpr, --labels or --channel-axis, or per cell differently, as "
+                        "recorded in OUT.csv.run.json (or if that record is missing)")
     s.add_argument("--workers", type=_positive, metavar="N",
                    help="score on a dask cluster of N worker processes started on this "
-                        "machine (one thread each)")
+                        "machine (one thread each); the images a dying worker held are "
+                        "scored again or reported in their rows, one line each on stderr")
     s.add_argument("--scheduler", metavar="ADDRESS",
                    help="score on a running dask.distributed cluster (tcp://host:8786); its "
                         "workers must see the images and the --heatmaps folder at the same "
