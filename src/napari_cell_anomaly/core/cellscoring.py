@@ -16,10 +16,12 @@ from .cellunits import (
     centred_window,
     clip_window,
     cut_units,
+    orient_units,
     readable,
     reduction_masks,
     shape_features,
     take_cells,
+    unorient,
 )
 from .images import ImageError, resize
 from .scoring import DEFAULT_FPR
@@ -102,14 +104,14 @@ class CellScoring:
             raise ImageError(f"every object in the labels of {label} is too small to be read "
                              "as a cell")
         table = take_cells(table, ok)
+        fill = None
         if self.mode == "cells":
-            fill = None
             if self.balance:
                 x, fill = balance_field(x, labels)
             units = cut_units(x, labels, table, self.size, context=self.context, fill=fill)
         else:
             units = _cell_crops(x, labels, table, self.size)
-        err, logd, shape, maps, recons = self._measure_cell_units(units)
+        err, logd, shape, maps, recons = self._measure_cell_units(units, fill)
         cal = self.calibration
         scores = cal.combine(err, logd, shape if self.shape is not None else None)
         threshold = cal.threshold(fpr)
@@ -133,17 +135,20 @@ class CellScoring:
                             skipped=int((~ok).sum()))
         return result, units, recons, x, clipped
 
-    def _measure_cell_units(self, units: CellUnits
+    def _measure_cell_units(self, units: CellUnits, fill: np.ndarray | None = None
                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray],
                                        list[np.ndarray]]:
         """Error, latent and shape log-densities, error map and reconstruction of each cell
-        unit (shape: NaN without a shape density)."""
-        region = (reduction_masks(units.masks, self.scoring.erode) if self.mode == "cells"
+        unit (shape: NaN without a shape density). With ``orient`` the network sees the
+        units turned (:func:`.cellunits.orient_units`, ``fill`` outside them) and the maps
+        and reconstructions are turned back; the morphometry reads the units as they lie."""
+        seen = orient_units(units, fill) if self.orient and self.mode == "cells" else units
+        region = (reduction_masks(seen.masks, self.scoring.erode) if self.mode == "cells"
                   else None)
         err, logd, maps, recons = [], [], [], []
-        for start in range(0, len(units), 256):
+        for start in range(0, len(seen), 256):
             part = slice(start, start + 256)
-            res = self.analyse_units(np.stack(units.windows[part]),
+            res = self.analyse_units(np.stack(seen.windows[part]),
                                      region[part] if region is not None else None,
                                      with_ssim=False)
             err.append(res["recon_error"])
@@ -152,6 +157,8 @@ class CellScoring:
             recons.extend(res["recon"])
         shape = (self.shape.log_density(shape_features(units)) if self.shape is not None
                  else np.full(len(units), np.nan))
+        if seen is not units:
+            maps, recons = unorient(maps, seen), unorient(recons, seen)
         return np.concatenate(err), np.concatenate(logd), shape, maps, recons
 
     def score_field(self, image: np.ndarray, labels: np.ndarray | None = None, *,

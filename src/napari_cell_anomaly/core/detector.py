@@ -146,6 +146,9 @@ class AnomalyDetector(CellScoring):
         Cells mode: what surrounds a cell in its window (see :mod:`.cellunits`).
     balance : bool
         Cells mode: balance each field by its background colour before cutting windows.
+    orient : bool
+        Cells mode: the network sees each cell turned to canonical orientation
+        (:func:`.cellunits.orient_units`).
     shape : ShapeDensity or None
         Cells mode: density of the training cells' morphometry; a cell's log-density is its
         code's plus its shape's (see :class:`.cellunits.ShapeDensity`).
@@ -165,6 +168,7 @@ class AnomalyDetector(CellScoring):
     rejected: list[int] = field(default_factory=list)
     context: str = "isolate"
     balance: bool = True
+    orient: bool = False
     shape: ShapeDensity | None = None
     segmentation: dict[str, Any] = field(default_factory=dict)
 
@@ -498,7 +502,7 @@ class AnomalyDetector(CellScoring):
         }
         if self.mode == "cells":
             meta["cells"] = {"context": self.context, "balance": self.balance,
-                             "segmentation": self.segmentation}
+                             "orient": self.orient, "segmentation": self.segmentation}
         save_file(path, tensors, meta)
 
     @classmethod
@@ -543,6 +547,7 @@ class AnomalyDetector(CellScoring):
                 rejected=[int(i) for i in tensors.get("rejected", np.zeros(0, np.int64))],
                 context=str(meta.get("cells", {}).get("context", "isolate")),
                 balance=bool(meta.get("cells", {}).get("balance", True)),
+                orient=bool(meta.get("cells", {}).get("orient", False)),
                 shape=ShapeDensity.from_arrays(tensors),
                 segmentation=dict(meta.get("cells", {}).get("segmentation", {})),
             )

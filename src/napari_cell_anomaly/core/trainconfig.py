@@ -92,6 +92,10 @@ class TrainConfig:
     balance : bool
         Cells mode: balance each field by its own background colour (flat-field / white
         balance for brightfield, offset for fluorescence) before cutting cell windows.
+    orient : bool
+        Cells mode: turn every cell window so the cell's major axis runs along the columns
+        before the network sees it (see :func:`.cellunits.orient_units`); the augmentation
+        then only flips (which keeps the axes).
     cell_shape : bool
         Cells mode: add the density of the cells' morphometry (size, outline, elongation,
         pallor, colour) to the latent density (see :class:`.cellunits.ShapeDensity`).
@@ -124,6 +128,7 @@ class TrainConfig:
     prior_weight: float = 0.0
     context: str = "isolate"
     balance: bool = True
+    orient: bool = False
     cell_shape: bool = True
     max_steps: int | None = None
     scoring: ScoringConfig = field(default_factory=ScoringConfig)

@@ -72,12 +72,16 @@ from .trainingdata import (  # noqa: F401
 )
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random flips and 90-degree rotations (the 8 symmetries of the square), per sample.
+def _augment(x: torch.Tensor, gen: torch.Generator, flips_only: bool = False) -> torch.Tensor:
+    """Random flips and 90-degree rotations (the 8 symmetries of the square), per sample;
+    with ``flips_only`` the 4 that keep the axes (none, left-right, up-down, both), for
+    oriented cell windows.
 
     The choices are drawn from ``gen`` on the CPU (the same on every device) and applied on
     ``x``'s device."""
     kinds = torch.randint(0, 8, (x.shape[0],), generator=gen).to(x.device)
+    if flips_only:
+        kinds = kinds - kinds % 2  # rotations by 0 or 180 degrees, flipped or not
     out = x.clone()
     for k in range(1, 8):
         sel = kinds == k
@@ -116,6 +120,7 @@ def _probe(net: nn.Module, prep: Preprocessing, data: TrainingData, cfg: TrainCo
                           scoring=cfg.scoring, density=cast(Any, None), calibration=placeholder,
                           provenance=provenance if provenance is not None else {},
                           context=cfg.context, balance=cfg.balance,
+                          orient=cfg.orient and data.mode == "cells",
                           segmentation=dict(data.info.get("segmentation", {})))
     return det
 
@@ -250,6 +255,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         disc = _Discriminator(code_dim).to(dev)
         d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr * 0.5)
     bce = nn.BCEWithLogitsLoss()
+    flips_only = cfg.orient and data.mode == "cells"  # keep oriented cells' axes
     pretrain_epochs = max(1, epochs // 3)
 
     best_state = _cpu_state(net)
@@ -284,7 +290,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
                                             for i in src]), dev)
                 w = None
             if cfg.augment:
-                x = _augment(x, gen).contiguous(memory_format=torch.channels_last)
+                x = _augment(x, gen, flips_only).contiguous(memory_format=torch.channels_last)
             z = net.encode(x)
             y = net.decode(z)
             loss = errormaps.reconstruction_loss(x, y, cfg.loss, w)

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from .cellunits import (
-    CellUnits,
     balance_field,
     cut_units,
+    orient_units,
     pool_cells,
     readable,
     reduction_masks,
@@ -215,12 +215,16 @@ def _prepare_cells(images: Sequence[np.ndarray], xs: Sequence[np.ndarray],
     all_cells = [take_cells(t, use) for _, t, use in fields]
     side = window_side(pool_cells(all_cells), align)
     units, masks, field_of, rows = [], [], [], []
+    shape_parts = []
     for i, (lab, _, _) in enumerate(fields):
         table = all_cells[i]
         if not len(table):
             continue
         x, fill = balance_field(xs[i], lab) if cfg.balance else (xs[i], None)
         cu = cut_units(x, lab, table, side, context=cfg.context, fill=fill)
+        shape_parts.append(shape_features(cu))  # morphometry as the cells lie
+        if cfg.orient:
+            cu = orient_units(cu, fill)
         units.extend(cu.windows)
         masks.extend(cu.masks)
         field_of.extend([i] * len(cu))
@@ -244,7 +248,7 @@ def _prepare_cells(images: Sequence[np.ndarray], xs: Sequence[np.ndarray],
                          f"from {n} image(s): add fields")
     arr = np.stack(units).astype(np.float32)
     red = reduction_masks(masks, cfg.scoring.erode)
-    shape = shape_features(CellUnits(units, masks, np.zeros((len(units), 2), np.int64)))
+    shape = np.concatenate(shape_parts)
     info = {"n_cells": len(units), "window_side": side,
             "holdout": "fields" if by_field else "lowest cells of each field",
             "n_fields_validation": len(set(field_a[va].tolist())) if by_field else 0,
