@@ -25,24 +25,23 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cells import (  # noqa: E402
+from cells import (
     CHULA,
     auroc_table,
     point_classes,
     read_points,
     split_fields,
 )
-
-from napari_cell_anomaly.core import trainingdata  # noqa: E402
-from napari_cell_anomaly.core.cells import measure_cells, segment_cells  # noqa: E402
-from napari_cell_anomaly.core.cellunits import (  # noqa: E402
+from napari_cell_anomaly.core import trainingdata
+from napari_cell_anomaly.core.cells import measure_cells, segment_cells
+from napari_cell_anomaly.core.cellunits import (
     balance_field,
     readable,
     reduction_masks,
     shape_features,
     take_cells,
 )
-from napari_cell_anomaly.core.images import read_image  # noqa: E402
+from napari_cell_anomaly.core.images import read_image
 
 WEAK = ("microcyte", "stomatocyte", "spherocyte", "hypochromia", "burr cell")
 
@@ -202,7 +201,9 @@ def report(path: Path) -> dict:
     add("K tta", Km)
     z = {n: rz(v, v[cal]) for n, v in
          {"E": E1, "K": K1, "S": S, "Et": Em, "Kt": Km}.items()}
-    add("max z E K S", np.maximum.reduce([z["E"], z["K"], z["S"]]))
+    z_lin = rz(d["E"][:, 0], d["E"][cal, 0])  # the model's rule: z of the error itself
+    add("max z E K S (model's rule)", np.maximum.reduce([z_lin, z["K"], z["S"]]))
+    add("max z log E, K, S", np.maximum.reduce([z["E"], z["K"], z["S"]]))
     add("max z K S", np.maximum(z["K"], z["S"]))
     add("max z Et Kt S", np.maximum.reduce([z["Et"], z["Kt"], z["S"]]))
     add("max z Kt S", np.maximum(z["Kt"], z["S"]))

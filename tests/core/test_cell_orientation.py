@@ -74,18 +74,32 @@ def test_flips_only_augmentation_keeps_the_axes():
     assert bool((turned.sum(-2).amax(-1) >= 11).any())   # the full group also turns some
 
 
-def test_an_oriented_model_records_it_scores_and_round_trips(cell_fields, tmp_path):
+@pytest.fixture(scope="module")
+def small_detectors(cell_fields):
+    """Briefly trained cells-mode detectors, oriented (the default) and not."""
+    images, labels = [f.image for f in cell_fields[:3]], [f.labels for f in cell_fields[:3]]
+    return {o: run_training(images, TrainConfig(max_steps=6, epochs=10, orient=o),
+                            labels=labels) for o in (True, False)}
+
+
+def test_orientation_is_the_cells_mode_default(cells_detector):
+    assert TrainConfig().orient and cells_detector.orient
+
+
+def test_an_oriented_model_records_it_scores_and_round_trips(small_detectors, tmp_path):
     from napari_cell_anomaly.core.modelfile import load_file
 
-    det = run_training([f.image for f in cell_fields[:3]],
-                       TrainConfig(max_steps=6, epochs=10, orient=True),
-                       labels=[f.labels for f in cell_fields[:3]])
+    det = small_detectors[True]
     assert det.orient
     field = make_cell_field((320, 320), n_cells=35, anomaly_fraction=0.3, seed=55)
     cells = det.score_cells(field.image, field.labels)
     # the per-cell error map is turned back onto each cell's own pixels
     assert (cells.error_map[field.labels == 0] == 0).all()
     assert (cells.error_map[field.labels > 0] > 0).mean() > 0.5
+    # the field's verdict assembles the turned-back reconstructions on the field
+    result, _ = det.score_field(field.image, field.labels)
+    assert result.reconstruction.shape == (*field.labels.shape, 3)
+    assert np.isfinite(result.reconstruction).all()
     path = tmp_path / "oriented.safetensors"
     det.save(path)
     assert load_file(path)[1]["cells"]["orient"] is True
@@ -95,11 +109,13 @@ def test_an_oriented_model_records_it_scores_and_round_trips(cell_fields, tmp_pa
                                cells.table["score"], rtol=1e-5, atol=1e-6)
 
 
-def test_model_files_without_the_setting_load_unoriented(cells_detector, tmp_path):
+def test_model_files_without_the_setting_load_unoriented(small_detectors, tmp_path):
     from napari_cell_anomaly.core.modelfile import load_file, save_file
 
+    det = small_detectors[False]
+    assert not det.orient
     path = tmp_path / "new.safetensors"
-    cells_detector.save(path)
+    det.save(path)
     tensors, meta = load_file(path)
     del meta["cells"]["orient"]                            # as files written before it
     old = tmp_path / "old.safetensors"
@@ -108,5 +124,4 @@ def test_model_files_without_the_setting_load_unoriented(cells_detector, tmp_pat
     assert back.orient is False
     field = make_cell_field((320, 320), n_cells=35, anomaly_fraction=0.3, seed=56)
     np.testing.assert_array_equal(back.score_cells(field.image, field.labels).table["score"],
-                                  cells_detector.score_cells(field.image,
-                                                             field.labels).table["score"])
+                                  det.score_cells(field.image, field.labels).table["score"])

@@ -66,15 +66,17 @@ class CellScoring:
             For an invalid image, labels of another shape, no readable cells, or a patch-mode
             model (its calibration is per window, not per cell).
         """
-        cells, _, _, _, clipped = self._cells(image, labels, fpr, name, include_border)
+        cells, _, _, _, clipped = self._cells(image, labels, fpr, name, include_border,
+                                              with_recon=False)
         cells.range_warning = self.preprocessing.range_warning(clipped,
                                                                np.asarray(image).dtype, name)
         return cells
 
     def _cells(self, image: np.ndarray, labels: np.ndarray | None, fpr: float | None,
-               name: str, include_border: bool
+               name: str, include_border: bool, with_recon: bool = True
                ) -> tuple[CellScores, CellUnits, list[np.ndarray], np.ndarray, float]:
-        """:meth:`score_cells`, also returning the units, their reconstructions, the
+        """:meth:`score_cells`, also returning the units, their reconstructions (as the
+        network saw them, unless ``with_recon``: see :meth:`_measure_cell_units`), the
         preprocessed field and the fraction of its values clipped by the preprocessing."""
         from .cells import check_labels, measure_cells
         from .segmentation import segment_cells
@@ -111,7 +113,7 @@ class CellScoring:
             units = cut_units(x, labels, table, self.size, context=self.context, fill=fill)
         else:
             units = _cell_crops(x, labels, table, self.size)
-        err, logd, shape, maps, recons = self._measure_cell_units(units, fill)
+        err, logd, shape, maps, recons = self._measure_cell_units(units, fill, with_recon)
         cal = self.calibration
         scores = cal.combine(err, logd, shape if self.shape is not None else None)
         threshold = cal.threshold(fpr)
@@ -135,13 +137,15 @@ class CellScoring:
                             skipped=int((~ok).sum()))
         return result, units, recons, x, clipped
 
-    def _measure_cell_units(self, units: CellUnits, fill: np.ndarray | None = None
+    def _measure_cell_units(self, units: CellUnits, fill: np.ndarray | None = None,
+                            with_recon: bool = True
                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray],
                                        list[np.ndarray]]:
         """Error, latent and shape log-densities, error map and reconstruction of each cell
         unit (shape: NaN without a shape density). With ``orient`` the network sees the
         units turned (:func:`.cellunits.orient_units`, ``fill`` outside them) and the maps
-        and reconstructions are turned back; the morphometry reads the units as they lie."""
+        (and, ``with_recon``, the reconstructions) are turned back; the morphometry reads
+        the units as they lie."""
         seen = orient_units(units, fill) if self.orient and self.mode == "cells" else units
         region = (reduction_masks(seen.masks, self.scoring.erode) if self.mode == "cells"
                   else None)
@@ -158,7 +162,8 @@ class CellScoring:
         shape = (self.shape.log_density(shape_features(units)) if self.shape is not None
                  else np.full(len(units), np.nan))
         if seen is not units:
-            maps, recons = unorient(maps, seen), unorient(recons, seen)
+            maps = unorient(maps, seen)
+            recons = unorient(recons, seen) if with_recon else recons
         return np.concatenate(err), np.concatenate(logd), shape, maps, recons
 
     def score_field(self, image: np.ndarray, labels: np.ndarray | None = None, *,

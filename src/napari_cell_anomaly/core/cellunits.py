@@ -229,8 +229,8 @@ def cell_orientation(mask: np.ndarray) -> tuple[float, float, float]:
 
 def orient_units(units: CellUnits, fill: np.ndarray | None = None) -> CellUnits:
     """The same cells in canonical orientation: each window resampled (bilinear) so that its
-    cell's centroid is at the window's centre (within half a pixel) and its major axis (second moments of the
-    mask) runs along the columns; the mask is resampled alike.
+    cell's centroid is at the window's centre (within half a pixel) and its major axis
+    (second moments of the mask) runs along the columns; the mask is resampled alike.
 
     Red cells (and many others) lie at any angle in a field; without this the network and
     the latent density spend capacity on the angle. Pixels that come from outside the
