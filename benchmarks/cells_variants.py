@@ -131,14 +131,14 @@ def measure(det, image: np.ndarray, labels: np.ndarray, ids: list[int], tta: int
         x, fill = balance_field(x, labels)
     units = cellunits.cut_units(x, labels, table, det.size, context=det.context, fill=fill)
     net_units = units
-    if getattr(det, "orient", False):
+    if det.orient:
         net_units = cellunits.orient_units(units, fill)
     shape = shape_features(units)
     wins = np.stack(net_units.windows)
     red = reduction_masks(net_units.masks, det.scoring.erode)
     masks = np.stack(red)
     errs, logds, codes = [], [], []
-    kinds = [0, 2, 4, 6] if getattr(det, "orient", False) else list(range(8))
+    kinds = [0, 2, 4, 6] if det.orient else list(range(8))  # oriented: the 4 flips
     for k in kinds[:tta]:
         res = det.analyse_units(dihedral(wins, k), list(dihedral(masks, k)), with_ssim=False)
         errs.append(res["recon_error"])
