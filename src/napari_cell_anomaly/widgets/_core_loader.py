@@ -13,8 +13,9 @@ library's ``dlopen`` called via :mod:`ctypes`, which releases the GIL during the
 ``import torch`` that follows finds them loaded. Where that is unavailable (not Linux or
 macOS, an unusual torch layout) the step is skipped and torch loads as usual.
 
-The same thread first imports :data:`GUI_MODULES` (pyqtgraph, for the plots: ~0.2 s of the GUI
-thread otherwise; the widgets build their plots once the loader is done), and after the core it
+The same thread first imports :data:`GUI_MODULES` (pyqtgraph, for the plots, and pandas, for
+napari's first Labels layer: ~0.2 s of the GUI thread each otherwise; the widgets build their
+plots once the loader is done; then the other dock widget's modules), and after the core it
 asks torch which devices there are (:func:`._device_choice.device_options`: starting a CUDA
 driver can take a while), so the widgets' device choices are filled from a cached answer.
 """
@@ -46,10 +47,14 @@ CORE_MODULES = (
     "napari_cell_anomaly.core.training",
     "napari_cell_anomaly.core.density",
 )
-#: Widget-only modules imported first by the same thread (their import costs the GUI thread
-#: ~0.2 s; none creates a Qt object at import time). Not waited for by :func:`core_ready`:
-#: where the core was imported by someone else, the widgets import these when they need them.
-GUI_MODULES = ("pyqtgraph",)
+#: Widget-side modules imported first by the same thread (none creates a Qt object at import
+#: time): pyqtgraph for the plots and pandas, which napari imports on the GUI thread when the
+#: first Labels layer (an outline, a cells layer) is made (~0.2 s of the GUI thread each), and
+#: the modules of both dock widgets (~30 ms each), so that opening the second dock finds them
+#: imported. Not waited for by :func:`core_ready`: where the core was imported by someone
+#: else, these are imported when first needed.
+GUI_MODULES = ("pyqtgraph", "pandas", "napari_cell_anomaly.widgets._train",
+               "napari_cell_anomaly.widgets._score")
 #: Imported next, in the same background thread, but not waited for: torch's optimisers import
 #: ``torch._dynamo`` on their first step (a ~1 s stall of the first training step otherwise).
 WARM_MODULES = ("torch._dynamo",)
