@@ -56,8 +56,12 @@ CORE_MODULES = (
 GUI_MODULES = ("pyqtgraph", "pandas", "napari_cell_anomaly.widgets._train",
                "napari_cell_anomaly.widgets._score")
 #: Imported next, in the same background thread, but not waited for: torch's optimisers import
-#: ``torch._dynamo`` on their first step (a ~1 s stall of the first training step otherwise).
-WARM_MODULES = ("torch._dynamo",)
+#: ``torch._dynamo`` on their first step (a ~1 s stall of the first training step otherwise),
+#: and the end of the first training imports the scikit-learn parts of the latent density
+#: (about 500 modules with scipy, joblib...: 0.9 s on a loaded machine, in the training
+#: thread, with the collector's full passes on), which stalled the GUI thread meanwhile.
+WARM_MODULES = ("torch._dynamo", "sklearn.decomposition", "sklearn.model_selection",
+                "sklearn.neighbors", "sklearn.mixture")
 #: Set this environment variable to ``1`` to keep the plugin from touching the garbage
 #: collector: no pause while the core loads (:func:`pause_gc`), no freezing of the objects
 #: that exist once it is loaded (:func:`freeze_long_lived_objects`).
