@@ -22,7 +22,9 @@ software drawing crash (segmentation fault in ``glDrawArrays``, with the code be
 after the responsiveness changes), so they are visible.
 
 Opening the widgets is only meaningful as the first thing a process does (later imports are
-free), which is why each run is a fresh process. With ``DEBUG_GAPS=1`` in the environment it
+free), which is why each run is a fresh process. For reference, it also docks an empty
+``QWidget`` into a second viewer with one image (napari's own cost of docking anything, once
+napari has docked widgets in this process). With ``DEBUG_GAPS=1`` in the environment it
 also prints every gap over 50 ms, and the Python stacks of all threads whenever the GUI thread
 has not ticked for 80 ms (``faulthandler``, which needs no GIL, so it also catches a worker
 thread that holds the GIL).
@@ -43,7 +45,7 @@ from typing import Any
 import napari
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QApplication
+from qtpy.QtWidgets import QApplication, QWidget
 
 PLUGIN = "napari-cell-anomaly"
 TICK_MS = 5
@@ -270,6 +272,10 @@ def main() -> None:
 
     idle = napari.Viewer(title="close an idle viewer")
     idle.open_sample(PLUGIN, "normal_cells")
+    pump(0.5)
+    with monitor.phase("dock an empty QWidget (reference: napari's own cost)"):
+        idle.window.add_dock_widget(QWidget(), name="empty")
+        pump(0.3)
     idle.window.add_plugin_dock_widget(PLUGIN, "Train anomaly model")
     idle.window.add_plugin_dock_widget(PLUGIN, "Score images")
     pump(1.0)

@@ -208,3 +208,19 @@ def test_freezing_long_lived_objects_can_be_turned_off(monkeypatch):
         assert gc.get_freeze_count() > 1000  # napari, Qt and the test run's objects
     finally:
         gc.unfreeze()
+
+
+def test_pausing_the_collector_while_loading_can_be_turned_off(monkeypatch):
+    import gc
+
+    from napari_cell_anomaly.widgets._core_loader import KEEP_GC_ENV, pause_gc
+
+    assert gc.isenabled()
+    try:
+        monkeypatch.setenv(KEEP_GC_ENV, "1")
+        assert not pause_gc() and gc.isenabled()
+        monkeypatch.delenv(KEEP_GC_ENV)
+        assert pause_gc() and not gc.isenabled()
+        assert not pause_gc()  # already off: not ours to switch back on
+    finally:
+        gc.enable()

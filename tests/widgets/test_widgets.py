@@ -388,6 +388,75 @@ def test_fpr_slider_reapplies_thresholds_without_rescoring(make_napari_viewer, q
     assert not _errors(notes)
 
 
+def test_result_layers_start_shown_only_over_images_in_view(make_napari_viewer, qtbot, notes,
+                                                             tiny_detector, normal_field):
+    viewer = make_napari_viewer()
+    score = _score_dock(viewer)
+    get_state(viewer).set_trained(tiny_detector)
+    crops = [normal_field[r:r + 64, 64:128] for r in (0, 64, 128, 192, 256)]
+    # Three crops stacked at one place (only the top one is seen), one beside them, one hidden.
+    for name, crop in zip(("under 1", "under 2", "on top"), crops, strict=False):
+        viewer.add_image(crop, name=name, rgb=True)
+    viewer.add_image(crops[3], name="beside", rgb=True, translate=(0, 100))
+    viewer.add_image(crops[4], name="hidden", rgb=True, visible=False)
+    viewer.layers.selection.select_only(viewer.layers["under 1"])
+    before = snapshot(viewer)
+    score.all_radio.setChecked(True)
+    assert score.start_scoring()
+    _wait_idle(qtbot, score.state, SCORE_TIMEOUT)
+
+    names = ("under 1", "under 2", "on top", "beside", "hidden")
+    assert snapshot(viewer)[: len(before)] == before  # user layers untouched
+    assert sorted(r["layer"] for r in score.results()) == sorted(names)  # a row for each
+    for name in names:  # ... and its map and outline, shown only over images in view
+        heat = viewer.layers[f"{name} anomaly map"]
+        outline = viewer.layers[f"{name} anomalous region"]
+        assert heat.visible is outline.visible is (name in ("on top", "beside")), name
+    # Adding the result layers left the user's selection as it was.
+    assert set(viewer.layers.selection) == {viewer.layers["under 1"]}
+    assert viewer.layers.selection.active is viewer.layers["under 1"]
+
+    # The slider re-thresholds the hidden outlines too.
+    cal = tiny_detector.calibration
+    score.fpr_slider.setValue(20.0)
+    qtbot.waitUntil(lambda: score.image_results.records[0].heatmap.metadata[KEY]["fpr"] == 0.2
+                    and not score.outlines_pending(), timeout=5000)
+    for record in score.image_results.records:
+        level = cal.pixel_threshold(0.2, record.result.n_windows)
+        np.testing.assert_array_equal(record.outline.data, record.result.error_map > level)
+
+    # Clicking a row shows that image with its map and outline.
+    _click_row(qtbot, score.table, [r["layer"] for r in score.results()].index("under 1"))
+    assert viewer.layers["under 1 anomaly map"].visible
+    assert viewer.layers["under 1 anomalous region"].visible
+    assert not _errors(notes)
+
+
+def test_in_view_rules(make_napari_viewer):
+    from napari_cell_anomaly.widgets._layers import in_view
+
+    viewer = make_napari_viewer()
+    field = np.zeros((32, 32), dtype=np.float32)
+    low = viewer.add_image(field, name="low")
+    top = viewer.add_image(field, name="top")
+    assert in_view(viewer, top) and not in_view(viewer, low)
+    top.blending = "additive"  # e.g. channel layers: the one under it still shows
+    assert in_view(viewer, low)
+    top.blending = "translucent"
+    top.opacity = 0.5
+    assert in_view(viewer, low)
+    top.opacity = 1.0
+    top.translate = (0, 16)  # covers only half of it
+    assert in_view(viewer, low)
+    top.translate = (0, 0)
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+    grid.enabled = True  # side by side
+    assert in_view(viewer, low)
+    grid.enabled = False
+    low.visible = False
+    assert not in_view(viewer, low)
+
+
 # ------------------------------------------------------------------------------------------
 # bad input: a clear notification, buttons that match, user layers untouched
 # ------------------------------------------------------------------------------------------

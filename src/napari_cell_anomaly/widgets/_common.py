@@ -52,9 +52,10 @@ logger = logging.getLogger(__name__)
 PLUGIN_KEY = "napari_cell_anomaly"
 
 #: In-memory image data (bytes, all planes of a job together) copied on the GUI thread when a
-#: job starts: a 2048 x 2048 RGB uint8 plane (12 MB) copies in about 5 ms, so this costs at
-#: most ~25 ms; larger selections are copied by the worker instead (see snapshot_planes).
-SNAPSHOT_BYTES = 64 * 2**20
+#: job starts, e.g. one 1024 x 1024 RGB uint8 plane; larger selections are copied by the worker
+#: as its first step (see snapshot_planes). Copying twenty 512 x 512 RGB planes (16 MB) on the
+#: GUI thread took 30-100 ms on a loaded 2-core machine (fresh pages to fault in).
+SNAPSHOT_BYTES = 4 * 2**20
 
 #: Largest image (height x width) the Score widget accepts: the maps and the reconstruction it
 #: adds as layers take about 20 bytes per pixel.

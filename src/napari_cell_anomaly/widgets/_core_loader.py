@@ -13,8 +13,9 @@ library's ``dlopen`` called via :mod:`ctypes`, which releases the GIL during the
 ``import torch`` that follows finds them loaded. Where that is unavailable (not Linux or
 macOS, an unusual torch layout) the step is skipped and torch loads as usual.
 
-The same thread first imports :data:`GUI_MODULES` (pyqtgraph, for the plots: ~0.2 s of the GUI
-thread otherwise; the widgets build their plots once the loader is done), and after the core it
+The same thread first imports :data:`GUI_MODULES` (pyqtgraph, for the plots, and pandas, for
+napari's first Labels layer: ~0.2 s of the GUI thread each otherwise; the widgets build their
+plots once the loader is done; then the other dock widget's modules), and after the core it
 asks torch which devices there are (:func:`._device_choice.device_options`: starting a CUDA
 driver can take a while), so the widgets' device choices are filled from a cached answer.
 """
@@ -36,7 +37,7 @@ from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QWidget
 
 __all__ = ["CORE_MODULES", "GUI_MODULES", "WARM_MODULES", "core_ready", "load_core",
-           "when_core_ready"]
+           "pause_gc", "when_core_ready"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +47,27 @@ CORE_MODULES = (
     "napari_cell_anomaly.core.training",
     "napari_cell_anomaly.core.density",
 )
-#: Widget-only modules imported first by the same thread (their import costs the GUI thread
-#: ~0.2 s; none creates a Qt object at import time). Not waited for by :func:`core_ready`:
-#: where the core was imported by someone else, the widgets import these when they need them.
-GUI_MODULES = ("pyqtgraph",)
+#: Widget-side modules imported first by the same thread (none creates a Qt object at import
+#: time): pyqtgraph for the plots and pandas, which napari imports on the GUI thread when the
+#: first Labels layer (an outline, a cells layer) is made (~0.2 s of the GUI thread each), and
+#: the modules of both dock widgets (~30 ms each), so that opening the second dock finds them
+#: imported. Not waited for by :func:`core_ready`: where the core was imported by someone
+#: else, these are imported when first needed.
+GUI_MODULES = ("pyqtgraph", "pandas", "napari_cell_anomaly.widgets._train",
+               "napari_cell_anomaly.widgets._score")
 #: Imported next, in the same background thread, but not waited for: torch's optimisers import
-#: ``torch._dynamo`` on their first step (a ~1 s stall of the first training step otherwise).
-WARM_MODULES = ("torch._dynamo",)
-#: torch's shared libraries, largest first; loaded without the GIL before ``import torch``.
-#: Set this environment variable to ``1`` to keep the plugin from freezing the objects that
-#: exist once the core is loaded (:func:`freeze_long_lived_objects`).
+#: ``torch._dynamo`` on their first step (a ~1 s stall of the first training step otherwise),
+#: and the end of the first training imports the scikit-learn parts of the latent density
+#: (about 500 modules with scipy, joblib...: 0.9 s on a loaded machine, in the training
+#: thread, with the collector's full passes on), which stalled the GUI thread meanwhile.
+WARM_MODULES = ("torch._dynamo", "sklearn.decomposition", "sklearn.model_selection",
+                "sklearn.neighbors", "sklearn.mixture")
+#: Set this environment variable to ``1`` to keep the plugin from touching the garbage
+#: collector: no pause while the core loads (:func:`pause_gc`), no freezing of the objects
+#: that exist once it is loaded (:func:`freeze_long_lived_objects`).
 KEEP_GC_ENV = "NAPARI_CELL_ANOMALY_KEEP_GC"
 
+#: torch's shared libraries, largest first; loaded without the GIL before ``import torch``.
 _TORCH_LIBRARIES = ("libtorch_cpu.so", "libtorch.so", "libtorch_python.so")
 
 _lock = threading.Lock()
@@ -148,23 +158,51 @@ def freeze_long_lived_objects() -> bool:
     rendering 20 results from 856 to 688 ms and closing a viewer from 0.44 to 0.20 s.
     Objects that were alive when frozen are never collected as cyclic garbage later.
     """
-    if os.environ.get(KEEP_GC_ENV, "").strip().lower() in ("1", "true", "yes"):
+    if _keep_gc():
         return False
     gc.freeze()
     return True
 
 
+def _keep_gc() -> bool:
+    """True if :data:`KEEP_GC_ENV` asks the plugin to leave the garbage collector alone."""
+    return os.environ.get(KEEP_GC_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def pause_gc() -> bool:
+    """Switch the cyclic garbage collector off while the loader imports; True if it did.
+
+    Importing torch, scikit-learn and the rest creates ~300,000 objects that live as long as
+    the process; the collector's full passes over them during the import (four of 150-280 ms
+    of CPU, measured on the loaded 2-core machine) ran in the loader thread holding the GIL,
+    so the GUI thread froze for as long. They find almost nothing to free (10-400 objects
+    each). The loader switches the collector back on once it has frozen those objects (see
+    :func:`freeze_long_lived_objects`), a few seconds later. Nothing is done if the collector
+    is already off, or if :data:`KEEP_GC_ENV` is ``1``.
+    """
+    if _keep_gc() or not gc.isenabled():
+        return False
+    gc.disable()
+    return True
+
+
 def _run_loader(notifier: _Notifier) -> None:
-    """The loader thread: the core, then the news to the GUI thread, then the warm-up, then
-    the long-lived objects frozen (:func:`freeze_long_lived_objects`)."""
+    """The loader thread: the core (with the collector paused, :func:`pause_gc`), then the
+    news to the GUI thread, then the warm-up, then the long-lived objects frozen
+    (:func:`freeze_long_lived_objects`) and the collector back on."""
+    paused = pause_gc()
     try:
-        load_core()
-    except Exception as exc:  # reported by the widgets; a thread cannot raise to anyone
-        notifier.failed.emit(exc)
-        return
-    notifier.ready.emit()
-    _warm_up()
-    freeze_long_lived_objects()
+        try:
+            load_core()
+        except Exception as exc:  # reported by the widgets; a thread cannot raise to anyone
+            notifier.failed.emit(exc)
+            return
+        notifier.ready.emit()
+        _warm_up()
+        freeze_long_lived_objects()
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _start_loader() -> _Notifier:

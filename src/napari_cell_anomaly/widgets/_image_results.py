@@ -22,7 +22,15 @@ from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QObject, QTimer
 
 from ._common import PLUGIN_KEY, layer_key, same_layer
-from ._layers import HEATMAP, OUTLINE, RECONSTRUCTION, keep_selection, layer_meta, upsert
+from ._layers import (
+    HEATMAP,
+    OUTLINE,
+    RECONSTRUCTION,
+    in_view,
+    keep_selection,
+    layer_meta,
+    upsert,
+)
 from ._results_table import ImageResultsTable
 from ._state import ModelState
 
@@ -119,8 +127,9 @@ class ImageResults:
         cal = detector.calibration
         viewer = self.viewer
         lo, hi = cal.display_range()
-        # New layers over a hidden image start hidden: napari draws every visible layer.
-        shown = bool(source.visible)
+        # New layers over a hidden image, or one hidden under another image, start hidden
+        # (see in_view): napari draws every visible layer.
+        shown = in_view(viewer, source)
         if reconstruction:  # first, so that it lies under the map and the outline
             recon = result.reconstruction
             rgb = recon.ndim == 3 and recon.shape[-1] == 3
@@ -238,15 +247,17 @@ class ImageResults:
         return [r.result.score for r in self.records if r.detector is detector]
 
     def reveal(self, key: str) -> bool:
-        """Show and select the source (and anomaly map) of row ``key``; False if not ours."""
+        """Show and select the source (and its anomaly map and outline) of row ``key``; False
+        if not ours."""
         record = next((r for r in self.records if r.key == key), None)
         if record is None:
             return False
         source = record.source
         if source in self.viewer.layers:
             source.visible = True
-            if record.heatmap in self.viewer.layers:
-                record.heatmap.visible = True
+            for layer in (record.heatmap, record.outline):  # they may have started hidden
+                if layer is not None and layer in self.viewer.layers:
+                    layer.visible = True
             self.viewer.layers.selection.active = source
         return True
 

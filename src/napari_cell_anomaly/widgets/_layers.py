@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels, Layer
 
-from ._common import PLUGIN_KEY, find_own_layer, layer_key
+from ._common import PLUGIN_KEY, find_own_layer, is_own_layer, layer_key
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["HEATMAP", "OUTLINE", "RECONSTRUCTION", "geometry", "keep_selection", "layer_meta",
-           "remove_own_layers", "upsert"]
+__all__ = ["HEATMAP", "OUTLINE", "RECONSTRUCTION", "geometry", "in_view", "keep_selection",
+           "layer_meta", "remove_own_layers", "upsert"]
 
 #: Roles (and layer-name suffixes) of the layers the widget makes.
 HEATMAP = "anomaly map"
@@ -39,6 +39,41 @@ def geometry(source: Layer) -> dict[str, Any]:
     """The world placement of ``source`` (scale, translate, affine), for layers over it."""
     return {"scale": source.scale, "translate": source.translate,
             "affine": source.affine.affine_matrix}
+
+
+#: Blendings with which an image at full opacity hides the layers under it.
+_OPAQUE_BLENDINGS = ("opaque", "translucent", "translucent_no_depth")
+
+
+def in_view(viewer: napari.Viewer, source: Layer) -> bool:
+    """True if ``source`` is visible and not hidden under another image.
+
+    An image hides ``source`` when it lies above it in the layer list, is visible, is not
+    one of the plugin's layers, is drawn at full opacity with an opaque or translucent
+    blending (not additive, as channel layers are), and covers the whole of ``source`` in
+    world coordinates. With napari's grid view on, every visible layer is in view. New result
+    layers start visible only over a source in view: the additive anomaly maps of images
+    stacked under the one on top would be summed over it, and napari spends GUI time on
+    every visible layer when it draws.
+    """
+    if not source.visible:
+        return False
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid  # napari < 0.6
+    if grid.enabled:
+        return True
+    layers = list(viewer.layers)
+    key = layer_key(source)
+    index = next((i for i, ly in enumerate(layers) if layer_key(ly) == key), None)
+    if index is None:
+        return True
+    lo, hi = np.asarray(source.extent.world)[:, -2:]
+    for layer in layers[index + 1:]:
+        if (isinstance(layer, Image) and layer.visible and not is_own_layer(layer)
+                and layer.opacity >= 1.0 and str(layer.blending) in _OPAQUE_BLENDINGS):
+            top_lo, top_hi = np.asarray(layer.extent.world)[:, -2:]
+            if np.all(top_lo <= lo) and np.all(top_hi >= hi):
+                return False
+    return True
 
 
 def upsert(viewer: napari.Viewer, role: str, source: Layer, data: np.ndarray, kind: str,
@@ -117,15 +152,30 @@ def remove_own_layers(viewer: napari.Viewer, roles: tuple[str, ...], source: Lay
 
 @contextlib.contextmanager
 def keep_selection(viewer: napari.Viewer) -> Iterator[None]:
-    """Restore the layer selection after adding layers (napari selects each new layer).
+    """Keep the layer selection while adding layers (napari selects each new layer).
 
     Keeping the user's selection means that pressing Score again scores the same images.
+    Inside the block napari's selection of each inserted layer is switched off (the layer
+    list's private ``_activate_on_insert`` flag, where this napari has it): selecting a
+    layer and then restoring the selection switched the layer controls twice, about a third
+    of napari's cost of adding a layer on the GUI thread. Any selection change made in the
+    block is undone when it ends (the only mechanism where the flag is missing).
     """
     selection = viewer.layers.selection
     selected, active = set(selection), selection.active
+    # A private flag of napari's layer list: read and set on the list itself, not through
+    # the public-only proxy napari hands to plugins (which warns on private names).
+    layers = getattr(viewer.layers, "__wrapped__", viewer.layers)
+    flag = "_activate_on_insert"
+    quiet = isinstance(getattr(layers, flag, None), bool)
+    before = getattr(layers, flag, None)
+    if quiet:
+        setattr(layers, flag, False)
     try:
         yield
     finally:
+        if quiet:
+            setattr(layers, flag, before)
         if set(selection) != selected:
             selection.clear()
             selection.update(selected)

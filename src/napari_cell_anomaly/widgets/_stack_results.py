@@ -21,7 +21,15 @@ from napari.layers import Image, Labels, Layer
 from napari.utils.colormaps import DirectLabelColormap
 
 from ._common import PLUGIN_KEY, image_hw, layer_key, same_layer
-from ._layers import HEATMAP, OUTLINE, RECONSTRUCTION, keep_selection, layer_meta, upsert
+from ._layers import (
+    HEATMAP,
+    OUTLINE,
+    RECONSTRUCTION,
+    in_view,
+    keep_selection,
+    layer_meta,
+    upsert,
+)
 from ._results_table import ImageResultsTable
 from ._state import ModelState
 
@@ -122,7 +130,7 @@ class StackResults:
         record.maps[plane] = result.error_map
         viewer = self.viewer
         lo, hi = detector.calibration.display_range()
-        shown = bool(source.visible)
+        shown = in_view(viewer, source)  # hidden, or under another image: start hidden
         with keep_selection(viewer):
             record.heatmap = _show(
                 viewer, record.heatmap, HEATMAP, source, record.maps, "image",
