@@ -22,6 +22,8 @@ from napari_cell_anomaly.core.training import TrainConfig, run_training
 from napari_cell_anomaly.widgets import get_state
 from napari_cell_anomaly.widgets._cells_layer import cell_colormap, display_labels, other_labels
 from napari_cell_anomaly.widgets._cells_source import FIND_CELLS
+from napari_cell_anomaly.widgets._common import Plane
+from napari_cell_anomaly.widgets._score_job import CellsScored, score_cells_job
 
 CSV_HEAD = ["path", "cell_id", "centroid_y", "centroid_x", "area", "score", "recon_error",
             "log_density", "is_anomaly"]
@@ -106,7 +108,8 @@ def test_cells_layer_table_and_selection_round_trip(make_napari_viewer, qtbot, n
     assert layer.selected_label == label
     row = features.set_index("label").loc[label]
     centre = layer.data_to_world([row["centroid_y"], row["centroid_x"]])
-    np.testing.assert_allclose(viewer.camera.center[-2:], centre, atol=1e-6)
+    camera = getattr(viewer, "scene", viewer).camera  # napari >= 0.9: viewer.scene
+    np.testing.assert_allclose(camera.center[-2:], centre, atol=1e-6)
     assert score.cells_table.selected_label() == label
 
     # Viewer -> table: selecting a cell in the layer selects its row.
@@ -181,6 +184,54 @@ def test_slider_rethresholds_cells(make_napari_viewer, qtbot, notes,
     c_top, c_bottom = layer.colormap.map(np.asarray([top, bottom]))
     assert not np.allclose(c_top, c_bottom)
     assert not errors(notes)
+
+
+def test_render_steps_add_one_layer_each_and_drop_stale_job_features(make_napari_viewer,
+                                                                     cells_detector,
+                                                                     test_field):
+    # The worker's event carries the label image, the other objects and the features table.
+    viewer, image, _, score = _setup(make_napari_viewer, cells_detector, test_field)
+    items = [(Plane("field", test_field.image), test_field.labels)]
+    (event,) = list(score_cells_job(cells_detector, items, 0.01, False))
+    assert isinstance(event, CellsScored)
+    job_verdicts = event.cells.table["is_anomaly"]
+    assert event.features["label"].tolist() == event.cells.table["label"].tolist()
+    np.testing.assert_array_equal(event.features["is_anomaly"], job_verdicts)
+
+    # The slider moved after the job: the worker's verdicts (1%) are stale at 20%.
+    score.fpr_slider.setValue(20.0)
+    expected = event.cells.verdicts(cells_detector.calibration.threshold(0.2))
+    assert expected.sum() > job_verdicts.sum()
+    results = score.cell_results
+    steps = results.render_steps(image, event.cells, cells_detector, event.labels,
+                                 event.others, event.features)
+
+    def names():
+        return [ly.name for ly in viewer.layers]
+
+    next(steps)  # the anomaly map only
+    assert "field anomaly map" in names() and "field cells" not in names()
+    assert results.current is None and score.table.rowCount() == 0
+    next(steps)  # the cells layer, made with the current verdicts and their colours
+    layer = viewer.layers["field cells"]
+    np.testing.assert_array_equal(layer.features["is_anomaly"], expected)
+    labels = event.cells.table["label"]
+    rgba = layer.colormap.map(np.asarray(labels, dtype=layer.data.dtype))
+    np.testing.assert_array_equal(rgba[:, 0] > 0.9, expected)  # red = anomalous
+    assert score.cells_table.cells_model.rowCount() == 0  # the tables come next
+    assert next(steps, "done") == "done"
+    assert score.cells_table.cells_model.rowCount() == len(labels)
+    assert score.table.rowCount() == 1 and results.current.layer.name == "field cells"
+    np.testing.assert_array_equal(results.current.is_anomaly, expected)
+
+    # A source removed between steps: the remaining steps add nothing.
+    second = viewer.add_image(test_field.image, name="second", rgb=True)
+    steps = results.render_steps(second, event.cells, cells_detector)
+    next(steps)
+    viewer.layers.remove(second)
+    assert next(steps, "done") == "done"
+    assert "second cells" not in names() and results.record_of(second) is None
+    assert score.table.rowCount() == 1
 
 
 def _edge_only_labels(shape):

@@ -204,9 +204,13 @@ def focus_on_cell(viewer: napari.Viewer, layer: Labels, centroid: tuple[float, f
     world = np.asarray(layer.data_to_world([*lead, *centroid]), dtype=float)
     if plane is not None and lead:
         viewer.dims.set_point(viewer.dims.ndim - layer.ndim, float(world[0]))
-    viewer.camera.center = tuple(world[-2:])
+    # napari >= 0.9 keeps the camera and the canvas size under viewer.scene / viewer.canvas.
+    scene, canvas = getattr(viewer, "scene", None), getattr(viewer, "canvas", None)
+    camera = scene.camera if scene is not None else viewer.camera
+    size = (getattr(canvas, "size", None) if canvas is not None
+            else getattr(viewer, "_canvas_size", None))
+    camera.center = tuple(world[-2:])
     diameter = 2.0 * np.sqrt(max(float(area), 1.0) / np.pi)
     scale = float(np.min(np.abs(layer.scale[-2:])))
-    size = getattr(viewer, "_canvas_size", None)
     side = float(min(size)) if size is not None and min(size) > 0 else 600.0
-    viewer.camera.zoom = side / (10.0 * diameter * scale)
+    camera.zoom = side / (10.0 * diameter * scale)

@@ -12,7 +12,7 @@ on a cell in the canvas selects its row), and exports one CSV row per cell.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,13 +34,14 @@ from ._cells_layer import (
 )
 from ._cells_source import CellsSourceBox
 from ._cells_table import CellsTable
-from ._common import PLUGIN_KEY, bind, layer_key, same_layer
+from ._common import PLUGIN_KEY, bind, find_own_layer, layer_key, same_layer
 from ._layers import HEATMAP, keep_selection, layer_meta, upsert
 from ._results_table import ImageResultsTable, write_csv
 from ._state import ModelState
 
 if TYPE_CHECKING:
     import napari
+    import pandas as pd
 
     from ..core.detector import AnomalyDetector
 
@@ -144,12 +145,28 @@ class CellsResults:
         return bool(gone)
 
     def render(self, source: Layer, cells: CellScores, detector: AnomalyDetector,
-               labels: np.ndarray | None = None, others: np.ndarray | None = None) -> None:
-        """Show the cells of ``source``: anomaly map, cells layer, table rows.
+               labels: np.ndarray | None = None, others: np.ndarray | None = None,
+               features: pd.DataFrame | None = None) -> None:
+        """Show the cells of ``source``: anomaly map, cells layer, table rows (all the steps of
+        :meth:`render_steps` at once)."""
+        for _ in self.render_steps(source, cells, detector, labels, others, features):
+            pass
 
-        ``labels`` is ``cells.labels`` as the layer stores it and ``others`` its objects that
-        are not scored cells (both made in the worker, :class:`~._score_job.CellsScored`);
-        None computes them here.
+    def render_steps(self, source: Layer, cells: CellScores, detector: AnomalyDetector,
+                     labels: np.ndarray | None = None, others: np.ndarray | None = None,
+                     features: pd.DataFrame | None = None) -> Iterator[None]:
+        """:meth:`render` as a generator: one step per layer added or refreshed.
+
+        napari spends most of a render adding the two layers (their controls, their visuals,
+        the selection events); a caller that runs one step per event-loop turn splits that
+        stall in two. Steps: the anomaly map; the cells layer, made with its colours and
+        features (napari builds its colour table once); the verdicts, the images-table row and
+        the cells table. The rest is skipped if the source is removed between steps.
+
+        ``labels`` is ``cells.labels`` as the layer stores it, ``others`` its objects that are
+        not scored cells and ``features`` the layer's features at the scoring job's verdicts
+        (all made in the worker, :class:`~._score_job.CellsScored`); None computes them here
+        (``features`` is also made again if the verdicts changed since).
         """
         if labels is None:
             labels = display_labels(cells.labels)
@@ -161,36 +178,66 @@ class CellsResults:
                 self.viewer, HEATMAP, source, cells.error_map, "image", colormap="inferno",
                 blending="additive", opacity=0.6, contrast_limits=(float(lo), float(hi)),
                 metadata=layer_meta(HEATMAP, source))
-            layer = upsert(self.viewer, CELLS, source, labels, "labels", opacity=0.5,
-                           metadata=layer_meta(CELLS, source))
+        yield
+        if source not in self.viewer.layers:
+            return
         record = self.record_of(source)
         if record is None:
-            record = CellsRecord(source, cells, detector, layer, heatmap)
-            self.records.append(record)
-        record.cells, record.detector, record.layer, record.heatmap = (cells, detector, layer,
-                                                                       heatmap)
+            record = CellsRecord(source, cells, detector, None, heatmap)  # type: ignore[arg-type]
+        record.cells, record.detector, record.heatmap = cells, detector, heatmap
         record.others, record.shown = np.asarray(others), None
-        key = layer_key(layer)
+        self._judge(record)
+        # A new layer gets its colours and features at once (napari builds its colour table
+        # once); an existing one is refreshed by apply() below, keeping the user's settings.
+        extra: dict[str, Any] = {}
+        if not isinstance(find_own_layer(self.viewer, CELLS, source), Labels):
+            colors = self._colors(record)
+            if features is None or not np.array_equal(features["is_anomaly"],
+                                                      record.is_anomaly):
+                features = cell_features(cells, record.is_anomaly)
+            extra = {"colormap": cell_colormap(cells.table["label"], colors, record.others),
+                     "features": features}
+            record.shown = (record.is_anomaly.copy(), colors)
+        with keep_selection(self.viewer):
+            record.layer = upsert(self.viewer, CELLS, source, labels, "labels", opacity=0.5,
+                                  metadata=layer_meta(CELLS, source), **extra)
+        if record not in self.records:
+            self.records.append(record)
+        key = layer_key(record.layer)
         if key not in self._watched:
             self._watched.add(key)
-            bind(self.owner, layer.events.selected_label, self._on_selected_label)
+            bind(self.owner, record.layer.events.selected_label, self._on_selected_label)
+        yield
+        if source not in self.viewer.layers or record not in self.records:
+            return
         self.apply(record)
         self.show(record)
 
+    def _judge(self, record: CellsRecord) -> float:
+        """Set ``record``'s verdicts at the current false-alarm rate and edge rule; returns
+        the threshold."""
+        threshold = float(record.detector.calibration.threshold(self._fpr()))
+        include_border = self.cells_box.include_border()
+        record.judged = record.cells.judged(include_border)
+        record.is_anomaly = record.cells.verdicts(threshold, include_border)
+        return threshold
+
+    def _colors(self, record: CellsRecord) -> np.ndarray:
+        """The cells' colours at their verdicts, in the chosen colouring."""
+        normals = np.asarray(record.detector.calibration.scores, dtype=float)
+        lo = float(np.median(normals)) if normals.size else 0.0
+        hi = max(float(record.detector.calibration.threshold(0.001)), lo + 1e-6)
+        return cell_colors(record.cells, record.is_anomaly, record.judged,
+                           self.cells_box.color_mode(), (lo, hi))
+
     def apply(self, record: CellsRecord) -> None:
         """Verdicts at the current false-alarm rate and edge rule -> features, colours, rows."""
-        cells, cal = record.cells, record.detector.calibration
+        cells = record.cells
         fpr, include_border = self._fpr(), self.cells_box.include_border()
-        threshold = float(cal.threshold(fpr))
-        record.judged = cells.judged(include_border)
-        record.is_anomaly = cells.verdicts(threshold, include_border)
+        threshold = self._judge(record)
         layer = record.layer
         if layer in self.viewer.layers:
-            normals = np.asarray(cal.scores, dtype=float)
-            lo = float(np.median(normals)) if normals.size else 0.0
-            hi = max(float(cal.threshold(0.001)), lo + 1e-6)
-            colors = cell_colors(cells, record.is_anomaly, record.judged,
-                                 self.cells_box.color_mode(), (lo, hi))
+            colors = self._colors(record)
             shown = record.shown
             # Rewrite features and colours only when they change: each new colormap makes
             # napari rebuild its colour table and re-upload the layer (tens of ms).

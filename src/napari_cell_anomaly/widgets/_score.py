@@ -466,7 +466,8 @@ class ScoreWidget(QWidget):
             merged.put(plane, event.cells)
             self._render_cells(source, merged.cells(), detector, merged.labels, merged.others())
         elif isinstance(event, CellsScored):
-            self._render_cells(source, event.cells, detector, event.labels, event.others)
+            yield from self._render_cells_steps(source, event.cells, detector, event.labels,
+                                                event.others, event.features)
             if event.cells.range_warning:
                 self._job_range_warnings.append(event.cells.range_warning)
         elif plane is not None:
@@ -541,12 +542,20 @@ class ScoreWidget(QWidget):
     def _render_cells(self, source: Layer, cells: CellScores, detector: AnomalyDetector,
                       labels: np.ndarray | None = None, others: np.ndarray | None = None
                       ) -> None:
-        """Show the cells of ``source`` (see :meth:`CellsResults.render`) and its scores in
-        the histogram."""
+        """Show the cells of ``source`` at once (all of :meth:`_render_cells_steps`)."""
+        for _ in self._render_cells_steps(source, cells, detector, labels, others):
+            pass
+
+    def _render_cells_steps(self, source: Layer, cells: CellScores, detector: AnomalyDetector,
+                            labels: np.ndarray | None = None, others: np.ndarray | None = None,
+                            features: Any = None) -> Iterator[None]:
+        """Show the cells of ``source`` (see :meth:`CellsResults.render_steps`, one layer per
+        step) and its scores in the histogram."""
         self.image_results.drop(source)  # scored per image before: this result replaces it
         # The per-image outline and reconstruction would stay, looking current.
         remove_own_layers(self.viewer, (OUTLINE, RECONSTRUCTION), source)
-        self.cell_results.render(source, cells, detector, labels, others)
+        yield from self.cell_results.render_steps(source, cells, detector, labels, others,
+                                                  features)
         self._update_histogram()
         self._update_buttons()
 

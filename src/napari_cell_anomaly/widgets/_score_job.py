@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._cells_layer import display_labels, other_labels
+from ._cells_layer import cell_features, display_labels, other_labels
 from ._common import JobControl, JobFailure, Plane, own_planes
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..core.cellscores import CellScores
     from ..core.detector import AnomalyDetector, ScoreResult
 
@@ -36,15 +38,18 @@ class CellsScored:
     """Event: the cells of image ``index`` of the job were scored.
 
     ``labels`` is ``cells.labels`` as the cells layer stores it
-    (:func:`~._cells_layer.display_labels`) and ``others`` the objects of that image that are
-    not scored cells (:func:`~._cells_layer.other_labels`), both made here so that the GUI
-    thread only hands arrays to napari.
+    (:func:`~._cells_layer.display_labels`), ``others`` the objects of that image that are
+    not scored cells (:func:`~._cells_layer.other_labels`) and ``features`` the cells layer's
+    features table at the job's verdicts (:func:`~._cells_layer.cell_features`; None: made
+    on the GUI thread), all made here so that the GUI thread only hands them to napari (the
+    first table also imports pandas, ~0.1 s, here rather than on the GUI thread).
     """
 
     index: int
     cells: CellScores
     labels: np.ndarray
     others: np.ndarray
+    features: pd.DataFrame | None = None
 
 
 @dataclass
@@ -149,6 +154,7 @@ def score_cells_job(detector: AnomalyDetector,
                              "'Per cell', or tick 'Judge edge cells')")
                 continue
             labels = display_labels(cells.labels)
-            yield CellsScored(index, cells, labels, other_labels(labels, cells.table["label"]))
+            yield CellsScored(index, cells, labels, other_labels(labels, cells.table["label"]),
+                              cell_features(cells, cells.table["is_anomaly"]))
     except RuntimeError as exc:
         raise JobFailure(f"{type(exc).__name__}: {exc}") from exc
