@@ -219,6 +219,7 @@ def test_render_steps_add_one_layer_each_and_drop_stale_job_features(make_napari
     rgba = layer.colormap.map(np.asarray(labels, dtype=layer.data.dtype))
     np.testing.assert_array_equal(rgba[:, 0] > 0.9, expected)  # red = anomalous
     assert score.cells_table.cells_model.rowCount() == 0  # the tables come next
+    assert set(viewer.layers.selection) == {image}  # new layers leave the selection alone
     assert next(steps, "done") == "done"
     assert score.cells_table.cells_model.rowCount() == len(labels)
     assert score.table.rowCount() == 1 and results.current.layer.name == "field cells"
@@ -232,6 +233,9 @@ def test_render_steps_add_one_layer_each_and_drop_stale_job_features(make_napari
     assert next(steps, "done") == "done"
     assert "second cells" not in names() and results.record_of(second) is None
     assert score.table.rowCount() == 1
+    # napari's own behaviour is back: a layer the user adds is selected.
+    points = viewer.add_points(np.zeros((1, 2)))
+    assert viewer.layers.selection.active is points
 
 
 def _edge_only_labels(shape):

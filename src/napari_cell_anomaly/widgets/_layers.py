@@ -129,7 +129,8 @@ def upsert(viewer: napari.Viewer, role: str, source: Layer, data: np.ndarray, ki
     if kind == "labels":
         contour = kwargs.pop("contour", 0)  # not a constructor argument
         layer = viewer.add_labels(data, name=name, metadata=metadata, **placement, **kwargs)
-        layer.contour = contour
+        if contour:  # each assignment re-slices the layer, even to the same value
+            layer.contour = contour
         return layer
     return viewer.add_image(data, name=name, metadata=metadata, **placement, **kwargs)
 
