@@ -56,7 +56,7 @@ class _HelpFormatter(argparse.HelpFormatter):
             found = describe_devices().removeprefix("devices found: ").replace("%", "%%")
             text = text.replace(_DEVICES_FOUND, found)
         if text and _STREAM_SIDE in text:
-            from .core.bigimage import STREAM_PIXELS
+            from .core.lazyimage import STREAM_PIXELS
 
             text = text.replace(_STREAM_SIDE, str(round(STREAM_PIXELS ** 0.5)))
         return text

@@ -24,16 +24,14 @@ from skimage.io import imsave
 
 from napari_cell_anomaly.cli import main
 from napari_cell_anomaly.core import mappass
-from napari_cell_anomaly.core.bigimage import (
+from napari_cell_anomaly.core.bigimage import score_file, score_streaming
+from napari_cell_anomaly.core.heatmapfiles import (
     HeatmapWriteError,
-    open_image,
-    score_file,
-    score_streaming,
-    should_stream,
     write_heatmap,
     write_heatmap_zarr,
 )
 from napari_cell_anomaly.core.images import ImageError
+from napari_cell_anomaly.core.lazyimage import open_image, should_stream
 from napari_cell_anomaly.core.sample import make_field
 from napari_cell_anomaly.core.tiling import PredictionStopped
 

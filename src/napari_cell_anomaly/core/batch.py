@@ -168,8 +168,10 @@ def score_task(detector: AnomalyDetector, task: ImageTask, settings: BatchSettin
     """
     import itertools
 
-    from .bigimage import HeatmapWriteError, score_file, should_stream
+    from .bigimage import score_file
+    from .heatmapfiles import HeatmapWriteError
     from .images import ImageError
+    from .lazyimage import should_stream
     from .stacks import MapStack, PlaneScore, Stack, read_stack, score_stack
 
     streamed = (not settings.per_cell and detector.mode == "patch"

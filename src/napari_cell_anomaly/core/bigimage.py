@@ -5,28 +5,28 @@ image and all its maps in memory (about 30 bytes per pixel for an RGB field). Fo
 20,000 x 20,000 pixels that is far too much. :func:`score_streaming` computes the same numbers
 while holding only a band of tiles at a time:
 
-* the image is read lazily, region by region (:func:`open_image`: a tiled TIFF through
-  tifffile's zarr view, an OME-Zarr / zarr store, or any array that can be sliced), and each
-  region is preprocessed on its own (:func:`preprocess_block`, the same arithmetic as
+* the image is read lazily, region by region (:func:`.lazyimage.open_image`: a tiled TIFF
+  through tifffile's zarr view, an OME-Zarr / zarr store, or any array that can be sliced), and
+  each region is preprocessed on its own (:func:`preprocess_block`, the same arithmetic as
   :class:`.preprocessing.Preprocessing`);
 * the network runs on exactly the tiles, in exactly the batches, that
   :func:`.tiling.predict_tiled` uses for the whole image (same plan, same alignment padding),
   so the heatmap is the in-memory heatmap;
 * as soon as a band of heatmap rows is complete, the model-size windows it covers are measured
   (the same windows, masks and density batches as :meth:`AnomalyDetector.analyse_field`), and
-  the band is written to the heatmap file (:func:`write_heatmap`) and dropped;
+  the band is written to the heatmap file (:func:`.heatmapfiles.write_heatmap`) and dropped;
 * the image's numbers are those of its most anomalous window, as in memory.
 
 The heatmap is written as a tiled, zlib-compressed BigTIFF (or, for a name ending in
-``.zarr``, an OME-Zarr folder: :func:`write_heatmap_zarr`) under a temporary name in the
-target folder and renamed only when complete: an error (a full disk included) leaves no
-partial file under the final name.
+``.zarr``, an OME-Zarr folder: :func:`.heatmapfiles.write_heatmap_zarr`) under a temporary
+name in the target folder and renamed only when complete: an error (a full disk included)
+leaves no partial file under the final name.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,218 +34,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from .images import MAX_CHANNELS, ImageError, _label
+from .heatmapfiles import write_heatmap, write_heatmap_zarr
+from .images import ImageError, _label
+from .lazyimage import LazyImage, as_lazy_image, open_image
 from .preprocessing import Preprocessing, _match_channels
 from .scoring import DEFAULT_FPR, reduce_map
 from .tiling import PredictionStopped, _axis_plan, _fit_tile, _pad_to_multiple, _validate
 
-__all__ = ["STREAM_PIXELS", "HeatmapWriteError", "LazyImage", "StreamedScore", "as_lazy_image",
-           "iter_score_streaming", "open_image", "preprocess_block", "score_file",
-           "score_streaming", "should_stream", "write_heatmap", "write_heatmap_zarr"]
+__all__ = ["StreamedScore", "iter_score_streaming", "preprocess_block", "score_file",
+           "score_streaming"]
 
-#: Patch-mode images with at least this many pixels (or stored in tiles) are scored by
-#: :func:`score_streaming` in the command line: above it the in-memory path needs gigabytes.
-STREAM_PIXELS = 4096 * 4096
-#: Side of the square tiles of heatmap files written by :func:`write_heatmap`.
-HEATMAP_TILE = 256
 #: Windows encoded per batch (as in :meth:`AnomalyDetector.analyse_field`).
 WINDOW_BATCH = 64
 
 ProgressFn = Callable[[int, int], None]
-
-
-class HeatmapWriteError(OSError):
-    """Writing a heatmap file failed (e.g. the disk is full); nothing was left under its name.
-
-    An ``OSError`` with the failing file as ``filename``: not a fault of the image scored, so
-    a batch stops rather than skip the image.
-    """
-
-
-# ------------------------------------------------------------------------------------------
-# lazy images
-# ------------------------------------------------------------------------------------------
-@dataclass
-class LazyImage:
-    """A 2-D image read region by region.
-
-    Attributes
-    ----------
-    array : array_like
-        Anything sliceable with NumPy semantics that returns arrays: a zarr array (e.g.
-        tifffile's ``aszarr`` view of a TIFF), a dask array, a ``numpy.memmap``, an array.
-    channel_axis : {None, 0, 2}
-        None for ``(H, W)``, 2 for ``(H, W, C)``, 0 for ``(C, H, W)``.
-    closer : callable, optional
-        Called by :meth:`close` (e.g. to close the TIFF file).
-    name : str
-        How the image is called in error messages (e.g. its file name).
-    """
-
-    array: Any
-    channel_axis: int | None
-    closer: Callable[[], None] | None = None
-    name: str = "image"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(H, W)``."""
-        s = tuple(int(v) for v in self.array.shape)
-        return (s[1], s[2]) if self.channel_axis == 0 else (s[0], s[1])
-
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Raw pixels of rows ``y0:y1`` and columns ``x0:x1`` as ``(h, w)`` or ``(h, w, C)``.
-
-        Raises
-        ------
-        ImageError
-            If the region cannot be read or decoded (one line naming the image).
-        """
-        try:
-            if self.channel_axis == 0:
-                return np.moveaxis(np.asarray(_compute(self.array[:, y0:y1, x0:x1])), 0, -1)
-            return np.asarray(_compute(self.array[y0:y1, x0:x1]))
-        except Exception as exc:  # stores and decoders raise many types; report them alike
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ImageError(f"cannot read {_label(self.name)} at rows {y0}:{y1}, columns "
-                             f"{x0}:{x1}: {reason or type(exc).__name__}") from exc
-
-    def close(self) -> None:
-        """Release the file behind the image, if any."""
-        if self.closer is not None:
-            self.closer()
-            self.closer = None
-
-    def __enter__(self) -> LazyImage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _compute(block: Any) -> Any:
-    """A dask block -> its values (synchronously: this may run inside a dask task)."""
-    if hasattr(block, "dask") and hasattr(block, "compute"):
-        return block.compute(scheduler="synchronous")
-    return block
-
-
-def as_lazy_image(array: Any, *, channel_axis: int | None = None,
-                  name: str = "image") -> LazyImage:
-    """Wrap a sliceable 2-D image array without reading its pixels.
-
-    Channels last, as everywhere in the package: ``(H, W)`` or ``(H, W, C)`` with ``C <=``
-    :data:`.images.MAX_CHANNELS`; a channels-first ``(C, H, W)`` array needs
-    ``channel_axis=0``. Leading axes of length 1 are dropped.
-
-    Raises
-    ------
-    ImageError
-        For another number of dimensions, too many channels or a non-numeric dtype.
-    """
-    label = _label(name)
-    while len(array.shape) > 3 and int(array.shape[0]) == 1:
-        array = array[0]
-    shape = tuple(int(v) for v in array.shape)
-    if np.dtype(array.dtype).kind not in "biuf":
-        raise ImageError(f"{label} has dtype {array.dtype}; expected a numeric pixel array")
-    if len(shape) == 2:
-        return LazyImage(array, None, name=name)
-    axis = None if channel_axis is None else channel_axis % max(len(shape), 1)
-    if len(shape) == 3 and axis == 0:
-        return LazyImage(array, 0, name=name)
-    if len(shape) == 3 and axis in (None, 2) and shape[-1] <= MAX_CHANNELS:
-        return LazyImage(array, 2, name=name)
-    raise ImageError(f"{label} has shape {shape}; expected a 2-D image (H, W) or (H, W, C) "
-                     f"with at most {MAX_CHANNELS} channels (give channel_axis=0 for "
-                     "(C, H, W))")
-
-
-def open_image(path: str | os.PathLike[str]) -> LazyImage:
-    """Open a large image for reading region by region (nothing is read yet).
-
-    Parameters
-    ----------
-    path : str or path-like
-        A TIFF file (tiled or striped; the full-resolution level of a pyramidal TIFF), or a
-        zarr / OME-Zarr folder (the first dataset of its ``multiscales`` metadata, i.e. the
-        full resolution, or the array itself).
-
-    Returns
-    -------
-    LazyImage
-        Close it (or use it as a context manager) to release the file.
-
-    Raises
-    ------
-    ImageError
-        If the file cannot be opened as an image.
-    """
-    import zarr
-
-    p = Path(path)
-    try:
-        if p.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(p) as tif:
-                axes = tif.series[0].axes
-            store = tifffile.imread(p, aszarr=True, level=0)
-            node = zarr.open(store, mode="r")
-            axes = axes[-len(node.shape):] if len(axes) >= len(node.shape) else ""
-            first = len(node.shape) == 3 and axes[:1] in ("S", "C")
-            lazy = as_lazy_image(node, channel_axis=0 if first else None, name=p.name)
-            lazy.closer = store.close
-            return lazy
-        if not p.is_dir():
-            raise ImageError(f"cannot read image {p.name!r}: expected a TIFF file or a zarr "
-                             "folder")
-        node = zarr.open(str(p), mode="r")
-        if not hasattr(node, "shape"):  # a group: OME-Zarr multiscales, else array "0"
-            attrs = dict(node.attrs)
-            multi = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-            key = multi[0]["datasets"][0]["path"] if multi else "0"
-            names = [str(a.get("name", a) if isinstance(a, dict) else a).lower()
-                     for a in (multi[0].get("axes", []) if multi else [])]
-            node = node[key]
-            if "c" in names:  # OME-Zarr: channels first (c, [z,] y, x), singleton axes dropped
-                lead = names.index("c") - (len(names) - len(node.shape))
-                return as_lazy_image(node, channel_axis=0 if lead <= 0 else None,
-                                     name=p.name)
-        return as_lazy_image(node, name=p.name)
-    except ImageError:
-        raise
-    except Exception as exc:  # decoders and stores raise many types; report them alike
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImageError(f"cannot read image {p.name!r}: {reason}") from exc
-
-
-def should_stream(path: str | os.PathLike[str], *, pixels: int = STREAM_PIXELS) -> bool:
-    """Whether the command line scores ``path`` by :func:`score_streaming` (given a
-    patch-mode model): a TIFF of at least ``pixels`` pixels or stored in tiles.
-
-    Only the TIFF header is read. Other formats (PNG, JPEG) cannot be read region by region
-    and always go through memory.
-    """
-    p = Path(path)
-    if p.suffix.lower() not in (".tif", ".tiff"):
-        return False
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(p) as tif:
-            series = tif.series[0]
-            page = tif.pages[0]
-            shape = series.shape
-            axes = series.axes
-            tiled = bool(getattr(page, "is_tiled", False))
-    except Exception:  # unreadable: leave it to the in-memory path, which reports it
-        return False
-    n = 1
-    for ax, side in zip(axes, shape, strict=True):
-        if ax in "YX":
-            n *= int(side)
-    return tiled or n >= pixels
 
 
 # ------------------------------------------------------------------------------------------
@@ -535,182 +337,6 @@ def iter_heatmap_bands(detector: Any, image: LazyImage, *, windows: _Windows | N
                     windows.add(err, xb, cb if codes else None)
                 yield start, err
 
-
-def _tiles_of(bands: Iterable[tuple[int, np.ndarray]], width: int, tile: int
-              ) -> Iterator[np.ndarray]:
-    """Regroup row bands (top to bottom) into ``tile x tile`` tiles in row-major order, edge
-    tiles padded with zeros (the layout tifffile writes from an iterator)."""
-    pending = np.zeros((0, width), np.float32)
-    n_x = -(-width // tile)
-
-    def emit(rows: np.ndarray) -> Iterator[np.ndarray]:
-        for k in range(n_x):
-            out = np.zeros((tile, tile), np.float32)
-            part = rows[:, k * tile:(k + 1) * tile]
-            out[:part.shape[0], :part.shape[1]] = part
-            yield out
-
-    for _, rows in bands:
-        pending = np.concatenate([pending, rows])
-        while len(pending) >= tile:
-            yield from emit(pending[:tile])
-            pending = pending[tile:]
-    if len(pending):
-        yield from emit(pending)
-
-
-def write_heatmap(path: str | os.PathLike[str], bands: Iterable[tuple[int, np.ndarray]],
-                  shape: tuple[int, int], *, tile: int = HEATMAP_TILE) -> Path:
-    """Write a float32 heatmap arriving as row bands to a tiled, zlib-compressed BigTIFF,
-    without holding it whole.
-
-    The file is written under a temporary name in the same folder and renamed to ``path``
-    only when complete; on any error (a full disk, a failing band iterator, a stop) the
-    temporary file is removed and nothing exists under ``path`` that was not there before.
-    A failure of the writing itself is raised as :class:`HeatmapWriteError`; errors of the
-    ``bands`` iterator pass through unchanged.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The ``.tif`` file to write (replaced if it exists, only on success).
-    bands : iterable of (int, np.ndarray)
-        ``(first_row, rows)`` with ``rows`` ``(h, W)`` float32, top to bottom, covering
-        ``shape``.
-    shape : tuple of int
-        ``(H, W)``.
-    tile : int
-        Tile side in the file (a multiple of 16).
-
-    Returns
-    -------
-    Path
-        ``path``.
-    """
-    import tifffile
-
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        tifffile.imwrite(tmp, _tiles_of(bands, shape[1], tile), shape=tuple(shape),
-                         dtype=np.float32, tile=(tile, tile), bigtiff=True,
-                         compression="zlib", photometric="minisblack", maxworkers=1)
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, HeatmapWriteError):
-            raise
-        raise HeatmapWriteError(exc.errno, exc.strerror or str(exc), str(target)) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
-
-
-def write_heatmap_zarr(path: str | os.PathLike[str], bands: Iterable[tuple[int, np.ndarray]],
-                       shape: tuple[int, int], *, chunk: int = HEATMAP_TILE) -> Path:
-    """Write a float32 heatmap arriving as row bands to an OME-Zarr folder (OME-NGFF 0.4:
-    zarr format 2, one ``multiscales`` level ``"0"`` with axes ``y``, ``x``; ``chunk`` x
-    ``chunk`` compressed chunks), without holding it whole.
-
-    The folder is written under a temporary name in the same folder and renamed to ``path``
-    only when complete (an existing ``path`` is moved aside first and removed after the
-    rename); on any error the temporary folder is removed and ``path`` is as it was. A
-    failure of the writing itself is raised as :class:`HeatmapWriteError`; errors of the
-    ``bands`` iterator pass through unchanged.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The ``.ome.zarr`` folder to write.
-    bands : iterable of (int, np.ndarray)
-        ``(first_row, rows)`` with ``rows`` ``(h, W)`` float32, top to bottom, covering
-        ``shape``.
-    shape : tuple of int
-        ``(H, W)``.
-    chunk : int
-        Chunk side.
-
-    Returns
-    -------
-    Path
-        ``path``.
-    """
-    import shutil
-    import tempfile
-
-    import zarr
-
-    target = Path(path)
-
-    def failed(exc: OSError) -> HeatmapWriteError:
-        return HeatmapWriteError(exc.errno, exc.strerror or str(exc), str(target))
-
-    try:
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.",
-                                    suffix=".tmp"))
-    except OSError as exc:
-        raise failed(exc) from exc
-    try:
-        try:
-            root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
-            root.attrs["multiscales"] = [{
-                "version": "0.4", "name": target.name.removesuffix(".ome.zarr"),
-                "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-                "datasets": [{"path": "0", "coordinateTransformations": [
-                    {"type": "scale", "scale": [1.0, 1.0]}]}]}]
-            arr = root.create_array("0", shape=tuple(int(n) for n in shape), dtype="float32",
-                                    chunks=(chunk, chunk), fill_value=0.0)
-        except OSError as exc:
-            raise failed(exc) from exc
-        held = np.zeros((0, int(shape[1])), np.float32)  # rows short of a whole chunk row
-        y_held = 0
-        for y0, rows in bands:
-            if y0 != y_held + len(held):
-                raise ValueError(f"heatmap band at row {y0}; expected row {y_held + len(held)}"
-                                 " (bands top to bottom, without gaps)")
-            held = np.concatenate([held, np.asarray(rows, np.float32)])
-            end = y_held + len(held)
-            full = (end - y_held) // chunk * chunk if end < shape[0] else end - y_held
-            if full:
-                try:
-                    arr[y_held:y_held + full] = held[:full]
-                except OSError as exc:
-                    raise failed(exc) from exc
-                held, y_held = held[full:], y_held + full
-        if y_held + len(held) != shape[0] or len(held):
-            raise ValueError(f"the heatmap bands covered {y_held + len(held)} of {shape[0]} "
-                             "rows")
-        try:
-            _replace_folder(tmp, target)
-        except OSError as exc:
-            raise failed(exc) from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Rename folder ``new`` to ``target``; an existing ``target`` (which a rename cannot
-    replace) is moved aside first, put back if the rename fails, and removed after."""
-    import shutil
-    import tempfile
-
-    aside = None
-    if target.exists():
-        aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.",
-                                      suffix=".old"))
-        os.replace(target, aside / target.name)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        if aside is not None:
-            os.replace(aside / target.name, target)
-            aside.rmdir()
-        raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def score_streaming(detector: Any, image: LazyImage | Any, *, fpr: float | None = None,

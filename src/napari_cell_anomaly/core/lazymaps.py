@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .bigimage import LazyImage, _tile_fn, as_lazy_image, preprocess_block
+from .bigimage import _tile_fn, preprocess_block
+from .lazyimage import LazyImage, as_lazy_image
 from .tiling import PredictionStopped, predict_tiled
 
 __all__ = ["LazyAnomalyMap"]
@@ -71,13 +72,13 @@ class LazyAnomalyMap:
     image : LazyImage or array_like
         The full-resolution image: ``(H, W)`` or ``(H, W, C)`` (``(C, H, W)`` with
         ``channel_axis=0``), any sliceable array (dask, zarr, ``numpy.memmap``, NumPy) or a
-        :class:`.bigimage.LazyImage`.
+        :class:`.lazyimage.LazyImage`.
     chunk : int, optional
         Chunk side of the map (rounded down to a multiple of the network's alignment).
         Default: the patch-mode tile side minus its two margins (448 px), so each chunk with
         its margins is one network call.
     channel_axis : int, optional
-        0 for a channels-first array (see :func:`.bigimage.as_lazy_image`).
+        0 for a channels-first array (see :func:`.lazyimage.as_lazy_image`).
     name : str
         Used in error messages.
 
