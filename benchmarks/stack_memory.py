@@ -1,4 +1,4 @@
-"""Memory of reading a multi-page TIFF stack plane by plane (``core.stacks.read_stack``, as
+"""Memory of reading a multi-page TIFF stack plane by plane (``core.stackio.read_stack``, as
 ``cell-anomaly score`` reads stacks) against reading it whole (``tifffile.imread``).
 
 Run from the project root::
@@ -28,7 +28,7 @@ _CHILD = r"""
 import resource, sys
 import numpy as np, tifffile
 import napari_cell_anomaly.core.detector  # what the CLI holds when it reads
-from napari_cell_anomaly.core.stacks import read_stack
+from napari_cell_anomaly.core.stackio import read_stack
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 path, how = sys.argv[1], sys.argv[2]
 if how == "planes":

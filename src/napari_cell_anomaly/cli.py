@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from .core.detector import AnomalyDetector
-    from .core.stacks import LoadedPlanes
+    from .core.stackio import LoadedPlanes
 
 EXIT_BAD_INPUT = 2
 
@@ -117,7 +117,7 @@ def _load_inputs(inputs: Sequence[str], channel_axis: int | str | None = None
     ``--channel-axis``): one entry per plane of a multi-page TIFF stack (its path repeated,
     ``names`` and ``planes`` telling the planes apart), with their ``axes``."""
     from .core.images import find_images
-    from .core.stacks import load_planes
+    from .core.stackio import load_planes
 
     paths = find_images(inputs)
     loaded = load_planes(paths, channel_axis)

@@ -1,5 +1,6 @@
-"""Stacks and time series (core.stacks): planes read one at a time, scored with the 2-D model,
-heatmaps stacked; files' plane axes from their TIFF metadata; bad stacks refused in one line."""
+"""Stacks and time series: planes read one at a time (core.stackio), scored with the 2-D model,
+heatmaps stacked (core.stacks); files' plane axes from their TIFF metadata; bad stacks refused in
+one line."""
 
 from __future__ import annotations
 
@@ -10,16 +11,12 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_cell_anomaly.core import stacks
 from napari_cell_anomaly.core.detector import AnomalyDetector
 from napari_cell_anomaly.core.images import ImageError
 from napari_cell_anomaly.core.sample import make_cells
-from napari_cell_anomaly.core.stacks import (
-    MapStack,
-    as_stack,
-    load_planes,
-    read_stack,
-    score_stack,
-)
+from napari_cell_anomaly.core.stackio import as_stack, load_planes, read_stack
+from napari_cell_anomaly.core.stacks import MapStack, score_stack
 from napari_cell_anomaly.core.training import TrainConfig, run_training
 
 
@@ -51,6 +48,12 @@ class CountingPlanes:
         self.reads.extend(range(*first.indices(self.shape[0])) if isinstance(first, slice)
                           else [int(first)])
         return self.planes[key]
+
+
+def test_as_stack_and_read_stack_are_still_importable_from_core_stacks() -> None:
+    # README documented ``from napari_cell_anomaly.core.stacks import as_stack, read_stack``.
+    assert stacks.as_stack is as_stack
+    assert stacks.read_stack is read_stack
 
 
 def test_each_plane_is_scored_as_the_2d_model_scores_it(tiny, crops) -> None:

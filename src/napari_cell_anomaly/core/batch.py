@@ -172,7 +172,8 @@ def score_task(detector: AnomalyDetector, task: ImageTask, settings: BatchSettin
     from .heatmapfiles import HeatmapWriteError
     from .images import ImageError
     from .lazyimage import should_stream
-    from .stacks import MapStack, PlaneScore, Stack, read_stack, score_stack
+    from .stackio import Stack, read_stack
+    from .stacks import MapStack, PlaneScore, score_stack
 
     streamed = (not settings.per_cell and detector.mode == "patch"
                 and settings.channel_axis is None and should_stream(task.path))

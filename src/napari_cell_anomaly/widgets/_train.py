@@ -85,7 +85,7 @@ def _train_job(items: Sequence[Plane], folder: str | None, config: TrainConfig,
     trains (and stays: the published detector runs there).
     """
     from ..core.images import find_images
-    from ..core.stacks import load_planes
+    from ..core.stackio import load_planes
     from ..core.training import train
 
     try:
