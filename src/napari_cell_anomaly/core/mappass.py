@@ -82,7 +82,7 @@ def analyse_field(det: AnomalyDetector, x: np.ndarray,
     on its own.
     """
     h, w, c = x.shape
-    chw = np.ascontiguousarray(x.transpose(2, 0, 1))
+    chw = x.transpose(2, 0, 1)  # a view: predict_tiled cuts channels-last tiles from it
     net = det.network
     device = det.device
     ssim = det.uses_ssim
@@ -103,7 +103,7 @@ def analyse_field(det: AnomalyDetector, x: np.ndarray,
     out = predict_tiled(fn, chw, tile=TILE, margin=TILE_MARGIN, align=a, stop=stop)
     ssim_map = out[c + 1] if ssim else None
     codes = unpack_codes(out[-1], a, net.config.latent_channels) if field_codes else None
-    error_map = det._primary(out[c], ssim_map).astype(np.float32)
+    error_map = det._primary(out[c], ssim_map).astype(np.float32, copy=False)
     region = np.zeros((h, w), dtype=bool)
     windows = window_origins(h, w, det.size)
     errs, logds, maxima = [], [], []
