@@ -391,8 +391,9 @@ class LocalLatentKDE(_PooledPositions):
     def log_density(self, codes: np.ndarray) -> np.ndarray:
         """Log-density of each image's least likely position, ``(N,)``; low = unusual.
 
-        The same numbers as ``position_log_density(codes).min(axis=1)``, bit for bit, in
-        about half the time: every position is first scored in float32
+        The same numbers as ``position_log_density(codes).min(axis=1)`` (to float64
+        rounding, about 1e-13 relative; the matrix product's rounding depends on how many
+        rows it gets) in about 60-75% of the time: every position is first scored in float32
         (:func:`_log_kde_screen`, with a bound on its rounding error), and only the positions
         that may be their image's least likely one (for an image of 64 positions, usually one
         or two) are scored again exactly, in float64.
