@@ -15,12 +15,17 @@ ratios (the load is printed alongside):
   ``cell-anomaly --help``). Each command line run trains its own small patch-mode model first
   (``cell-anomaly train`` on two synthetic 512 x 512 fields, one epoch). With
   ``--baseline-src DIR`` the same command-line measurements are repeated with the package
-  sources in ``DIR`` (e.g. a checkout of the code before a change), in the same run;
+  sources in ``DIR`` (e.g. a checkout of the code before a change), in the same run; and
+  the steps of that path, each timed in a fresh process: loading the model, reading the
+  PNG, scoring it cold (the first image of the process, as on the command line) and warm,
+  writing the heatmap TIFF and the CSV row;
 * the network alone: FLOPs per pixel (``Autoencoder.flops_per_pixel``) and forward time over
   the tiles of a 2048 x 2048 image for the ``default`` preset (version 2, and version 1 as in
   older model files), and ``seed``; peak fp32 matmul and oneDNN GEMM throughput as references;
 * the share of time per stage of ``AnomalyDetector.score`` on the 2048 x 2048 field (patch
-  mode): network forward, error maps, windows (foreground masks, reductions), latent density;
+  mode): network forward, error maps, windows (foreground masks, reductions), latent density
+  (and the latent density computed the exact way at every position, as before its float32
+  screen);
 * training throughput (64 x 64 crops, batch 32) for ``default`` version 2 and version 1;
 * optionally (unless ``--skip-train-2500``) the time to train with the default settings on
   2,500 crops: the real NIH malaria ``Uninfected`` crops from
@@ -177,6 +182,9 @@ def stage_shares(det: detector_mod.AnomalyDetector, big: np.ndarray,
     win_codes = np.stack([codes[:, r // a:r // a + k, q // a:q // a + k].reshape(-1)
                           for r, q in windows])
     density = best_of(lambda: det.density.log_density(win_codes), 3)
+    # The same numbers from every position's exact float64 log-density (the path before the
+    # float32 screen of the KDE).
+    density_exact = best_of(lambda: det.density.position_log_density(win_codes).min(axis=1), 3)
     # What the previous map pass also did: the 1-SSIM map, and encoding every window again.
     ssim_extra = best_of(lambda: predict_tiled(
         lambda t: errormaps.gaussian_blur(1.0 - errormaps.ssim_map(t, t.flip(-1)), 1.0), chw,
@@ -188,21 +196,85 @@ def stage_shares(det: detector_mod.AnomalyDetector, big: np.ndarray,
     stages["windows_rest_s"] = max(score_s - sum(stages.values()), 0.0)
     stages["removed_ssim_map_s"] = ssim_extra
     stages["removed_window_encoding_s"] = encode_again
+    stages["density_all_positions_exact_s"] = density_exact
     stages["n_windows"] = len(windows)
     return stages
 
 
-def _cli(src: Path, args: list[str], cwd: Path) -> float:
-    """Wall seconds of one ``cell-anomaly`` run with the package sources in ``src``."""
+#: CPU seconds (user + system) of the command-line runs, by source tree and kind: on a shared
+#: machine they vary far less with the load than wall times.
+CLI_CPU: dict[str, dict[str, list[float]]] = {}
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cli(src: Path, args: list[str], cwd: Path, kind: str | None = None) -> float:
+    """Wall seconds of one ``cell-anomaly`` run with the package sources in ``src`` (its CPU
+    seconds go to ``CLI_CPU[str(src)][kind]`` when ``kind`` is given)."""
     env = {**os.environ, "PYTHONPATH": str(src)}
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "napari_cell_anomaly.cli", *args], env=env,
                           cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
+    if kind is not None:
+        CLI_CPU.setdefault(str(src), {}).setdefault(kind, []).append(_children_cpu() - cpu0)
     if proc.returncode != 0:
         raise RuntimeError(f"cell-anomaly {' '.join(args)} failed ({src}): "
                            f"{proc.stderr.strip().splitlines()[-1:]}")
     return seconds
+
+
+def cli_stages_child(model: Path, png: Path, out_dir: Path) -> None:
+    """In a fresh process (run by :func:`cli_stages`): time each step ``cell-anomaly score``
+    takes for one PNG, cold (the first image of the process, as on the command line), then
+    the score once more, warm; prints one JSON object."""
+    t0 = time.perf_counter()
+    from napari_cell_anomaly.core.batch import write_tiff_atomic
+    from napari_cell_anomaly.core.detector import AnomalyDetector
+    from napari_cell_anomaly.core.images import read_image as read
+
+    det = AnomalyDetector.load(model, device="cpu")
+    r: dict[str, float] = {"load_model_s": time.perf_counter() - t0}
+
+    def timed(key: str, fn: Callable[[], Any]) -> Any:
+        t, c = time.perf_counter(), time.process_time()
+        value = fn()
+        r[key] = time.perf_counter() - t
+        r[key.replace("_s", "_cpu_s")] = time.process_time() - c
+        return value
+
+    image = timed("read_png_s", lambda: read(png))
+    result = timed("score_cold_s", lambda: det.score(image))
+    timed("write_heatmap_tiff_s",
+          lambda: write_tiff_atomic(out_dir / "big_anomaly_map.tif", result.error_map))
+    row = result.as_row()
+    timed("write_csv_s", lambda: (out_dir / "big.csv").write_text(
+        ",".join(row) + "\n" + ",".join(f"{v:.6g}" for v in row.values()) + "\n"))
+    timed("score_warm_s", lambda: det.score(image))
+    print(json.dumps(r))
+
+
+def cli_stages(srcs: dict[str, Path], model_of: Callable[[str], Path], png: Path,
+               repeats: int) -> dict[str, dict[str, float]]:
+    """Per-step times of the command line's path for each source tree (fresh processes,
+    interleaved, best of ``repeats`` per step)."""
+    out: dict[str, dict[str, list[float]]] = {name: {} for name in srcs}
+    for _ in range(repeats):
+        for name, src in srcs.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--cli-stages-child", str(model_of(name)),
+                     str(png), tmp], env={**os.environ, "PYTHONPATH": str(src)},
+                    capture_output=True, text=True, check=True)
+            for key, value in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+                out[name].setdefault(key, []).append(value)
+    return {name: {k: min(v) for k, v in r.items()} for name, r in out.items()}
 
 
 def cli_timings(srcs: dict[str, Path], repeats: int) -> dict[str, dict[str, float]]:
@@ -232,14 +304,21 @@ def cli_timings(srcs: dict[str, Path], repeats: int) -> dict[str, dict[str, floa
                 r["help_s"].append(_cli(src, ["--help"], tmp))
                 r["startup_s"].append(_cli(src, ["score", f"{name}.safetensors", "tiny.png",
                                                  "--csv", "tiny.csv", "--device", "cpu",
-                                                 "--quiet"], tmp))
+                                                 "--quiet"], tmp, "startup_cpu_s"))
                 r["map_2048_s"].append(_cli(src, ["score", f"{name}.safetensors", "big.png",
                                                   "--csv", "big.csv", "--heatmaps", "maps",
-                                                  "--device", "cpu", "--quiet"], tmp))
-    for r in out.values():
+                                                  "--device", "cpu", "--quiet"], tmp,
+                                            "map_2048_cpu_s"))
+        stages = cli_stages(srcs, lambda name: tmp / f"{name}.safetensors", tmp / "big.png",
+                            repeats)
+    for name, r in out.items():
         for key in ("help_s", "startup_s", "map_2048_s"):
             r[key] = min(r[key])
         r["beyond_startup_s"] = max(r["map_2048_s"] - r["startup_s"], 0.0)
+        for key, values in CLI_CPU[str(srcs[name])].items():
+            r[key] = min(values)
+        r["beyond_startup_cpu_s"] = max(r["map_2048_cpu_s"] - r["startup_cpu_s"], 0.0)
+        r["steps"] = stages[name]
     return out
 
 
@@ -273,7 +352,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave out the 2,500-crop training (minutes)")
     parser.add_argument("--cli-repeats", type=int, default=3,
                         help="command-line runs of each kind per source tree (best of)")
+    parser.add_argument("--cli-stages-child", nargs=3, metavar=("MODEL", "PNG", "DIR"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.cli_stages_child:
+        model, png, out_dir = (Path(p) for p in args.cli_stages_child)
+        cli_stages_child(model, png, out_dir)
+        return 0
 
     load = [round(v, 2) for v in os.getloadavg()]
     env = {"python": platform.python_version(), "torch": torch.__version__,
@@ -360,7 +445,19 @@ def main(argv: list[str] | None = None) -> int:
             + (f"<= {TARGET_STARTUP_S:.1f} s {ok(r['startup_s'] <= TARGET_STARTUP_S)}"
                if name == "this" else "(before)") + " |",
             f"| `cell-anomaly --help`{tag} | {r['help_s']:.2f} s | |",
+            f"| CPU seconds (user + system, all threads) of the 2048x2048 run beyond the 64x64 "
+            f"one / of the 64x64 one{tag} | {r['beyond_startup_cpu_s']:.2f} / "
+            f"{r['startup_cpu_s']:.2f} s | |",
         ]
+        steps = r["steps"]
+        table.append(
+            f"| steps of the command line's path in a fresh process{tag}: load the model"
+            f" / read PNG / score (cold: first image) / write heatmap TIFF / write CSV; "
+            f"the same score again (warm) | {steps['load_model_s']:.2f} / "
+            f"{steps['read_png_s']:.2f} / {steps['score_cold_s']:.2f} / "
+            f"{steps['write_heatmap_tiff_s']:.3f} / {steps['write_csv_s']:.3f} s; "
+            f"{steps['score_warm_s']:.2f} s (CPU seconds of the scores, all threads: "
+            f"{steps['score_cold_cpu_s']:.2f} cold, {steps['score_warm_cpu_s']:.2f} warm) | |")
     st = res["stages"]
     parts = [("preprocess", "preprocess_s"), ("network forward", "forward_s"),
              ("error maps", "error_maps_s"), ("latent density", "density_s"),
@@ -372,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{score_s:.2f} s: {shares} | |",
         f"| ... removed from it: the 1-SSIM map / encoding the {st['n_windows']} windows again "
         f"| {st['removed_ssim_map_s']:.2f} s / {st['removed_window_encoding_s']:.2f} s | |",
+        f"| ... latent density of the {st['n_windows']} windows (KDE, float32 screen + exact "
+        f"rescoring) / the exact float64 sum at every position | {st['density_s']:.2f} s / "
+        f"{st['density_all_positions_exact_s']:.2f} s | |",
         f"| reading the 2048x2048 PNG | {res['read_png_s']:.2f} s | |",
     ]
     for row in rows:

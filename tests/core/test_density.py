@@ -304,3 +304,15 @@ def test_kde_fit_is_reproducible_and_rejects_too_few_vectors() -> None:
     assert np.array_equal(a.centres, b.centres) and a.bandwidth == b.bandwidth
     with pytest.raises(ValueError, match="at least 2 latent code vectors"):
         LocalLatentKDE.fit(np.zeros((1, 4)), channels=4)
+
+
+def test_kde_image_log_density_is_exactly_the_least_likely_position(
+        local_kde: LocalLatentKDE) -> None:
+    # The float32 screen + float64 rescoring of the candidates gives the exact minimum (to
+    # float64 rounding) for near, far and tied positions alike.
+    maps = np.concatenate([_code_maps(30, seed=7), 30.0 * _code_maps(2, seed=8),
+                           np.repeat(_as_vectors(_code_maps(1, seed=9))[0], 16)[None]])
+    exact = local_kde.position_log_density(maps)
+    assert exact.min() < -1000.0 and np.ptp(exact[-1]) == 0.0
+    np.testing.assert_allclose(local_kde.log_density(maps), exact.min(axis=1), rtol=1e-12,
+                               atol=1e-12)

@@ -175,3 +175,8 @@ def test_foreground_masks_of_a_batch_equal_one_at_a_time() -> None:
         for u, m in zip(units, batch, strict=True):
             np.testing.assert_array_equal(m, one(u, erode))
     assert batch.any() and not batch[3].any()
+    assert batch[5, 30, 30] and not (units[5, 30, 30] != units[5, 0, 0]).any()  # hole filled
+    for channels in (1, 2):  # other channel counts: the same per-image definition
+        part = np.ascontiguousarray(units[..., :channels])
+        for u, m in zip(part, foreground_masks(part, 2), strict=True):
+            np.testing.assert_array_equal(m, one(u, 2))

@@ -291,7 +291,9 @@ class Preprocessing:
                     - np.asarray(self.low, dtype=np.float64)).astype(np.float32)
         else:
             low, span = np.float32(self.low), np.float32(self.high - self.low)
-        return (image - low) / span
+        out = image - low
+        out /= span  # in place: one image-sized temporary fewer
+        return out
 
     def transform(self, image: Any, *, name: str = "image",
                   channel_axis: int | None = None) -> tuple[np.ndarray, float]:

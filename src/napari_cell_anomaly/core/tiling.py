@@ -173,7 +173,9 @@ def predict_tiled(
         may differ from ``C``. It must be translation-equivariant (fully convolutional) for the
         tiled result to match the untiled one, and should move the batch to its own device.
     image : numpy.ndarray
-        Image ``(C, H, W)`` with ``H, W >= 1``; converted to float32.
+        Image ``(C, H, W)`` with ``H, W >= 1``; converted to float32. May be a view such as
+        ``x.transpose(2, 0, 1)`` of a channels-last ``(H, W, C)`` image, which the tiles are
+        then cut from without any copy of the whole image.
     tile : int, optional
         Tile side in pixels, a multiple of ``align``. Default 512.
     margin : int, optional
@@ -237,8 +239,13 @@ def predict_tiled(
             if stop is not None and stop():
                 raise PredictionStopped(f"stopped after {done} of {total} tiles")
             origins = [(tiles[i][0][0], tiles[i][1][0]) for i in index]
-            batch = np.stack([padded[:, oy : oy + th, ox : ox + tw] for oy, ox in origins])
-            inp = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            # Cut the tiles channels-last, (N, h, w, C) in memory, which is the
+            # torch.channels_last layout of an (N, C, h, w) tensor: one copy of the pixels
+            # (from a channels-last image, a view of its (C, H, W) transpose, a plain copy).
+            batch = np.stack([padded[:, oy : oy + th, ox : ox + tw].transpose(1, 2, 0)
+                              for oy, ox in origins])
+            inp = torch.from_numpy(batch).permute(0, 3, 1, 2)
+            inp = inp.contiguous(memory_format=torch.channels_last)  # no copy: already so
             res = fn(inp)
             if (
                 not isinstance(res, torch.Tensor)
