@@ -12,15 +12,14 @@ import csv
 import json
 import os
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__
+from .core.atomicwrite import atomic_text
 from .core.batch import CELLS_CSV_COLUMNS, CSV_COLUMNS  # noqa: F401 - the CSV formats
 
 if TYPE_CHECKING:
@@ -87,20 +86,6 @@ def _prepare_dir(path: Path) -> None:
         raise CliError(f"cannot create folder '{path}': {exc.strerror or exc}") from None
     if not os.access(path, os.W_OK):
         raise CliError(f"cannot write into folder '{path}': permission denied")
-
-
-@contextmanager
-def atomic_text(path: Path) -> Iterator[TextIO]:
-    """Write a text file atomically: a temp file in the same folder, renamed when complete."""
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_tiff_atomic(path: Path, data: np.ndarray, metadata: dict | None = None) -> None:

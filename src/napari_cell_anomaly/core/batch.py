@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .atomicwrite import atomic_path, atomic_text
 
 if TYPE_CHECKING:
     from .detector import AnomalyDetector
@@ -305,14 +306,8 @@ def write_tiff_atomic(path: Path, data: np.ndarray, metadata: dict | None = None
 
     if data.dtype.kind == "f":
         data = data.astype(np.float32, copy=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, data, photometric="minisblack", metadata=metadata or {})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_rows(path: Path, columns: Sequence[str]) -> list[list[str]]:
@@ -336,19 +331,10 @@ def _read_rows(path: Path, columns: Sequence[str]) -> list[list[str]]:
 
 
 def _write_rows_atomic(path: Path, columns: Sequence[str], rows: Iterable[list[str]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(columns)
-            w.writerows(rows)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_text(path, fsync=True) as fh:
+        w = csv.writer(fh)
+        w.writerow(columns)
+        w.writerows(rows)
 
 
 def _write_now(fh: Any, rows: list[list[str]]) -> None:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .atomicwrite import atomic_text
 from .batch import BatchSettings, ResumeError
 
 #: Version of the record's layout (a record of another version is treated as different).
@@ -80,18 +80,9 @@ def run_record(model: str | os.PathLike[str], settings: BatchSettings, fpr: floa
 def write_record(csv_path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
     """Keep ``record`` next to ``csv_path`` (temporary file renamed: never half-written)."""
     path = record_path(csv_path)
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(dict(record), fh, indent=1, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_text(path, fsync=True) as fh:
+        json.dump(dict(record), fh, indent=1, sort_keys=True)
+        fh.write("\n")
 
 
 def read_record(csv_path: str | os.PathLike[str]) -> dict[str, Any] | None:
