@@ -339,6 +339,21 @@ def iter_heatmap_bands(detector: Any, image: LazyImage, *, windows: _Windows | N
 
 
 
+def _stream_source(detector: Any, image: LazyImage | Any, name: str) -> LazyImage:
+    """``image`` as a :class:`LazyImage`, checked for streamed scoring by ``detector``
+    (a patch-mode model, an image at least one window on each side)."""
+    if detector.mode != "patch":
+        raise ValueError(f"streamed scoring needs a patch-mode model; this one is in "
+                         f"{detector.mode} mode")
+    lazy = image if isinstance(image, LazyImage) else as_lazy_image(image, name=name)
+    height, width = lazy.shape
+    if min(height, width) < detector.size:
+        label = "image" if name == "image" else f"image {name!r}"
+        raise ImageError(f"{label} is {height}x{width} pixels; this patch-mode model needs "
+                         f"at least {detector.size} pixels per side")
+    return lazy
+
+
 def score_streaming(detector: Any, image: LazyImage | Any, *, fpr: float | None = None,
                     heatmap: str | os.PathLike[str] | None = None, name: str = "image",
                     tile: int | None = None, margin: int | None = None, batch_size: int = 4,
@@ -385,15 +400,8 @@ def score_streaming(detector: Any, image: LazyImage | Any, *, fpr: float | None 
         If the image is smaller than the model's window, or its pixels or channels are not
         usable.
     """
-    if detector.mode != "patch":
-        raise ValueError(f"streamed scoring needs a patch-mode model; this one is in "
-                         f"{detector.mode} mode")
-    lazy = image if isinstance(image, LazyImage) else as_lazy_image(image, name=name)
+    lazy = _stream_source(detector, image, name)
     height, width = lazy.shape
-    if min(height, width) < detector.size:
-        label = "image" if name == "image" else f"image {name!r}"
-        raise ImageError(f"{label} is {height}x{width} pixels; this patch-mode model needs "
-                         f"at least {detector.size} pixels per side")
     fpr = DEFAULT_FPR if fpr is None else fpr
     windows = _Windows(detector, height, width, stop)
     clipped = [0]
@@ -427,15 +435,8 @@ def iter_score_streaming(detector: Any, image: LazyImage | Any, *, fpr: float | 
     PredictionStopped
         When ``stop()`` says so (asked before each batch of tiles).
     """
-    if detector.mode != "patch":
-        raise ValueError(f"streamed scoring needs a patch-mode model; this one is in "
-                         f"{detector.mode} mode")
-    lazy = image if isinstance(image, LazyImage) else as_lazy_image(image, name=name)
+    lazy = _stream_source(detector, image, name)
     height, width = lazy.shape
-    if min(height, width) < detector.size:
-        label = "image" if name == "image" else f"image {name!r}"
-        raise ImageError(f"{label} is {height}x{width} pixels; this patch-mode model needs "
-                         f"at least {detector.size} pixels per side")
     windows = _Windows(detector, height, width, stop)
     clipped = [0]
     for y0, rows in iter_heatmap_bands(detector, lazy, windows=windows, name=name, stop=stop,

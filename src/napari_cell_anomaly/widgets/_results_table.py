@@ -119,6 +119,23 @@ class ImageResultsTable(QTableWidget):
             The verdict at the current false-alarm rate.
         """
         score, err, logd, pct = (float(v) for v in values)
+        verdict = QTableWidgetItem()
+        _set_verdict(verdict, anomalous)
+        self._write_row(key, name, [NumberItem(score, f"{score:.3g}"),
+                                    NumberItem(err, f"{err:.3g}"),
+                                    NumberItem(logd, f"{logd:.3g}"),
+                                    NumberItem(pct, f"{pct:.0f}")], verdict)
+
+    def set_pending(self, key: str, name: str, state: str) -> None:
+        """Show a layer without numbers yet (e.g. a lazy map not computed): empty number
+        cells (sorted as NaN) and ``state`` in the verdict column, uncoloured."""
+        verdict = QTableWidgetItem(state)
+        verdict.setToolTip(state)
+        self._write_row(key, name, [NumberItem(float("nan"), "") for _ in range(4)], verdict)
+
+    def _write_row(self, key: str, name: str, numbers: list[QTableWidgetItem],
+                   verdict: QTableWidgetItem) -> None:
+        """Write ``key``'s row (appended if it has none): name, the 4 numbers, verdict."""
         sorting = self.isSortingEnabled()
         self.setSortingEnabled(False)  # no re-sort while the row is half written
         row = self.row_of(key)
@@ -128,34 +145,10 @@ class ImageResultsTable(QTableWidget):
         first = QTableWidgetItem(name)
         first.setData(_KEY, key)
         first.setToolTip(name)
-        verdict = QTableWidgetItem()
-        _set_verdict(verdict, anomalous)
-        items = [first, NumberItem(score, f"{score:.3g}"), NumberItem(err, f"{err:.3g}"),
-                 NumberItem(logd, f"{logd:.3g}"), NumberItem(pct, f"{pct:.0f}"), verdict]
-        for col, item in enumerate(items):
+        for col, item in enumerate([first, *numbers, verdict]):
             self.setItem(row, col, item)
         self._names[key] = first
         self.setSortingEnabled(sorting)  # sorts once by the current sort column
-
-    def set_pending(self, key: str, name: str, state: str) -> None:
-        """Show a layer without numbers yet (e.g. a lazy map not computed): empty number
-        cells (sorted as NaN) and ``state`` in the verdict column, uncoloured."""
-        sorting = self.isSortingEnabled()
-        self.setSortingEnabled(False)
-        row = self.row_of(key)
-        if row < 0:
-            row = self.rowCount()
-            self.insertRow(row)
-        first = QTableWidgetItem(name)
-        first.setData(_KEY, key)
-        first.setToolTip(name)
-        verdict = QTableWidgetItem(state)
-        verdict.setToolTip(state)
-        items = [first, *(NumberItem(float("nan"), "") for _ in range(4)), verdict]
-        for col, item in enumerate(items):
-            self.setItem(row, col, item)
-        self._names[key] = first
-        self.setSortingEnabled(sorting)
 
     def set_name(self, key: str, name: str) -> None:
         """Show a renamed layer's new name."""
