@@ -10,7 +10,8 @@ import pytest
 import tifffile
 from skimage.io import imsave
 
-from napari_cell_anomaly.cli import CELLS_CSV_COLUMNS, main
+from napari_cell_anomaly.cli import main
+from napari_cell_anomaly.core.batch import CELLS_CSV_COLUMNS
 from napari_cell_anomaly.core.detector import AnomalyDetector
 from napari_cell_anomaly.core.metrics import image_auroc
 from napari_cell_anomaly.core.sample import make_cell_field
