@@ -79,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "the images by stem (<stem>.tif, <stem>_labels.tif, .png alike; only "
                         "labelled objects are used), or 'auto' to find the cells with the "
                         "built-in segmentation (turns on --robust)")
+    orient = t.add_mutually_exclusive_group()
+    orient.add_argument("--orient", dest="orient", action="store_true", default=d.orient,
+                        help="cells mode: the network sees each cell's window turned so the "
+                             "cell is centred and its major axis runs along the columns, in "
+                             "training and in scoring (stored in the model); the training "
+                             "augmentation then only flips. Whole and patch modes ignore it "
+                             f"(default: {'on' if d.orient else 'off'})")
+    orient.add_argument("--no-orient", dest="orient", action="store_false",
+                        help="cells mode: the network sees each cell as it lies in the field "
+                             "(the training augmentation also turns windows by 90 degrees)")
     t.add_argument("--robust", action="store_true",
                    help="give zero weight to the training images (whole mode) or cells "
                         "(cells mode) with the most anomalous reconstruction error, and drop "

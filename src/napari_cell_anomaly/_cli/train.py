@@ -25,7 +25,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_writable_file(Path(args.rejected_csv))
     config = TrainConfig(
         epochs=args.epochs, size=args.size, loss=args.loss, preset=args.preset, seed=args.seed,
-        mode=args.mode, robust=args.robust, batch_size=args.batch_size,
+        mode=args.mode, robust=args.robust, batch_size=args.batch_size, orient=args.orient,
         scoring=ScoringConfig(density=args.density, error=args.error),
     )
     loaded = load_inputs(args.inputs, args.channel_axis)
