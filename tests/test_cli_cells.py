@@ -10,7 +10,8 @@ import pytest
 import tifffile
 from skimage.io import imsave
 
-from napari_cell_anomaly.cli import CELLS_CSV_COLUMNS, main
+from napari_cell_anomaly.cli import main
+from napari_cell_anomaly.core.batch import CELLS_CSV_COLUMNS
 from napari_cell_anomaly.core.detector import AnomalyDetector
 from napari_cell_anomaly.core.metrics import image_auroc
 from napari_cell_anomaly.core.sample import make_cell_field
@@ -130,3 +131,25 @@ def test_whole_model_on_a_field_says_to_score_per_cell(tmp_path: Path,
     assert main(["score", str(model), str(tmp_path / "field.png"), "--csv", str(out),
                  "--labels", "auto", "--cells-csv", str(tmp_path / "c.csv")]) == 0
     assert len(_rows(tmp_path / "c.csv")) > 20
+
+
+def test_no_orient_trains_a_model_that_keeps_cells_as_they_lie(fields: dict,
+                                                                tmp_path: Path) -> None:
+    # The fixture's model was trained without the flag: cells turned (the default).
+    assert AnomalyDetector.load(fields["model"]).orient is True
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for s in range(4):
+        f = make_cell_field((128, 128), n_cells=10, anomaly_fraction=0.0, seed=s)
+        imsave(images / f"f{s}.png", f.image, check_contrast=False)
+        tifffile.imwrite(labels / f"f{s}.tif", f.labels.astype(np.uint16))
+    model = tmp_path / "plain.safetensors"
+    assert main(["train", str(images), "--labels", str(labels), "--out", str(model),
+                 "--no-orient", "--epochs", "1", "--quiet"]) == 0
+    det = AnomalyDetector.load(model)
+    assert det.mode == "cells" and det.orient is False
+    oriented = tmp_path / "oriented.safetensors"
+    assert main(["train", str(images), "--labels", str(labels), "--out", str(oriented),
+                 "--orient", "--epochs", "1", "--quiet"]) == 0
+    assert AnomalyDetector.load(oriented).orient is True

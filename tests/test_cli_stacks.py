@@ -11,7 +11,8 @@ import pytest
 import tifffile
 from skimage.io import imsave
 
-from napari_cell_anomaly.cli import CELLS_CSV_COLUMNS, CSV_COLUMNS, main
+from napari_cell_anomaly.cli import main
+from napari_cell_anomaly.core.batch import CELLS_CSV_COLUMNS, CSV_COLUMNS
 from napari_cell_anomaly.core.detector import AnomalyDetector
 from napari_cell_anomaly.core.sample import make_cell_field, make_cells
 

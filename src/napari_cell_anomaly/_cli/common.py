@@ -1,0 +1,96 @@
+"""What the ``cell-anomaly`` commands share: the user-facing error, messages on stderr,
+checks of output paths, loading the inputs, the device and the model."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..core.detector import AnomalyDetector
+    from ..core.stackio import LoadedPlanes
+
+EXIT_BAD_INPUT = 2
+
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def check_writable_file(path: Path) -> None:
+    """Fail early, before any work, if ``path`` cannot be created."""
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise CliError(f"cannot write '{path}': folder '{parent}' does not exist")
+    if path.is_dir():
+        raise CliError(f"cannot write '{path}': it is a folder")
+    if not os.access(parent, os.W_OK):
+        raise CliError(f"cannot write '{path}': folder '{parent}' is not writable")
+
+
+def prepare_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create folder '{path}': {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK):
+        raise CliError(f"cannot write into folder '{path}': permission denied")
+
+
+def load_inputs(inputs: Sequence[str], channel_axis: int | str | None = None
+                 ) -> LoadedPlanes:
+    """The images ``(H, W, C)`` of ``inputs`` (channel axis from each file's metadata or
+    ``--channel-axis``): one entry per plane of a multi-page TIFF stack (its path repeated,
+    ``names`` and ``planes`` telling the planes apart), with their ``axes``."""
+    from ..core.images import find_images
+    from ..core.stackio import load_planes
+
+    paths = find_images(inputs)
+    loaded = load_planes(paths, channel_axis)
+    report_failures(loaded.failures)
+    if not loaded.images:
+        raise CliError(f"none of the {len(paths)} image files could be used "
+                       f"(first problem: {loaded.failures[0][1]})")
+    return loaded
+
+
+def report_failures(failures: Sequence[tuple[Path, str]]) -> None:
+    if failures:
+        say(f"skipped {len(failures)} unusable image file(s); first: {failures[0][1]}")
+
+
+def label_source(spec: str | None, paths: Sequence[Path]) -> dict[Path, Path | None] | None:
+    """``--labels``: None (not given), every image segmented (``auto``: each path maps to
+    None), or each image's label file found by stem in a folder."""
+    if spec is None:
+        return None
+    if spec == "auto":
+        return dict.fromkeys(paths)
+    from ..core.cells import match_label_files
+
+    return match_label_files(paths, Path(spec))
+
+
+def pick_device(spec: str) -> torch.device:
+    """``--device``, checked before any work: a DeviceError (one line, exit 2) when this
+    machine lacks it."""
+    from ..core.device import resolve_device
+
+    return resolve_device(spec)
+
+
+def load_detector(path: str, device: torch.device | str = "auto") -> AnomalyDetector:
+    from ..core.detector import AnomalyDetector
+
+    return AnomalyDetector.load(path, device=device)
+

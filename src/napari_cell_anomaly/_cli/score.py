@@ -1,0 +1,131 @@
+"""``cell-anomaly score``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from .common import (
+    EXIT_BAD_INPUT,
+    CliError,
+    check_writable_file,
+    label_source,
+    load_detector,
+    pick_device,
+    prepare_dir,
+    say,
+)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score images with a model: one CSV row per image (and per cell), optional heatmaps,
+    written as each image finishes (``--resume`` goes on where a run stopped)."""
+    from tqdm import tqdm
+
+    from ..core.batch import BatchSettings, ResultsWriter, iter_outcomes, make_tasks
+    from ..core.batchrecord import run_record
+    from ..core.images import find_images
+    from ..core.scoring import DEFAULT_FPR
+
+    csv_path = Path(args.csv)
+    check_writable_file(csv_path)
+    cells_path = Path(args.cells_csv) if args.cells_csv else None
+    if cells_path is not None:
+        check_writable_file(cells_path)
+    if args.workers and args.scheduler:
+        raise CliError("give --workers (a cluster on this machine) or --scheduler (a running "
+                       "cluster), not both")
+    heat_dir = Path(args.heatmaps) if args.heatmaps else None
+    # With --scheduler the network runs on the workers; this process only reads the model.
+    device = pick_device("cpu" if args.scheduler else args.device)
+    if heat_dir is not None:
+        prepare_dir(heat_dir)
+    detector = load_detector(args.model, device)
+    paths = find_images(args.inputs)
+    sources = label_source(args.labels, paths)
+    per_cell = (sources is not None or cells_path is not None or detector.mode == "cells")
+    if per_cell and sources is None:
+        sources = dict.fromkeys(paths)  # built-in segmentation
+    fpr = args.fpr or DEFAULT_FPR
+    settings = BatchSettings(fpr=args.fpr, per_cell=per_cell, labels_spec=args.labels,
+                             heatmaps=heat_dir, cells_csv=cells_path is not None,
+                             channel_axis=args.channel_axis,
+                             heatmap_format=args.heatmap_format)
+    out = ResultsWriter(csv_path, cells_path, resume=args.resume,
+                        threshold=f"{detector.calibration.threshold(fpr):.6g}",
+                        record=run_record(args.model, settings, fpr))
+    tasks = [t for t in make_tasks(paths, sources) if t.csv_path not in out.done]
+    where = (f"on the dask cluster at {args.scheduler} (device {args.device} on each worker)"
+             if args.scheduler else f"on {device}" + (f", {args.workers} local dask workers"
+                                                     if args.workers else ""))
+    say(f"model: {detector.describe_rate(fpr)}; running {where}")
+    if out.resumed:
+        say(f"resuming {csv_path}: {len(out.done)} images already scored, {len(tasks)} to go")
+    first_failure, n_failed = "", 0
+    first_out_of_range, n_out_of_range = "", 0
+    n_flagged = n_ok = n_cells = n_cells_flagged = n_skipped = n_stacks = 0
+    n_retried = n_lost = 0  # images whose dask workers died: scored elsewhere / given up
+    with contextlib.ExitStack() as stack:
+        if args.workers or args.scheduler:
+            try:
+                from ..core.cluster import connect, iter_cluster_outcomes
+            except ImportError as err:
+                raise CliError(f"--workers and --scheduler need dask.distributed ({err}); "
+                               "pip install 'napari-cell-anomaly[dask]'") from None
+            client = stack.enter_context(connect(args.scheduler, workers=args.workers,
+                                                 timeout=args.connect_timeout))
+            outcomes = iter_cluster_outcomes(client, args.model, tasks, settings,
+                                             device=args.device if args.scheduler
+                                             else str(device))
+            stack.callback(outcomes.close)  # cancels what is in flight, before the client goes
+        stack.enter_context(out)
+        bar = stack.enter_context(tqdm(total=len(tasks), unit="image", file=sys.stderr,
+                                       disable=args.quiet or not sys.stderr.isatty(),
+                                       dynamic_ncols=True))
+        if not (args.workers or args.scheduler):
+            def tiles(name: str, done: int, total: int) -> None:  # a big image streams
+                bar.set_postfix_str(f"{name}: {done}/{total} tiles")
+
+            outcomes = iter_outcomes(detector, tasks, settings, tiles=tiles)
+        for outcome in outcomes:
+            out.write(outcome)
+            bar.update()
+            if outcome.notice:  # a dask worker died: one line per image it held
+                bar.write(outcome.notice, file=sys.stderr)
+            n_retried, n_lost = n_retried + (outcome.retries > 0), n_lost + outcome.lost
+            if outcome.error is not None and not outcome.lost:
+                first_failure, n_failed = first_failure or outcome.error, n_failed + 1
+            first_out_of_range = first_out_of_range or outcome.range_warning or ""
+            n_out_of_range += outcome.n_out_of_range
+            n_stacks += int(outcome.is_stack)
+            n_ok += outcome.n_scored
+            n_flagged += outcome.n_flagged
+            n_cells += outcome.n_cells
+            n_cells_flagged += outcome.n_cells_flagged
+            n_skipped += outcome.n_skipped
+    if n_failed:
+        say(f"skipped {n_failed} unusable image file(s); first: {first_failure}")
+    if n_retried or n_lost:
+        say(f"dask workers died mid-batch: {n_retried} image(s) scored again on another "
+             f"worker, {n_lost} not scored (their rows say so; --resume tries them again)")
+    if n_out_of_range:
+        say(f"warning: {n_out_of_range} image(s) lie outside the model's training range "
+             f"(see clipped_fraction in {csv_path}); first: {first_out_of_range}")
+    rate = f"{100 * fpr:g}% false-alarm rate"
+    before = f" (and {len(out.done)} files scored before)" if out.resumed else ""
+    planes = f" (each plane of the {n_stacks} stack(s) counted as one)" if n_stacks else ""
+    say(f"scored {n_ok} images{planes}{before}: {n_flagged} flagged anomalous at {rate}; "
+         f"results in {csv_path}")
+    if per_cell:
+        say(f"scored {n_cells} cells: {n_cells_flagged} flagged anomalous (cells cut by the "
+             f"image edge are not judged)" + (f"; per-cell rows in {cells_path}"
+                                              if cells_path is not None else ""))
+        if n_skipped:
+            from ..core.cellunits import MIN_CELL_AREA
+
+            say(f"left out {n_skipped} objects too small to be read as cells "
+                 f"(under {MIN_CELL_AREA} pixels)")
+    return 0 if n_ok or (out.done and not n_failed) else EXIT_BAD_INPUT
+
