@@ -627,8 +627,9 @@ class ScoreWidget(QWidget):
     def _on_row_clicked(self, row: int, _col: int) -> None:
         key = self.table.key_at(row)
         if key is not None and not self.cell_results.reveal(key) \
-                and not self.stack_results.reveal(key):
+                and not self.stack_results.reveal(key) and not self.lazy_maps.reveal(key):
             self.image_results.reveal(key)
+
     def _update_threshold_label(self) -> None:
         detector = self.state.detector
         if detector is None:
