@@ -464,7 +464,8 @@ class ScoreWidget(QWidget):
             self.stack_results.drop(source)
             merged = self._stack_cells[layer_key(source)]
             merged.put(plane, event.cells)
-            self._render_cells(source, merged.cells(), detector, merged.labels, merged.others())
+            yield from self._render_cells_steps(source, merged.cells(), detector,
+                                                merged.labels, merged.others())
         elif isinstance(event, CellsScored):
             yield from self._render_cells_steps(source, event.cells, detector, event.labels,
                                                 event.others, event.features)
@@ -523,11 +524,6 @@ class ScoreWidget(QWidget):
     # ------------------------------------------------------------------------------------
     # rendering and re-thresholding (the results do the work)
     # ------------------------------------------------------------------------------------
-    def _render_result(self, source: Layer, result: ScoreResult,
-                       detector: AnomalyDetector) -> None:
-        for _ in self._render_result_steps(source, result, detector):
-            pass
-
     def _render_result_steps(self, source: Layer, result: ScoreResult,
                              detector: AnomalyDetector) -> Iterator[None]:
         self.cell_results.drop(source)
@@ -538,13 +534,6 @@ class ScoreWidget(QWidget):
             outline=self.outline_check.isChecked())
         self._update_histogram()
         self._update_buttons()
-
-    def _render_cells(self, source: Layer, cells: CellScores, detector: AnomalyDetector,
-                      labels: np.ndarray | None = None, others: np.ndarray | None = None
-                      ) -> None:
-        """Show the cells of ``source`` at once (all of :meth:`_render_cells_steps`)."""
-        for _ in self._render_cells_steps(source, cells, detector, labels, others):
-            pass
 
     def _render_cells_steps(self, source: Layer, cells: CellScores, detector: AnomalyDetector,
                             labels: np.ndarray | None = None, others: np.ndarray | None = None,
