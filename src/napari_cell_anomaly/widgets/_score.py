@@ -21,14 +21,14 @@ composes small pieces, each in its own module: the model choice (:mod:`._model_s
 worker jobs and their events (:mod:`._score_job`), the per-image results (:mod:`._image_results`:
 records, result layers, re-thresholding), the per-cell results (:mod:`._cells_results`:
 records, cells layers, cells table, viewer selection, cells CSV), the images table and CSV
-export (:mod:`._results_table`), the histogram (:mod:`._histogram`), and for cells the options
+export (:mod:`._results_table`), the histogram (:mod:`._histogram`), the threshold text
+(:mod:`._threshold_text`), and for cells the options
 (:mod:`._cells_source`), the cells layer (:mod:`._cells_layer`) and the cells table
 (:mod:`._cells_table`).
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import weakref
 from collections import deque
@@ -78,6 +78,7 @@ from ._score_job import CellsScored, Failed, Scored, score_cells_job, score_job
 from ._score_targets import ScoreTargetsBox
 from ._stack_results import StackResults
 from ._state import ModelState, Status, get_state
+from ._threshold_text import threshold_text
 
 if TYPE_CHECKING:
     import napari
@@ -624,17 +625,7 @@ class ScoreWidget(QWidget):
         if detector is None:
             self.threshold_label.setText("")
             return
-        crit = detector.calibration.criteria(self.fpr)
-        # The rate's sample and interval (and a warning for a small sample) come first.
-        rate, _, warning = detector.describe_rate(self.fpr).partition(". Warning: ")
-        warn = (f"<br><b style='color:#ffb74d'>Warning:</b> {html.escape(warning)}"
-                if warning else "")
-        self.threshold_label.setText(
-            f"<small>{html.escape(rate)}{warn}<br>"
-            f"Anomalous if score &gt; {crit['score']:.2f}, i.e. recon error &gt; "
-            f"{crit['recon_error']:.3g} or log-density &lt; {crit['log_density']:.3g}; "
-            f"regions where the map &gt; "
-            f"{detector.calibration.pixel_threshold(self.fpr):.3g}</small>")
+        self.threshold_label.setText(threshold_text(detector, self.fpr))
 
     def _update_histogram(self) -> None:
         if self.hist is None:  # not built yet: drawn when it is
