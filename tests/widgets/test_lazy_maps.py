@@ -114,3 +114,24 @@ def test_multiscale_layer_map_computes_only_what_is_in_view(make_napari_viewer, 
     shown = np.asarray(heat_layer.data[0][200:260, 200:260])
     np.testing.assert_allclose(shown, patch_detector.score(field).error_map[200:260, 200:260],
                                rtol=1e-4, atol=1e-6)
+
+
+def test_clicking_a_lazy_maps_row_shows_its_map_and_selects_its_source(
+        make_napari_viewer, qtbot, patch_detector, field):
+    viewer = make_napari_viewer()
+    score = _score_dock(viewer)
+    get_state(viewer).set_trained(patch_detector)
+    source = viewer.add_image(da.from_array(field, chunks=(200, 200, 3)), name="slide",
+                              rgb=True, visible=False)
+    viewer.layers.selection.select_only(source)
+    assert score.start_scoring()
+    heat_layer = viewer.layers["slide anomaly map"]
+    assert not heat_layer.visible  # the map starts hidden, as its source is
+    other = viewer.add_image(field[:50, :50], name="other", rgb=True)
+    viewer.layers.selection.select_only(other)
+    (row,) = score.results()
+    assert row["verdict"] == NOT_COMPUTED
+    score.table.cellClicked.emit(score.table.row_of(next(iter(score.lazy_maps.maps))), 0)
+    assert source.visible and heat_layer.visible
+    assert viewer.layers.selection.active is source
+    assert not score.lazy_maps.reveal("no such key")

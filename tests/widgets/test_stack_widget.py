@@ -132,10 +132,17 @@ def test_a_stack_is_scored_per_cell_into_one_cells_layer_of_its_shape(
     score = viewer.window.add_plugin_dock_widget(PLUGIN, "Score images")[1]
     get_state(viewer).set_trained(cells_detector)
     score.cells_box.setChecked(True)  # cells found automatically
+    # The event-loop turn (rendering step) in which each new layer is added.
+    turns, added = [0], []
+    score._render_timer.timeout.connect(lambda: turns.__setitem__(0, turns[0] + 1))
+    viewer.layers.events.inserted.connect(lambda e: added.append((e.value.name, turns[0])))
     viewer.layers.selection.select_only(stack)
     assert score.start_scoring()
     qtbot.waitUntil(lambda: score.state.status is Status.IDLE, timeout=SCORE_TIMEOUT)
     assert not _errors(notes)
+    # Its map and cells layer came one per turn, as for a 2-D image (the GUI stays live).
+    assert {name for name, _ in added} == {"ts anomaly map", "ts cells"}
+    assert len({turn for _, turn in added}) == len(added)
     cells_layer = viewer.layers["ts cells"]
     assert cells_layer.data.shape == (2, 160, 160)
     np.testing.assert_array_equal(cells_layer.scale, stack.scale)

@@ -275,6 +275,16 @@ def test_density_choice_reaches_the_train_config(make_napari_viewer):
         assert train.config().scoring.density == kind
 
 
+def test_orient_choice_reaches_the_train_config(make_napari_viewer):
+    train, _ = _docks(make_napari_viewer())
+    box = train.orient
+    assert box.isChecked() == TrainConfig().orient == train.config().orient
+    for on in (not TrainConfig().orient, TrainConfig().orient):
+        box.setChecked(on)
+        assert train.config().orient is on
+        assert train.settings.config(cells=True).orient is on  # cells mode: the box decides
+
+
 def test_stop_keeps_a_usable_model(make_napari_viewer, qtbot, notes):
     viewer = make_napari_viewer()
     _open_samples(viewer)

@@ -168,6 +168,20 @@ class LazyMapsBox(QWidget):
                 self.table.remove(layer_key(source))
             self._update()
 
+    def reveal(self, key: str) -> bool:
+        """Show and select the source of row ``key`` and show its lazy anomaly map (as a
+        click on an image's row does); False if the row is not a lazy map's."""
+        found = self.maps.get(key)
+        if found is None:
+            return False
+        source = found[0]
+        if source in self.viewer.layers:
+            source.visible = True
+            for layer in self._map_layers(source):  # it may have started hidden
+                layer.visible = True
+            self.viewer.layers.selection.active = source
+        return True
+
     # -- results ---------------------------------------------------------------------------
     def is_anomalous(self, heat: LazyAnomalyMap) -> bool:
         """Verdict of a scored lazy map's image at the current false-alarm rate."""
@@ -264,13 +278,20 @@ class LazyMapsBox(QWidget):
         self._refresh_layers()
         self._update()
 
+    def _map_layers(self, source: Layer) -> list[Layer]:
+        """The lazy anomaly map layers of ``source`` in the viewer."""
+        found = []
+        for layer in self.viewer.layers:
+            meta = layer.metadata.get(PLUGIN_KEY)
+            if (isinstance(meta, dict) and meta.get("lazy")
+                    and meta.get("source_id") == layer_key(source)):
+                found.append(layer)
+        return found
+
     def _refresh_layers(self) -> None:
         for source, _heat in self.maps.values():
-            for layer in self.viewer.layers:
-                meta = layer.metadata.get(PLUGIN_KEY)
-                if (isinstance(meta, dict) and meta.get("lazy")
-                        and meta.get("source_id") == layer_key(source)):
-                    layer.refresh()
+            for layer in self._map_layers(source):
+                layer.refresh()
 
     def shutdown(self) -> None:
         """Stop a running Compute all and wait (at most a second) for its thread."""

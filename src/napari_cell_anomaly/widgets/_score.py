@@ -21,14 +21,14 @@ composes small pieces, each in its own module: the model choice (:mod:`._model_s
 worker jobs and their events (:mod:`._score_job`), the per-image results (:mod:`._image_results`:
 records, result layers, re-thresholding), the per-cell results (:mod:`._cells_results`:
 records, cells layers, cells table, viewer selection, cells CSV), the images table and CSV
-export (:mod:`._results_table`), the histogram (:mod:`._histogram`), and for cells the options
+export (:mod:`._results_table`), the histogram (:mod:`._histogram`), the threshold text
+(:mod:`._threshold_text`), and for cells the options
 (:mod:`._cells_source`), the cells layer (:mod:`._cells_layer`) and the cells table
 (:mod:`._cells_table`).
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import weakref
 from collections import deque
@@ -78,6 +78,7 @@ from ._score_job import CellsScored, Failed, Scored, score_cells_job, score_job
 from ._score_targets import ScoreTargetsBox
 from ._stack_results import StackResults
 from ._state import ModelState, Status, get_state
+from ._threshold_text import threshold_text
 
 if TYPE_CHECKING:
     import napari
@@ -464,7 +465,8 @@ class ScoreWidget(QWidget):
             self.stack_results.drop(source)
             merged = self._stack_cells[layer_key(source)]
             merged.put(plane, event.cells)
-            self._render_cells(source, merged.cells(), detector, merged.labels, merged.others())
+            yield from self._render_cells_steps(source, merged.cells(), detector,
+                                                merged.labels, merged.others())
         elif isinstance(event, CellsScored):
             yield from self._render_cells_steps(source, event.cells, detector, event.labels,
                                                 event.others, event.features)
@@ -523,11 +525,6 @@ class ScoreWidget(QWidget):
     # ------------------------------------------------------------------------------------
     # rendering and re-thresholding (the results do the work)
     # ------------------------------------------------------------------------------------
-    def _render_result(self, source: Layer, result: ScoreResult,
-                       detector: AnomalyDetector) -> None:
-        for _ in self._render_result_steps(source, result, detector):
-            pass
-
     def _render_result_steps(self, source: Layer, result: ScoreResult,
                              detector: AnomalyDetector) -> Iterator[None]:
         self.cell_results.drop(source)
@@ -538,13 +535,6 @@ class ScoreWidget(QWidget):
             outline=self.outline_check.isChecked())
         self._update_histogram()
         self._update_buttons()
-
-    def _render_cells(self, source: Layer, cells: CellScores, detector: AnomalyDetector,
-                      labels: np.ndarray | None = None, others: np.ndarray | None = None
-                      ) -> None:
-        """Show the cells of ``source`` at once (all of :meth:`_render_cells_steps`)."""
-        for _ in self._render_cells_steps(source, cells, detector, labels, others):
-            pass
 
     def _render_cells_steps(self, source: Layer, cells: CellScores, detector: AnomalyDetector,
                             labels: np.ndarray | None = None, others: np.ndarray | None = None,
@@ -627,24 +617,15 @@ class ScoreWidget(QWidget):
     def _on_row_clicked(self, row: int, _col: int) -> None:
         key = self.table.key_at(row)
         if key is not None and not self.cell_results.reveal(key) \
-                and not self.stack_results.reveal(key):
+                and not self.stack_results.reveal(key) and not self.lazy_maps.reveal(key):
             self.image_results.reveal(key)
+
     def _update_threshold_label(self) -> None:
         detector = self.state.detector
         if detector is None:
             self.threshold_label.setText("")
             return
-        crit = detector.calibration.criteria(self.fpr)
-        # The rate's sample and interval (and a warning for a small sample) come first.
-        rate, _, warning = detector.describe_rate(self.fpr).partition(". Warning: ")
-        warn = (f"<br><b style='color:#ffb74d'>Warning:</b> {html.escape(warning)}"
-                if warning else "")
-        self.threshold_label.setText(
-            f"<small>{html.escape(rate)}{warn}<br>"
-            f"Anomalous if score &gt; {crit['score']:.2f}, i.e. recon error &gt; "
-            f"{crit['recon_error']:.3g} or log-density &lt; {crit['log_density']:.3g}; "
-            f"regions where the map &gt; "
-            f"{detector.calibration.pixel_threshold(self.fpr):.3g}</small>")
+        self.threshold_label.setText(threshold_text(detector, self.fpr))
 
     def _update_histogram(self) -> None:
         if self.hist is None:  # not built yet: drawn when it is

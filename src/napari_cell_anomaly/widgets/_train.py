@@ -148,7 +148,7 @@ class TrainWidget(QWidget):
         # -- settings -----------------------------------------------------------------------
         self.settings = TrainSettings()
         for name in ("epochs", "size", "loss", "seed", "advanced", "batch_size", "lr", "preset",
-                     "mode", "robust", "density", "device"):
+                     "mode", "robust", "density", "orient", "device"):
             setattr(self, name, getattr(self.settings, name))
         layout.addWidget(self.settings)
 

@@ -87,6 +87,12 @@ class TrainSettings(QWidget):
                                "most anomalous reconstruction error (whole-image mode) and "
                                "drops such images from calibration, for training sets with a "
                                "few abnormal cells mixed in.")
+        self.orient = QCheckBox("Orient cells (cells mode)")
+        self.orient.setToolTip("Cells mode only: each cell window is turned so the cell's major "
+                               "axis is horizontal (and its centre at the window's centre) "
+                               "before the network sees it, in training and when the model "
+                               "scores; training augmentation then only flips. Off: windows "
+                               "as the cells lie.")
         self.density = QComboBox()
         self.density.setToolTip("Whole-image and patch modes: density model over the code "
                                 "vectors of single latent positions; an image's log-density is "
@@ -104,6 +110,7 @@ class TrainSettings(QWidget):
                               "for fluorescence, grayscale and other channel sets.")
         adv_form.addRow("Pixel error", self.error)
         adv_form.addRow(self.robust)
+        adv_form.addRow(self.orient)
         self.device = DeviceChoice()
         adv_form.addRow("Device", self.device)
         self.advanced.addWidget(adv)
@@ -112,7 +119,7 @@ class TrainSettings(QWidget):
         self.size.editingFinished.connect(self.snap_size)
         self.controls = [self.epochs, self.size, self.loss, self.seed, self.batch_size,
                          self.lr, self.preset, self.mode, self.robust, self.density,
-                         self.error, self.device]
+                         self.error, self.orient, self.device]
 
     def set_enabled(self, on: bool) -> None:
         """Enable or disable every control (the "Advanced" toggle stays usable)."""
@@ -138,6 +145,7 @@ class TrainSettings(QWidget):
             self.mode.addItem(_MODE_LABELS.get(key, key), key)
         self.mode.setCurrentIndex(MODES.index(defaults.mode))
         self.robust.setChecked(defaults.robust)
+        self.orient.setChecked(defaults.orient)
         for key in TRAINABLE_DENSITIES:
             self.density.addItem(_DENSITY_LABELS.get(key, key), key)
         self.density.setCurrentIndex(TRAINABLE_DENSITIES.index(defaults.scoring.density))
@@ -173,6 +181,7 @@ class TrainSettings(QWidget):
             mode="cells" if cells else self.mode.currentData(),
             preset=self.preset.currentText(),
             robust=self.robust.isChecked(),
+            orient=self.orient.isChecked(),
             scoring=ScoringConfig(density=self.density.currentData(),
                                   error=self.error.currentData() or "auto"),
         )
