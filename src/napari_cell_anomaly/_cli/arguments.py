@@ -29,37 +29,41 @@ class HelpFormatter(argparse.HelpFormatter):
         return text
 
 
-def fpr_arg(text: str) -> float:
+def _parse(text: str, kind: type[int] | type[float]) -> int | float:
+    """``text`` as a ``kind`` (int or float), or an argparse error naming what was given."""
     try:
-        value = float(text)
+        return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+
+
+def fpr_arg(text: str) -> float:
+    """A false-alarm rate: a number strictly between 0 and 1."""
+    value = _parse(text, float)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
     return value
 
 
 def positive_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    """A whole number of at least 1."""
+    value = _parse(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def positive_float_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    """A finite number above 0."""
+    value = _parse(text, float)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
 def channel_axis_arg(text: str) -> int | str:
+    """A channel axis index, or ``none`` (the file has no channel axis)."""
     if text.lower() == "none":
         return "none"
     try:
