@@ -50,6 +50,21 @@ class CellData:
 
 
 @pytest.fixture(scope="session")
+def crop_model() -> AnomalyDetector:
+    """A whole-mode model of 32 px crops after a few steps (for contracts, not quality)."""
+    return run_training(make_cells(48, size=32, seed=1).images,
+                        TrainConfig(size=32, max_steps=4, batch_size=16, epochs=50))
+
+
+@pytest.fixture(scope="session")
+def crop_planes() -> np.ndarray:
+    """(5, 32, 32, 3) uint8: three normal 32 px crops, then two with planted anomalies
+    (a stack's planes)."""
+    return np.stack(make_cells(3, size=32, seed=7).images
+                    + make_cells(2, size=32, anomaly_fraction=1.0, seed=8).images)
+
+
+@pytest.fixture(scope="session")
 def cells() -> CellData:
     return CellData(
         train=make_cells(CELL_TRAIN_N, size=64, seed=1),

@@ -12,27 +12,9 @@ import pytest
 import tifffile
 
 from napari_cell_anomaly.core import stacks
-from napari_cell_anomaly.core.detector import AnomalyDetector
 from napari_cell_anomaly.core.images import ImageError
-from napari_cell_anomaly.core.sample import make_cells
 from napari_cell_anomaly.core.stackio import as_stack, load_planes, read_stack
 from napari_cell_anomaly.core.stacks import MapStack, score_stack
-from napari_cell_anomaly.core.training import TrainConfig, run_training
-
-
-@pytest.fixture(scope="module")
-def tiny() -> AnomalyDetector:
-    """A whole-mode model of 32 px crops after a few steps (for contracts, not quality)."""
-    return run_training(make_cells(48, size=32, seed=1).images,
-                        TrainConfig(size=32, max_steps=4, batch_size=16, epochs=50))
-
-
-@pytest.fixture(scope="module")
-def crops() -> np.ndarray:
-    """(5, 32, 32, 3) uint8: 5 crops, the last two with planted anomalies."""
-    normal = make_cells(3, size=32, seed=7).images
-    odd = make_cells(2, size=32, anomaly_fraction=1.0, seed=8).images
-    return np.stack(normal + odd)
 
 
 class CountingPlanes:
@@ -56,13 +38,13 @@ def test_as_stack_and_read_stack_are_still_importable_from_core_stacks() -> None
     assert stacks.read_stack is read_stack
 
 
-def test_each_plane_is_scored_as_the_2d_model_scores_it(tiny, crops) -> None:
-    stack = as_stack(crops, name="crops")
-    got = list(score_stack(tiny, stack))
+def test_each_plane_is_scored_as_the_2d_model_scores_it(crop_model, crop_planes) -> None:
+    stack = as_stack(crop_planes, name="crops")
+    got = list(score_stack(crop_model, stack))
     assert [p.index for p in got] == list(range(5))
     assert [p.name for p in got] == [f"crops [z={i}]" for i in range(5)]
     for p in got:
-        ref = tiny.score(crops[p.index])
+        ref = crop_model.score(crop_planes[p.index])
         assert p.error is None and p.result.score == pytest.approx(ref.score, rel=1e-6)
         np.testing.assert_allclose(p.result.error_map, ref.error_map, rtol=1e-5, atol=1e-7)
     maps = MapStack(len(stack), stack.plane_shape)
@@ -72,17 +54,17 @@ def test_each_plane_is_scored_as_the_2d_model_scores_it(tiny, crops) -> None:
     np.testing.assert_array_equal(maps.data[3], got[3].result.error_map)
 
 
-def test_a_dask_stack_is_read_one_plane_at_a_time(tiny, crops) -> None:
-    source = CountingPlanes(crops)
+def test_a_dask_stack_is_read_one_plane_at_a_time(crop_model, crop_planes) -> None:
+    source = CountingPlanes(crop_planes)
     lazy = da.from_array(source, chunks=(1, 32, 32, 3), asarray=False)
-    planes = score_stack(tiny, as_stack(lazy, name="lazy", axis="T"))
+    planes = score_stack(crop_model, as_stack(lazy, name="lazy", axis="T"))
     first = next(planes)
     assert first.name == "lazy [t=0]" and first.result is not None
     assert source.reads == [0]  # plane 0 only, not the stack
     rest = list(planes)
     assert source.reads == [0, 1, 2, 3, 4]  # each plane read once, in order
     assert [p.result.score for p in rest] == pytest.approx(
-        [tiny.score(crops[i]).score for i in range(1, 5)], rel=1e-6)
+        [crop_model.score(crop_planes[i]).score for i in range(1, 5)], rel=1e-6)
 
 
 def _indices(key: int | slice) -> list[int]:
@@ -90,23 +72,24 @@ def _indices(key: int | slice) -> list[int]:
     return [key] if isinstance(key, int) else list(range(key.start, key.stop))
 
 
-def test_a_tiff_stack_file_is_read_one_plane_at_a_time(tiny, crops, tmp_path: Path) -> None:
+def test_a_tiff_stack_file_is_read_one_plane_at_a_time(crop_model, crop_planes,
+                                                       tmp_path: Path) -> None:
     """read_stack reads a multi-page TIFF plane by plane from the file: nothing when opened,
     one plane's pages per plane scored, and the same scores as the planes in memory."""
     path = tmp_path / "z.tif"
-    tifffile.imwrite(path, crops, metadata={"axes": "ZYXS"})
+    tifffile.imwrite(path, crop_planes, metadata={"axes": "ZYXS"})
     stack = read_stack(path)
     assert stack.is_stack and len(stack) == 5 and stack.plane_axes == "YXS"
     assert stack.plane_shape == (32, 32, 3)
     assert stack.source.reads == []  # opening and the plane shape read no pixel
-    planes = score_stack(tiny, stack)
+    planes = score_stack(crop_model, stack)
     first = next(planes)
     assert [_indices(k[0]) for k in stack.source.reads] == [[0]]  # plane 0 only
     rest = list(planes)
     # each plane read once, in order, and alone
     assert [_indices(k[0]) for k in stack.source.reads] == [[i] for i in range(5)]
     for p in [first, *rest]:
-        ref = tiny.score(crops[p.index])
+        ref = crop_model.score(crop_planes[p.index])
         assert p.result.score == pytest.approx(ref.score, rel=1e-6)
         np.testing.assert_allclose(p.result.error_map, ref.error_map, rtol=1e-5, atol=1e-7)
 
@@ -125,10 +108,10 @@ def test_a_hyperstack_plane_reads_only_its_own_channel_pages(tmp_path: Path) -> 
         ([2], [0]), ([2], [1])]
 
 
-def test_a_bad_plane_is_reported_and_the_others_scored(tiny, crops) -> None:
-    planes = crops.copy()
+def test_a_bad_plane_is_reported_and_the_others_scored(crop_model, crop_planes) -> None:
+    planes = crop_planes.copy()
     planes[2] = 9  # a constant plane
-    got = list(score_stack(tiny, as_stack(planes, name="s")))
+    got = list(score_stack(crop_model, as_stack(planes, name="s")))
     assert [p.result is None for p in got] == [False, False, True, False, False]
     assert "constant" in got[2].error and "s [z=2]" in got[2].error
 
@@ -148,12 +131,12 @@ def test_bad_stacks_get_one_clear_line(data, expected) -> None:
 
 
 # -- files ------------------------------------------------------------------------------------
-def test_tiff_axes_decide_the_planes(tmp_path: Path, crops) -> None:
-    gray = crops[..., 1]
+def test_tiff_axes_decide_the_planes(tmp_path: Path, crop_planes) -> None:
+    gray = crop_planes[..., 1]
     cases = {
         "z.tif": (gray, {"metadata": {"axes": "ZYX"}}, "Z", (5, 32, 32)),
         "t.tif": (gray, {"imagej": True, "metadata": {"axes": "TYX"}}, "T", (5, 32, 32)),
-        "rgb.tif": (crops, {"metadata": {"axes": "ZYXS"}}, "Z", (5, 32, 32, 3)),
+        "rgb.tif": (crop_planes, {"metadata": {"axes": "ZYXS"}}, "Z", (5, 32, 32, 3)),
         "zc.tif": (np.stack([gray, gray[::-1]], 1), {"imagej": True,
                                                      "metadata": {"axes": "ZCYX"}},
                    "Z", (5, 32, 32, 2)),  # channels moved last
@@ -173,16 +156,16 @@ def test_tiff_axes_decide_the_planes(tmp_path: Path, crops) -> None:
     stack = read_stack(tmp_path / "q.tif", channel_axis="none")
     assert stack.is_stack and len(stack) == 5 and stack.plane_name(2) == "q.tif [2]"
     np.testing.assert_array_equal(stack.plane(2)[..., 0], gray[2])
-    tifffile.imwrite(tmp_path / "one.tif", crops[0])  # one RGB image
+    tifffile.imwrite(tmp_path / "one.tif", crop_planes[0])  # one RGB image
     single = read_stack(tmp_path / "one.tif")
     assert not single.is_stack and len(single) == 1 and single.plane_name(0) == "one.tif"
-    np.testing.assert_array_equal(single.plane(0), crops[0])
+    np.testing.assert_array_equal(single.plane(0), crop_planes[0])
     # Several images of one size in one TIFF: a stack of them.
-    tifffile.imwrite(tmp_path / "series.tif", crops[0])
-    tifffile.imwrite(tmp_path / "series.tif", crops[1], append=True)
+    tifffile.imwrite(tmp_path / "series.tif", crop_planes[0])
+    tifffile.imwrite(tmp_path / "series.tif", crop_planes[1], append=True)
     pair = read_stack(tmp_path / "series.tif")
     assert pair.is_stack and len(pair) == 2
-    np.testing.assert_array_equal(pair.plane(1), crops[1])
+    np.testing.assert_array_equal(pair.plane(1), crop_planes[1])
 
 
 @pytest.mark.parametrize(("case", "expected"), [
@@ -206,10 +189,10 @@ def test_bad_stack_files_get_one_clear_line(tmp_path: Path, case: str, expected:
     assert path.name in str(err.value)
 
 
-def test_load_planes_gives_one_training_image_per_plane(tmp_path: Path, crops) -> None:
-    tifffile.imwrite(tmp_path / "a.tif", crops, metadata={"axes": "ZYXS"})
-    tifffile.imwrite(tmp_path / "b.tif", crops[0])
-    bad = crops.copy()
+def test_load_planes_gives_one_training_image_per_plane(tmp_path: Path, crop_planes) -> None:
+    tifffile.imwrite(tmp_path / "a.tif", crop_planes, metadata={"axes": "ZYXS"})
+    tifffile.imwrite(tmp_path / "b.tif", crop_planes[0])
+    bad = crop_planes.copy()
     bad[1] = 0
     tifffile.imwrite(tmp_path / "c.tif", bad, metadata={"axes": "TYXS"})
     loaded = load_planes(sorted(tmp_path.glob("*.tif")))
@@ -217,7 +200,7 @@ def test_load_planes_gives_one_training_image_per_plane(tmp_path: Path, crops) -
         f"c.tif [t={i}]" for i in (0, 2, 3, 4)]
     assert loaded.planes == [0, 1, 2, 3, 4, None, 0, 2, 3, 4]
     assert [p.name for p in loaded.paths] == ["a.tif"] * 5 + ["b.tif"] + ["c.tif"] * 4
-    np.testing.assert_array_equal(loaded.images[3], crops[3])
+    np.testing.assert_array_equal(loaded.images[3], crop_planes[3])
     assert len(loaded.failures) == 1 and "c.tif [t=1]" in loaded.failures[0][1]
 
 

@@ -13,23 +13,7 @@ import pytest
 
 from conftest import KEY, PLUGIN, SCORE_TIMEOUT, snapshot
 from conftest import errors as _errors
-from napari_cell_anomaly.core.sample import make_cells
-from napari_cell_anomaly.core.training import TrainConfig, run_training
 from napari_cell_anomaly.widgets import Status, get_state
-
-
-@pytest.fixture(scope="module")
-def crop_model() -> Any:
-    """A whole-mode model of 32 px crops after a few steps (for contracts, not quality)."""
-    return run_training(make_cells(48, size=32, seed=1).images,
-                        TrainConfig(size=32, max_steps=4, batch_size=16, epochs=50))
-
-
-@pytest.fixture(scope="module")
-def planes() -> np.ndarray:
-    """(5, 32, 32, 3) uint8: three normal crops, then two with planted anomalies."""
-    return np.stack(make_cells(3, size=32, seed=7).images
-                    + make_cells(2, size=32, anomaly_fraction=1.0, seed=8).images)
 
 
 def _score(viewer, qtbot, model, *layers):
@@ -43,11 +27,11 @@ def _score(viewer, qtbot, model, *layers):
 
 
 def test_a_z_stack_is_scored_plane_by_plane_and_its_map_overlays_it(
-        make_napari_viewer, qtbot, notes, crop_model, planes):
+        make_napari_viewer, qtbot, notes, crop_model, crop_planes):
     viewer = make_napari_viewer()
-    stack = viewer.add_image(planes, rgb=True, name="zs", scale=(2.0, 0.5, 0.5),
+    stack = viewer.add_image(crop_planes, rgb=True, name="zs", scale=(2.0, 0.5, 0.5),
                              translate=(10.0, 5.0, -3.0))
-    flat = viewer.add_image(planes[4], rgb=True, name="flat")
+    flat = viewer.add_image(crop_planes[4], rgb=True, name="flat")
     score = _score(viewer, qtbot, crop_model, stack, flat)
     assert not _errors(notes)
     heat = viewer.layers["zs anomaly map"]
@@ -57,7 +41,7 @@ def test_a_z_stack_is_scored_plane_by_plane_and_its_map_overlays_it(
     np.testing.assert_array_equal(heat.translate, stack.translate)
     for point in ([0, 0, 0], [3, 17, 9], [4, 31, 31]):
         np.testing.assert_allclose(heat.data_to_world(point), stack.data_to_world(point))
-    refs = [crop_model.score(p) for p in planes]
+    refs = [crop_model.score(p) for p in crop_planes]
     for i, ref in enumerate(refs):
         np.testing.assert_allclose(heat.data[i], ref.error_map, rtol=1e-5, atol=1e-7)
     outline = viewer.layers["zs anomalous region"]
@@ -97,15 +81,15 @@ def test_a_z_stack_is_scored_plane_by_plane_and_its_map_overlays_it(
 
 
 def test_a_dask_stack_is_read_one_plane_at_a_time(make_napari_viewer, qtbot, notes,
-                                                  crop_model, planes):
+                                                  crop_model, crop_planes):
     reads: list[tuple[int, ...]] = []
 
     def load(block: np.ndarray, block_info: Any = None) -> np.ndarray:
         lo, hi = block_info[None]["array-location"][0]
         reads.append(tuple(range(lo, hi)))
-        return planes[lo:hi]
+        return crop_planes[lo:hi]
 
-    lazy = da.map_blocks(load, da.zeros(planes.shape, dtype=np.uint8,
+    lazy = da.map_blocks(load, da.zeros(crop_planes.shape, dtype=np.uint8,
                                         chunks=(1, 32, 32, 3)), dtype=np.uint8)
     viewer = make_napari_viewer()
     layer = viewer.add_image(lazy, rgb=True, name="lazy", multiscale=False)
@@ -116,7 +100,7 @@ def test_a_dask_stack_is_read_one_plane_at_a_time(make_napari_viewer, qtbot, not
     assert {r[0] for r in reads} == set(range(5))  # every plane was read
     heat = viewer.layers["lazy anomaly map"].data
     assert heat.shape == (5, 32, 32)
-    np.testing.assert_allclose(heat[3], crop_model.score(planes[3]).error_map, rtol=1e-5,
+    np.testing.assert_allclose(heat[3], crop_model.score(crop_planes[3]).error_map, rtol=1e-5,
                                atol=1e-7)
     assert len(score.results()) == 5
 
@@ -176,13 +160,13 @@ def test_a_stack_is_scored_per_cell_into_one_cells_layer_of_its_shape(
 
 @pytest.mark.parametrize("case", ["per cell, patch model", "4-D"])
 def test_stacks_that_cannot_be_scored_get_one_message(make_napari_viewer, notes, crop_model,
-                                                      patch_detector, planes, case):
+                                                      patch_detector, crop_planes, case):
     viewer = make_napari_viewer()
     score = viewer.window.add_plugin_dock_widget(PLUGIN, "Score images")[1]
     get_state(viewer).set_trained(crop_model)
     if case.startswith("per cell"):
         get_state(viewer).set_trained(patch_detector)
-        layer = viewer.add_image(planes, rgb=True, name="zs")
+        layer = viewer.add_image(crop_planes, rgb=True, name="zs")
         score.cells_box.setChecked(True)
         expected = "'zs' is a stack: per cell"
     else:
