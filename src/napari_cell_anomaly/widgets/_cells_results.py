@@ -144,18 +144,11 @@ class CellsResults:
             self.images_table.remove(record.key)
         return bool(gone)
 
-    def render(self, source: Layer, cells: CellScores, detector: AnomalyDetector,
-               labels: np.ndarray | None = None, others: np.ndarray | None = None,
-               features: pd.DataFrame | None = None) -> None:
-        """Show the cells of ``source``: anomaly map, cells layer, table rows (all the steps of
-        :meth:`render_steps` at once)."""
-        for _ in self.render_steps(source, cells, detector, labels, others, features):
-            pass
-
     def render_steps(self, source: Layer, cells: CellScores, detector: AnomalyDetector,
                      labels: np.ndarray | None = None, others: np.ndarray | None = None,
                      features: pd.DataFrame | None = None) -> Iterator[None]:
-        """:meth:`render` as a generator: one step per layer added or refreshed.
+        """Show the cells of ``source``: anomaly map, cells layer, table rows; a generator,
+        one step per layer added or refreshed.
 
         napari spends most of a render adding the two layers (their controls, their visuals,
         the selection events); a caller that runs one step per event-loop turn splits that

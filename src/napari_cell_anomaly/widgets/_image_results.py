@@ -98,20 +98,11 @@ class ImageResults:
         if record is not None:
             self.records.remove(record)
 
-    def render(self, source: Layer, result: ScoreResult, detector: AnomalyDetector, *,
-               reconstruction: bool, outline: bool) -> None:
-        """Show ``result``: anomaly map, optional reconstruction and outline, table row.
-
-        An outline made before is refreshed even when ``outline`` is off. All at once; the
-        Score widget uses :meth:`render_steps` to spread the work over event-loop turns.
-        """
-        for _ in self.render_steps(source, result, detector, reconstruction=reconstruction,
-                                   outline=outline):
-            pass
-
     def render_steps(self, source: Layer, result: ScoreResult, detector: AnomalyDetector, *,
                      reconstruction: bool, outline: bool) -> Iterator[None]:
-        """:meth:`render` as a generator that adds or refreshes one layer per step.
+        """Show ``result``: anomaly map, optional reconstruction and outline (one made before
+        is refreshed even when ``outline`` is off), table row; a generator that adds or
+        refreshes one layer per step.
 
         napari spends ~50-150 ms of the GUI thread adding a layer (its controls, its visual,
         the selection events); a caller that runs one step per event-loop turn keeps the GUI
