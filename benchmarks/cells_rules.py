@@ -8,6 +8,12 @@ fields' normal cells, every z-score taken against the model's calibration cells 
 and MAD), as in ``cells_variants.py``. E is the reconstruction error, K the latent
 log-density, S the model's morphometry log-density (all as the detector computes them).
 
+``--stain`` also re-measures the morphometry of the first model's cells after a per-field
+stain-intensity normalisation (optical density, taken after the field's background balance,
+scaled so the field's q-th percentile over all its cell pixels equals the training fields'
+median of it) and prints the dev AUROC of the morphometry Gaussian for a few q (no network
+involved: the morphometry is read from the windows).
+
 The per-field colour normalisation rows also need ``CACHE/<name>.ceiling.npz``
 (``benchmarks/cells_ceiling.py``: every classed cell of the training fields), since a field's
 median cell is taken over all its cells, normal or not; they are left out where it is absent.
@@ -28,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cells import auroc_table
-from cells_variants import rz
+from cells_variants import rz, segmented
 
 #: Columns of ``shape_features`` for three colour channels: the mean colour and the contrast
 #: profile (the columns that depend on the stain).
@@ -116,10 +122,60 @@ RULES: dict[str, Callable[[dict], np.ndarray]] = {
 }
 
 
+def stain_rows(cache: Path, name: str, quantiles: tuple[int, ...] = (50, 90, 99)) -> None:
+    """Print the morphometry Gaussian's dev AUROC with and without stain normalisation."""
+    from napari_cell_anomaly.core.cells import measure_cells
+    from napari_cell_anomaly.core.cellunits import (
+        BRIGHTFIELD_LEVEL,
+        balance_field,
+        cut_units,
+        shape_features,
+        take_cells,
+    )
+    from napari_cell_anomaly.core.detector import AnomalyDetector
+
+    det = AnomalyDetector.load(cache / f"{name}.model", device="cpu")
+    tr = dict(np.load(cache / f"{name}.ceiling.npz"))
+    d = dict(np.load(cache / f"{name}.cells.npz"))
+    dev = {k: v[d["part"] == "dev"] for k, v in d.items()}
+
+    def field(stem: str) -> tuple:
+        image, labels, _ = segmented(cache, stem)
+        x, fill = balance_field(det.preprocessing.transform(image)[0], labels)
+        log_rel = np.log(np.clip(x, 1e-3, 1.0) / BRIGHTFIELD_LEVEL)  # -optical density
+        return x, fill, labels, log_rel, -log_rel.mean(-1)[labels > 0]
+
+    ref = {q: float(np.median([np.percentile(field(f)[4], q) for f in np.unique(tr["field"])]))
+           for q in quantiles}
+    feats: dict[str, dict] = {}
+    for key, a in (("train", tr), ("dev", dev)):
+        out = {q: np.zeros((len(a["id"]), d["shape"].shape[1])) for q in (None, *quantiles)}
+        for stem in np.unique(a["field"]):
+            sel = np.flatnonzero(a["field"] == stem)
+            x, fill, labels, log_rel, od = field(stem)
+            table = measure_cells(labels)
+            row = {int(k): i for i, k in enumerate(table.label)}
+            table = take_cells(table, np.asarray([row[int(k)] for k in a["id"][sel]]))
+            for q in out:
+                xq = x if q is None else np.clip(
+                    BRIGHTFIELD_LEVEL * np.exp(log_rel * (ref[q] / np.percentile(od, q))),
+                    0.0, 1.0).astype(np.float32)
+                out[q][sel] = shape_features(cut_units(xq, labels, table, det.size, fill=fill))
+        feats[key] = out
+    normal = tr["cls"] == 0
+    for q in feats["dev"]:
+        s = gaussian(feats["train"][q][normal], feats["dev"][q])
+        label = "none (background balance only)" if q is None else f"percentile {q}"
+        print(f"| stain normalisation: {label} | {auroc_table(dev['cls'], s)['overall']:.3f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("names", nargs="+", help="cached models (cells_variants.py --name)")
+    p.add_argument("--stain", action="store_true",
+                   help="also the stain normalisation rows (first model; needs its "
+                   ".ceiling.npz)")
     args = p.parse_args()
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for name in args.names:
@@ -145,6 +201,8 @@ def main() -> None:
                   if np.isfinite(vals[n][1]) else f"{vals[n][0]:.3f}") for n in args.names]
         mean = np.mean([a for a, _ in vals.values()])
         print(f"| {label} | " + " | ".join(cells) + f" | {mean:.3f} |")
+    if args.stain:
+        stain_rows(args.cache, args.names[0])
 
 
 if __name__ == "__main__":
