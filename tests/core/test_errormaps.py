@@ -154,3 +154,62 @@ def test_unknown_loss_raises_value_error() -> None:
         reconstruction_loss(x, x, "l2")
     with pytest.raises(ValueError, match="unknown loss"):
         errormaps.per_sample_error(x, x, "")
+
+
+def _colours(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """RGB values over the whole range, a quarter of them dark (below the sRGB and CIE ``f``
+    linear-segment thresholds), a few outside [0, 1] (clamped by the conversion)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=gen)
+    dark = torch.rand(shape, generator=gen) < 0.25
+    x = torch.where(dark, 0.03 * x, x)
+    x[..., 0, 0] = torch.tensor([-0.1, 1.2, 0.5])[: shape[1]].view(1, -1)
+    return x
+
+
+def test_rgb_to_lab_matches_skimage() -> None:
+    from skimage.color import rgb2lab
+
+    x = _colours(10, (2, 3, 16, 12)).clamp(0, 1)
+    ref = rgb2lab(x.double().permute(0, 2, 3, 1).numpy()).transpose(0, 3, 1, 2) / 100.0
+    np.testing.assert_allclose(errormaps.rgb_to_lab(x).numpy(), ref, atol=2e-5)
+
+
+def _lab_error_by_definition(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return squared_error_map(errormaps.rgb_to_lab(x.double()), errormaps.rgb_to_lab(y.double()))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize(("shape", "channels_last"),  # the second: 3 row bands on 3 threads
+                         [((1, 3, 37, 29), False), ((4, 3, 131, 130), True)])
+def test_lab_error_map_numpy_path_matches_the_definition(
+        threads: int, shape: tuple[int, ...], channels_last: bool) -> None:
+    x, y = _colours(11, shape), _colours(12, shape)
+    y = torch.where(torch.rand(shape, generator=torch.Generator().manual_seed(3)) < 0.5, x, y)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = y.contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            fast = errormaps.lab_error_map(x, y)
+    finally:
+        torch.set_num_threads(before)
+    assert errormaps._numpy_lab_applies(x, y)
+    assert fast.shape == (shape[0], 1, *shape[2:]) and fast.dtype == torch.float32
+    exact = _lab_error_by_definition(x, y)
+    # float32 rounding of L*a*b* values near 1 (differences of nearly equal numbers)
+    np.testing.assert_allclose(fast.double().numpy(), exact.numpy(), rtol=1e-5, atol=1e-6)
+    assert float(exact.max()) > 0.1 and (exact == 0).any()  # large errors and equal pixels
+
+
+def test_lab_error_map_keeps_gradients_in_torch() -> None:
+    x = _colours(13, (1, 3, 8, 8)).clamp(0.1, 0.9).requires_grad_(True)
+    y = _colours(14, (1, 3, 8, 8))
+    assert not errormaps._numpy_lab_applies(x, y)
+    m = errormaps.lab_error_map(x, y)
+    m.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    np.testing.assert_allclose(m.detach().double().numpy(),
+                               _lab_error_by_definition(x.detach(), y).numpy(), atol=1e-6)
