@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -317,3 +319,39 @@ def test_segment_with_nothing_usable_fails_with_one_line(
     assert "segmented 0 images" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["segment", str(bad), "--out", str(tmp_path / "out"), "--diameter", "-4"])
+
+
+_REUSE_SCRIPT = """
+import resource, sys
+import numpy as np
+from napari_cell_anomaly._cli.common import keep_freed_memory
+
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+
+
+def faults_of_a_fresh_array():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = np.ones(24 << 20, dtype=np.float32)  # 96 MiB, over glibc's default mmap threshold
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+first = faults_of_a_fresh_array()
+print(first, faults_of_a_fresh_array())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_keep_freed_memory_lets_the_process_reuse_freed_blocks() -> None:
+    faults = {}
+    for mode in ("default", "keep"):
+        proc = subprocess.run([sys.executable, "-c", _REUSE_SCRIPT, mode], capture_output=True,
+                              text=True)
+        if mode == "keep" and "AssertionError" in proc.stderr:
+            pytest.skip("mallopt not available (not glibc)")
+        assert proc.returncode == 0, proc.stderr
+        faults[mode] = [int(v) for v in proc.stdout.split()]
+    # By default the freed array goes back to the system and the next one faults its pages in
+    # again; kept, the second array reuses the first one's pages.
+    assert faults["default"][1] > 0.5 * faults["default"][0] > 0
+    assert faults["keep"][1] < 0.1 * faults["keep"][0]

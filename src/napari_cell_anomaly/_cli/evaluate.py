@@ -6,13 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import load_detector, load_inputs, pick_device, prepare_dir
+from .common import keep_freed_memory, load_detector, load_inputs, pick_device, prepare_dir
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print detection metrics on a normal and an anomalous folder as JSON."""
     from ..core.evaluation import evaluate
 
+    keep_freed_memory()
     detector = load_detector(args.model, pick_device(args.device))
     normal = load_inputs([args.normal], args.channel_axis).images
     anomalous = load_inputs([args.anomalous], args.channel_axis).images

@@ -11,6 +11,7 @@ from .common import (
     EXIT_BAD_INPUT,
     CliError,
     check_writable_file,
+    keep_freed_memory,
     label_source,
     load_detector,
     pick_device,
@@ -28,6 +29,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from ..core.batchrecord import run_record
     from ..core.images import find_images
     from ..core.scoring import DEFAULT_FPR
+
+    keep_freed_memory()
 
     csv_path = Path(args.csv)
     check_writable_file(csv_path)
