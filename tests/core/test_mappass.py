@@ -37,6 +37,9 @@ def test_pack_codes_round_trip_is_exact_on_whole_blocks(channels: int, align: in
     z = torch.randn(2, channels, 5, 7)
     plane = pack_codes(z, align)
     assert plane.shape == (2, 1, 5 * align, 7 * align)
+    # the layout documented: channel j of position (i, k) at (i a + j // a, k a + j % a)
+    pad = torch.zeros(2, align * align - channels, 5, 7)
+    assert torch.equal(plane, torch.nn.functional.pixel_shuffle(torch.cat([z, pad], 1), align))
     # A plane cropped inside its last blocks (as for a side that is not a multiple of align)
     # gives back the codes of the whole blocks, bit for bit.
     cropped = plane[1, 0].numpy()[:5 * align - 1, :7 * align]

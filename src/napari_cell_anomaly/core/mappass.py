@@ -167,11 +167,19 @@ def pack_codes(z: torch.Tensor, align: int) -> torch.Tensor:
     multiples of ``align``, and :func:`unpack_codes` reads the codes back exactly.
     Needs ``C <= align ** 2``.
     """
-    n, ch = z.shape[:2]
+    n, ch, h, w = z.shape
     if ch > align * align:
         raise ValueError(f"{ch} latent channels do not fit in {align} x {align} blocks")
-    pad = z.new_zeros((n, align * align - ch, *z.shape[2:]))
-    return torch.nn.functional.pixel_shuffle(torch.cat([z, pad], dim=1), align)
+    rows = -(-ch // align)  # block rows that hold channels
+    if rows * align > ch:
+        z = torch.cat([z, z.new_zeros((n, rows * align - ch, h, w))], dim=1)
+    plane = z.new_zeros((n, 1, h * align, w * align))
+    # plane[m, 0, i * align + r, k * align + q] = z[m, r * align + q, i, k]: a strided copy
+    # into the first ``rows`` rows of each block (what pixel_shuffle of the codes padded to
+    # align ** 2 channels gives, without shuffling the zeros)
+    blocks = plane.view(n, h, align, w, align)
+    blocks[:, :, :rows] = z.reshape(n, rows, align, h, w).permute(0, 3, 1, 4, 2)
+    return plane
 
 
 def unpack_codes(plane: np.ndarray, align: int, channels: int) -> np.ndarray:
