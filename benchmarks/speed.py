@@ -231,10 +231,18 @@ def _cli(src: Path, args: list[str], cwd: Path, kind: str | None = None) -> floa
 
 
 def cli_stages_child(model: Path, png: Path, out_dir: Path) -> None:
-    """In a fresh process (run by :func:`cli_stages`): time each step ``cell-anomaly score``
-    takes for one PNG, cold (the first image of the process, as on the command line), then
-    the score once more, warm; prints one JSON object."""
+    """In a fresh process (run by :func:`cli_stages`), with the command line's memory setting
+    (:func:`~napari_cell_anomaly._cli.common.keep_freed_memory`, where the sources have it):
+    time each step ``cell-anomaly score`` takes for one PNG, cold (the first image of the
+    process, as on the command line), then the score once more, warm; prints one JSON
+    object."""
     t0 = time.perf_counter()
+    try:  # as `cell-anomaly score` does (sources before it lack it)
+        from napari_cell_anomaly._cli.common import keep_freed_memory
+    except ImportError:
+        pass
+    else:
+        keep_freed_memory()
     from napari_cell_anomaly.core.batch import write_tiff_atomic
     from napari_cell_anomaly.core.detector import AnomalyDetector
     from napari_cell_anomaly.core.images import read_image as read
