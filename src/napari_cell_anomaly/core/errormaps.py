@@ -123,6 +123,8 @@ _RGB_TO_XYZ_WHITE = (_RGB_TO_XYZ.double() / _WHITE_D65.double().view(3, 1)).nump
     np.float32)
 #: Input values per thread below which :func:`_lab_error_map_numpy` does not split the work.
 _MIN_SPLIT_ELEMENTS = 1 << 16
+#: Input values :func:`_lab_error_rows` converts at a time.
+_CHUNK_ELEMENTS = 1 << 17
 
 
 def _numpy_lab_applies(x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -163,7 +165,15 @@ def _lab_f(rgb: np.ndarray) -> np.ndarray:
 
 def _lab_error_rows(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
     """The L*a*b* squared error map of channels-last ``(N, h, W, 3)`` float32 images into
-    ``out`` ``(N, h, W)``."""
+    ``out`` ``(N, h, W)``, a few rows at a time (about ``_CHUNK_ELEMENTS`` input values:
+    the temporaries stay in the CPU cache and are reused, not paged in afresh)."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, x.shape[0] * x.shape[2] * x.shape[3]))
+    for r in range(0, x.shape[1], step):
+        _lab_error_chunk(x[:, r:r + step], y[:, r:r + step], out[:, r:r + step])
+
+
+def _lab_error_chunk(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+    """:func:`_lab_error_rows` of one chunk of rows."""
     f32 = np.float32
     d = _lab_f(np.moveaxis(x, -1, 0).copy())
     d -= _lab_f(np.moveaxis(y, -1, 0).copy())
