@@ -179,11 +179,15 @@ def _lab_error_by_definition(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return squared_error_map(errormaps.rgb_to_lab(x.double()), errormaps.rgb_to_lab(y.double()))
 
 
+@pytest.mark.parametrize("chunk", [None, 2000])  # 2000 values: chunks of 1 and 22 rows
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize(("shape", "channels_last"),  # the second: 3 row bands on 3 threads
                          [((1, 3, 37, 29), False), ((4, 3, 131, 130), True)])
 def test_lab_error_map_numpy_path_matches_the_definition(
-        threads: int, shape: tuple[int, ...], channels_last: bool) -> None:
+        threads: int, shape: tuple[int, ...], channels_last: bool, chunk: int | None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if chunk is not None:
+        monkeypatch.setattr(errormaps, "_CHUNK_ELEMENTS", chunk)
     x, y = _colours(11, shape), _colours(12, shape)
     y = torch.where(torch.rand(shape, generator=torch.Generator().manual_seed(3)) < 0.5, x, y)
     if channels_last:
