@@ -110,7 +110,7 @@ def lab_error_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     small luminance ripples less. ``(N, 1, H, W)``: ``squared_error_map(rgb_to_lab(x),
     rgb_to_lab(y))``. On the CPU, for float32 RGB without gradients (scoring), the same sum is
     computed in NumPy (:func:`_lab_error_map_numpy`): its SIMD power and cube root cost a
-    fraction of PyTorch's, so the map takes less than half the CPU time; the two agree to
+    fraction of PyTorch's, so the map takes about a third of the CPU time; the two agree to
     float32 rounding.
     """
     if _numpy_lab_applies(x, y):
