@@ -288,3 +288,33 @@ def test_per_cell_scoring_reports_a_field_outside_the_training_range(cells_detec
     assert cells.range_warning and "uint16" in cells.range_warning
     result, field_cells = cells_detector.score_field(sixteen, test_field.labels)
     assert field_cells.range_warning == result.range_warning == cells.range_warning
+
+
+def test_calibration_records_the_fields_and_old_files_pool(cells_detector, tmp_path):
+    from napari_cell_anomaly.core.modelfile import load_file, save_file
+    from napari_cell_anomaly.core.scoring import Calibration
+
+    cal = cells_detector.calibration
+    info = cells_detector.provenance["cells"]
+    assert cal.groups is not None and cal.groups.size == cal.scores.size
+    assert cal.n_fields == info["n_fields_calibration"]
+    text = cells_detector.describe_rate(0.05)
+    assert f"normal cells from {cal.n_fields} field" in text
+    if cal.n_fields < 5:
+        assert "Warning:" in text and "field(s)" in text
+    path = tmp_path / "cells.safetensors"
+    cells_detector.save(path)
+    again = AnomalyDetector.load(path).calibration
+    np.testing.assert_array_equal(again.groups, cal.groups)
+    assert again.describe(0.05) == cal.describe(0.05)
+    # A file written before the fields were recorded: every cell independent, as before.
+    tensors, meta = load_file(path)
+    legacy = tmp_path / "legacy.safetensors"
+    save_file(legacy, {k: v for k, v in tensors.items() if "groups" not in k}, meta)
+    old = AnomalyDetector.load(legacy).calibration
+    pooled = Calibration(cal.errors, cal.log_densities, cal.map_maxima,
+                         n_trimmed=cal.n_trimmed, shape_log_densities=cal.shape_log_densities)
+    assert old.groups is None
+    for fpr in (0.01, 0.05, 0.1):
+        assert old.threshold(fpr) == pooled.threshold(fpr)
+        assert old.describe(fpr) == pooled.describe(fpr)

@@ -24,6 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from .fieldconformal import (
+    MIN_CALIBRATION_FIELDS,
+    WeightedConformal,
+    effective_size,
+    field_correlation,
+)
+
 ERROR_KINDS = ("lab", "mse", "ssim", "mix")
 REDUCTIONS = ("mean", "p99", "max")
 #: Latent density models (see :mod:`.density`): a KDE and a Gaussian mixture, each one model
@@ -191,6 +198,15 @@ class Calibration:
     shape_log_densities : np.ndarray, optional
         ``(M,)`` log-densities of the same normals' morphometry (cells mode): a third
         criterion, "shape too unusual", on the same robust z-scale as the other two.
+    groups : np.ndarray, optional
+        ``(M,)`` the field (any id) each kept normal comes from (cells mode). Given,
+        thresholds, p-values and the interval count the fields' agreement
+        (:mod:`.fieldconformal`): the calibration is worth :attr:`effective_size`
+        independent normals, fewer than :attr:`size` when the fields differ. None (files
+        written before it existed, whole and patch mode): every normal is independent.
+    trimmed_groups : np.ndarray, optional
+        ``(n_trimmed,)`` the field of each trimmed normal (needed with ``groups`` when
+        ``n_trimmed > 0``).
     """
 
     errors: np.ndarray
@@ -198,6 +214,8 @@ class Calibration:
     map_maxima: np.ndarray
     n_trimmed: int = 0
     shape_log_densities: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    trimmed_groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.errors = np.asarray(self.errors, dtype=np.float64).ravel()
@@ -220,6 +238,40 @@ class Calibration:
                 self.shape_log_densities)
         self.scores = self.combine(self.errors, self.log_densities, self.shape_log_densities)
         self._sorted = np.sort(self.scores)
+        self._fields: WeightedConformal | None = None
+        self.field_rho = 0.0
+        self.n_fields = 0
+        if self.groups is not None:
+            self._init_fields()
+
+    def _init_fields(self) -> None:
+        """The field-aware rule of :mod:`.fieldconformal` from :attr:`groups`."""
+        trimmed = (np.zeros(0) if self.trimmed_groups is None
+                   else np.asarray(self.trimmed_groups).ravel())
+        kept = np.asarray(self.groups).ravel()
+        if kept.size != self.errors.size or trimmed.size != self.n_trimmed:
+            raise ValueError(f"calibration groups: expected one field per normal "
+                             f"({self.errors.size} kept, {self.n_trimmed} trimmed), got "
+                             f"{kept.size} and {trimmed.size}")
+        # Field ids as small integers (what the model file stores).
+        _, codes = np.unique(np.concatenate([kept.astype(str), trimmed.astype(str)]),
+                             return_inverse=True)
+        codes = codes.astype(np.int64).ravel()
+        self.groups, self.trimmed_groups = codes[:kept.size], codes[kept.size:]
+        self.n_fields = int(codes.max()) + 1
+        every = np.concatenate([self.scores, np.full(self.n_trimmed, np.inf)])
+        self.field_rho = field_correlation(every, codes)
+        n_eff = effective_size(codes, self.field_rho)
+        per = n_eff / self.size
+        self._fields = WeightedConformal(self.scores, np.full(self.scores.size, per),
+                                         trimmed_weight=self.n_trimmed * per)
+
+    @property
+    def effective_size(self) -> float:
+        """Independent normals the calibration is worth: :attr:`size` without
+        :attr:`groups`, else ``sum_k n_k / (1 + (n_k - 1) rho)`` over the fields
+        (:func:`.fieldconformal.effective_size`)."""
+        return self._fields.n_eff if self._fields is not None else float(self.size)
 
     @property
     def size(self) -> int:
@@ -250,11 +302,19 @@ class Calibration:
         exponential fit to the upper tail, which is not certified.
         """
         _check_fpr(fpr)
-        return conformal_level(self._sorted, fpr, self.n_trimmed)
+        if self._fields is None:
+            return conformal_level(self._sorted, fpr, self.n_trimmed)
+        i = self._fields.index(fpr)
+        if i is not None:
+            return float(self._sorted[i])
+        return float(self._sorted[-1]) + _tail_model(self._sorted)[3] * float(
+            np.log(self._floor_p / fpr))
 
     def certified(self, fpr: float = DEFAULT_FPR) -> bool:
         """Whether the calibration sample is large enough to guarantee rate ``fpr``."""
         _check_fpr(fpr)
+        if self._fields is not None:
+            return self._fields.index(fpr) is not None
         return conformal_rank(self.size, fpr) <= self._sorted.size
 
     @property
@@ -264,6 +324,8 @@ class Calibration:
 
     @property
     def _floor_p(self) -> float:
+        if self._fields is not None:
+            return self._fields.floor_p
         return (self.n_trimmed + 1) / (self.size + 1)
 
     def rate_interval(self, fpr: float = DEFAULT_FPR, confidence: float = 0.95
@@ -275,16 +337,26 @@ class Calibration:
         scores; with trimmed units it is at most that); the interval holds its central
         ``confidence`` mass. For an uncertified rate only an upper bound is known: the
         threshold is at least the sample maximum, so the interval is ``(0, upper)`` with the
-        one-sided ``confidence`` bound of the maximum's rate.
+        one-sided ``confidence`` bound of the maximum's rate. With :attr:`groups`, the same with
+        :attr:`effective_size` in place of ``n``, and one plus the weight above the threshold
+        in place of ``n + 1 - k`` (:mod:`.fieldconformal`).
         """
         # The Beta quantile from scipy.special (scipy.stats would add ~1 s to start-up).
         from scipy.special import betaincinv
 
         _check_fpr(fpr)
+        tail = 0.5 * (1.0 - confidence)
+        if self._fields is not None:
+            n_eff = self._fields.n_eff
+            if self.certified(fpr):
+                j = self._fields.achieved(fpr) * (n_eff + 1.0)
+                lo, hi = betaincinv(j, n_eff + 1.0 - j, [tail, 1.0 - tail])
+                return float(lo), float(hi)
+            j = 1.0 + self._fields.trimmed_weight
+            return 0.0, float(betaincinv(j, n_eff + 1.0 - j, confidence))
         n = self.size
         if self.certified(fpr):
             k = conformal_rank(n, fpr)
-            tail = 0.5 * (1.0 - confidence)
             lo, hi = betaincinv(n + 1 - k, k, [tail, 1.0 - tail])
             return float(lo), float(hi)
         m = self._sorted.size
@@ -297,7 +369,18 @@ class Calibration:
             parts.append(f"{self.size} calibration normals cannot certify a rate below "
                          f"{_pct(self.min_certified_rate)}; the threshold for "
                          f"{_pct(fpr)} is extrapolated from their tail")
-        if self.size < MIN_CALIBRATION:
+        if self._fields is not None:
+            if self.n_fields < MIN_CALIBRATION_FIELDS:
+                parts.append(f"the calibration normals come from only {self.n_fields} "
+                             f"field(s) (fewer than {MIN_CALIBRATION_FIELDS}): how much "
+                             f"fields differ cannot be judged, and the rate on other fields "
+                             f"may be far from the stated one; train on more fields")
+            elif self.effective_size < MIN_CALIBRATION:
+                parts.append(f"the calibration fields differ, so their {self.size} normals "
+                             f"are worth only about {self.effective_size:.0f} independent "
+                             f"ones (fewer than {MIN_CALIBRATION}): the rate on new fields "
+                             f"may be far from the stated one; train on more fields")
+        elif self.size < MIN_CALIBRATION:
             parts.append(f"only {self.size} calibration normals (fewer than "
                          f"{MIN_CALIBRATION}): the true false-alarm rate may be far from "
                          f"the stated one; train on more normal images")
@@ -321,8 +404,14 @@ class Calibration:
                    f"alarms" if self.n_trimmed else "")
         rate = (f"true rate {_pct(lo, False)}-{_pct(hi)}" if self.certified(fpr)
                 else f"not certified, true rate at most {_pct(hi)}")
-        text = (f"{_pct(fpr)} false alarms (calibrated on {self.size} {unit}{trimmed}; "
-                f"{rate} with 95% confidence)")
+        fields = ""
+        if self._fields is not None:
+            fields = (f" from {self.n_fields} field{'s' if self.n_fields != 1 else ''}"
+                      + (f", worth about {self.effective_size:.0f} independent ones as "
+                         f"the fields differ" if self.effective_size < self.size - 0.5
+                         else ""))
+        text = (f"{_pct(fpr)} false alarms (calibrated on {self.size} {unit}{fields}"
+                f"{trimmed}; {rate} with 95% confidence)")
         warn = self.warning(fpr)
         return f"{text}. Warning: {warn}" if warn else text
 
@@ -336,8 +425,11 @@ class Calibration:
         """
         s = np.atleast_1d(np.asarray(scores, dtype=np.float64))
         n, v = self.size, self._sorted
-        at_or_above = v.size - np.searchsorted(v, s, side="left")
-        p = (1.0 + at_or_above + self.n_trimmed) / (n + 1.0)
+        if self._fields is not None:
+            p = self._fields.p_value(s)
+        else:
+            at_or_above = v.size - np.searchsorted(v, s, side="left")
+            p = (1.0 + at_or_above + self.n_trimmed) / (n + 1.0)
         beyond = s > v[-1]
         if beyond.any():
             p[beyond] = np.exp(_tail_log_prob(v, s[beyond], self._floor_p))
@@ -366,6 +458,8 @@ class Calibration:
         """
         n_win = max(1, int(n_windows))
         v, n = self._sorted, self.size
+        if self._fields is not None and n_win == 1:
+            return window_score, float(self.percentile(window_score)[0])
         log_floor = float(np.log(self._floor_p))
         if window_score > v[-1]:
             log_pw = float(_tail_log_prob(v, np.array([window_score]), self._floor_p)[0])
@@ -381,10 +475,24 @@ class Calibration:
             # by beta * ln(n_windows)).
             level = float(v[-1]) + _tail_model(v)[3] * (log_floor - log_pi)
             return level, 100.0 * -float(np.expm1(log_pi))
+        if self._fields is not None:
+            return self._grid_level(float(np.exp(log_pi)))
         j = int(np.ceil(np.exp(log_pi) * (n + 1) - 1e-9))  # p rounded up to j / (n + 1)
         idx = n + 1 - j  # 0-based index of the (n + 2 - j)-th smallest: above the rank-k one
         level = float(v[idx]) if idx < v.size else float(np.nextafter(v[-1], np.inf))
         return level, 100.0 * (1.0 - j / (n + 1.0))
+
+    def _grid_level(self, p: float) -> tuple[float, float]:
+        """Field-aware :meth:`window_adjusted` within the sample: the score whose p-value is
+        the smallest one reachable that is at least ``p``, and its percentile."""
+        v, fields = self._sorted, self._fields
+        assert fields is not None
+        # Candidate levels: each distinct calibration score, and just above the maximum.
+        levels = np.append(np.unique(v), np.nextafter(v[-1], np.inf))
+        ps = fields.p_value(levels)
+        ok = np.flatnonzero(ps >= p * (1.0 - 1e-12))
+        i = int(ok[-1]) if ok.size else 0
+        return float(levels[i]), 100.0 * (1.0 - float(ps[i]))
 
     def criteria(self, fpr: float = DEFAULT_FPR) -> dict[str, float]:
         """The dual criterion's two thresholds for ``fpr`` (three in cells mode).
@@ -435,17 +543,25 @@ class Calibration:
                prefix + "n_trimmed": np.array([self.n_trimmed], dtype=np.int64)}
         if self.shape_log_densities is not None:
             out[prefix + "shape_log_densities"] = self.shape_log_densities
+        if self.groups is not None:
+            out[prefix + "groups"] = np.asarray(self.groups, dtype=np.int64)
+            out[prefix + "trimmed_groups"] = np.asarray(self.trimmed_groups, dtype=np.int64)
         return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray],
                     prefix: str = "calibration.") -> Calibration:
-        """Inverse of :meth:`to_arrays` (files without ``n_trimmed`` trimmed nothing)."""
+        """Inverse of :meth:`to_arrays` (files without ``n_trimmed`` trimmed nothing; files
+        without ``groups`` calibrate as before, every normal independent)."""
         trimmed = arrays.get(prefix + "n_trimmed")
+        groups = arrays.get(prefix + "groups")
         return cls(arrays[prefix + "errors"], arrays[prefix + "log_densities"],
                    arrays[prefix + "map_maxima"],
                    n_trimmed=int(trimmed.ravel()[0]) if trimmed is not None else 0,
-                   shape_log_densities=arrays.get(prefix + "shape_log_densities"))
+                   shape_log_densities=arrays.get(prefix + "shape_log_densities"),
+                   groups=groups,
+                   trimmed_groups=(arrays.get(prefix + "trimmed_groups") if groups is not None
+                                   else None))
 
 
 def conformal_rank(n: int, fpr: float) -> int:

@@ -460,10 +460,15 @@ def _finalize(net: nn.Module, prep: Preprocessing, data: TrainingData, cfg: Trai
         index = data.calib_index if data.calib is not None else data.val_index
         if index is not None:
             provenance["calibration_dropped_images"] = [int(index[i]) for i in dropped]
+    # Cells mode: the field of each calibration cell, so that the thresholds count how much
+    # the calibration fields differ (Calibration.groups, core.fieldconformal).
+    fields = data.calib_index if data.mode == "cells" and data.calib is not None else None
     det.calibration = Calibration(errors[keep], log_dens[keep], map_max[keep],
                                   n_trimmed=int(dropped.size),
                                   shape_log_densities=None if shape_logd is None
-                                  else shape_logd[keep])
+                                  else shape_logd[keep],
+                                  groups=None if fields is None else fields[keep],
+                                  trimmed_groups=None if fields is None else fields[dropped])
     provenance["n_calibration"] = det.calibration.size
     if data.calib is not None:
         provenance["n_calibration_images"] = len(data.calib)

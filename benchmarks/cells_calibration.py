@@ -1,0 +1,168 @@
+"""Field-aware calibration in cells mode: false alarms on normal cells of fields never seen.
+
+Compares the pooled conformal rule (every calibration cell independent: model files without
+``calibration.groups``) with the field-aware rule (``Calibration(groups=...)``,
+:mod:`napari_cell_anomaly.core.fieldconformal`) at nominal 1%, 5% and 10%:
+
+* ``--cache DIR NAME ...`` (Chula RBC-12, the per-cell arrays that ``cells_variants.py``
+  cached, one model per seed): calibration on the model's own calibration cells (those of its
+  held-out calibration fields, with their fields), the share of dev normal cells flagged, the
+  interval each rule states, and the dev per-cell AUROC (the rules share the z-scaling, so it
+  is the same for both).
+* ``--resample R`` (same caches): R draws of 9 dev fields as calibration fields, the
+  rate realised on the normal cells of the other dev fields: its mean and how often it falls
+  above the stated interval (target about 2.5%) or outside it (target about 5%).
+* ``--synthetic R`` (no data needed): R draws of 9 fields of Gaussian scores with a field
+  effect of standard deviation ``tau`` (cells: 1), field sizes like those of the Chula
+  calibration fields; the true rate on new fields is exact.
+
+Dev fields guided the choice of rule (and of the confidence of the lower bound on the
+fields' correlation, ``--rho-confidence``: 0.8 is the library's; ``none`` for the point
+estimate), so the dev numbers are optimistic for it.
+
+Run: ``python benchmarks/cells_calibration.py --cache /tmp/chula orient orient_s1 orient_s2
+--resample 300 --synthetic 2000``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cells import auroc_table
+from napari_cell_anomaly.core.scoring import Calibration
+
+RATES = (0.01, 0.05, 0.10)
+#: Calibration fields per draw, as a default cells-mode model has (10% of ~90 fields).
+N_FIELDS = 9
+
+
+def calibrations(err: np.ndarray, logd: np.ndarray, shape: np.ndarray | None,
+                 groups: np.ndarray) -> tuple[Calibration, Calibration]:
+    """The pooled (old) and field-aware (new) calibration of the same cells."""
+    ones = np.ones(len(err))
+    old = Calibration(err, logd, ones, shape_log_densities=shape)
+    new = Calibration(err, logd, ones, shape_log_densities=shape, groups=groups)
+    return old, new
+
+
+def cached(cache: Path, names: list[str]) -> None:
+    """Each cached model's own calibration fields against its dev normal cells."""
+    print("| model | calibration cells / fields | rho | n_eff | dev AUROC | nominal | "
+          "dev normals flagged, old | stated, old | flagged, new | stated, new |")
+    print("| --- |" + " --- |" * 9)
+    for name in names:
+        d = dict(np.load(cache / f"{name}.cells.npz"))
+        part, cls, field = d["part"], d["cls"], d["field"]
+        cal, dev = part == "cal", part == "dev"
+        old, new = calibrations(d["E"][cal, 0], d["K"][cal, 0], d["S"][cal], field[cal])
+        scores = new.combine(d["E"][:, 0], d["K"][:, 0], d["S"])
+        auroc = auroc_table(cls[dev], scores[dev])["overall"]
+        normals = scores[dev & (cls == 0)]
+        for fpr in RATES:
+            row = [f"{100 * np.mean(normals > c.threshold(fpr)):.1f}% | "
+                   + "-".join(f"{100 * x:.1f}" for x in c.rate_interval(fpr))
+                   + ("%" if c.certified(fpr) else "% (not certified)") for c in (old, new)]
+            print(f"| {name} | {cal.sum()} / {new.n_fields} | {new.field_rho:.2f} | "
+                  f"{new.effective_size:.0f} | {auroc:.3f} | {100 * fpr:g}% | "
+                  + " | ".join(row) + " |")
+
+
+def summarise(label: str, realised: np.ndarray, intervals: np.ndarray) -> str:
+    """One table row: mean realised rate, share above / outside the stated interval."""
+    above = np.mean(realised > intervals[..., 1], axis=0)
+    outside = above + np.mean(realised < intervals[..., 0], axis=0)
+    return (f"| {label} | " + " | ".join(
+        f"{100 * r:.1f}% / {100 * a:.0f}% / {100 * o:.0f}%"
+        for r, a, o in zip(realised.mean(0), above, outside, strict=True)) + " |")
+
+
+def resample(cache: Path, names: list[str], draws: int, seed: int = 0) -> None:
+    """Draws of dev fields as calibration fields, rates on the other dev fields' normals."""
+    print("| model, rule | " + " | ".join(f"nominal {100 * f:g}%: mean rate / above / "
+                                            "outside" for f in RATES) + " |")
+    print("| --- |" + " --- |" * len(RATES))
+    rng = np.random.default_rng(seed)
+    for name in names:
+        d = dict(np.load(cache / f"{name}.cells.npz"))
+        dev = (d["part"] == "dev") & (d["cls"] == 0)
+        err, logd, shape, field = d["E"][dev, 0], d["K"][dev, 0], d["S"][dev], d["field"][dev]
+        names_f, counts = np.unique(field, return_counts=True)
+        pool = names_f[counts >= 2]
+        out = {r: (np.zeros((draws, len(RATES))), np.zeros((draws, len(RATES), 2)))
+               for r in ("old", "new")}
+        for i in range(draws):
+            pick = np.isin(field, rng.choice(pool, N_FIELDS, replace=False))
+            cals = calibrations(err[pick], logd[pick], shape[pick], field[pick])
+            test = cals[1].combine(err[~pick], logd[~pick], shape[~pick])
+            for rule, c in zip(("old", "new"), cals, strict=True):
+                for j, fpr in enumerate(RATES):
+                    out[rule][0][i, j] = np.mean(test > c.threshold(fpr))
+                    out[rule][1][i, j] = c.rate_interval(fpr)
+        for rule in ("old", "new"):
+            print(summarise(f"{name}, {rule}", *out[rule]))
+
+
+def synthetic(draws: int, taus: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0), seed: int = 0
+              ) -> None:
+    """Gaussian scores with a field effect: exact rates on new fields."""
+    from scipy.special import ndtr
+
+    sizes = np.array([102, 10, 1, 47, 8, 3, 1, 2, 1, 11, 21, 1, 1, 2, 3, 2, 3, 10, 56, 9])
+    print("| field effect sd | rule | " + " | ".join(
+        f"nominal {100 * f:g}%: mean rate / above / outside" for f in RATES) + " |")
+    print("| --- | --- |" + " --- |" * len(RATES))
+    rng = np.random.default_rng(seed)
+    for tau in taus:
+        out = {r: (np.zeros((draws, len(RATES))), np.zeros((draws, len(RATES), 2)))
+               for r in ("old", "new")}
+        for i in range(draws):
+            n_k = rng.choice(sizes, N_FIELDS)
+            groups = np.repeat(np.arange(N_FIELDS), n_k)
+            s = rng.normal(size=groups.size) + tau * rng.normal(size=N_FIELDS)[groups]
+            # The score is the error itself: a constant density has z-score 0 throughout.
+            cals = calibrations(s, np.zeros(s.size), None, groups)
+            for rule, c in zip(("old", "new"), cals, strict=True):
+                for j, fpr in enumerate(RATES):
+                    t = c.criteria(fpr)["recon_error"]
+                    out[rule][0][i, j] = 1.0 - ndtr(t / np.sqrt(1.0 + tau ** 2))
+                    out[rule][1][i, j] = c.rate_interval(fpr)
+        for rule in ("old", "new"):
+            print(summarise(f"{tau:g} | {rule}", *out[rule]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cache", type=Path)
+    p.add_argument("names", nargs="*", help="cached models (cells_variants.py --name)")
+    p.add_argument("--resample", type=int, default=0, help="draws of dev fields")
+    p.add_argument("--synthetic", type=int, default=0, help="draws of synthetic fields")
+    p.add_argument("--rho-confidence", default=None,
+                   help="confidence of the lower bound on rho (default: the library's "
+                   "RHO_CONFIDENCE), or 'none' for the point estimate")
+    args = p.parse_args()
+    if args.rho_confidence is not None:
+        # Benchmark-only switch: the rule with another bound on the fields' correlation.
+        import functools
+
+        from napari_cell_anomaly.core import fieldconformal, scoring
+
+        level = None if args.rho_confidence == "none" else float(args.rho_confidence)
+        scoring.field_correlation = functools.partial(  # type: ignore[assignment]
+            fieldconformal.field_correlation, confidence=level)
+    if args.cache and args.names:
+        cached(args.cache, args.names)
+        if args.resample:
+            print()
+            resample(args.cache, args.names, args.resample)
+    if args.synthetic:
+        print()
+        synthetic(args.synthetic)
+
+
+if __name__ == "__main__":
+    main()

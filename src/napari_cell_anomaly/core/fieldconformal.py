@@ -1,0 +1,143 @@
+"""Conformal thresholds from calibration units that come in groups (the cells of a field).
+
+The cells of one field share its stain, focus and preparation, so they are not exchangeable
+with the cells of another field: a threshold taken over the pooled cells of a few fields
+inherits those fields' quirks, and its false-alarm rate on new fields varies far more than
+the cell count suggests. Here the fields' agreement is measured and the conformal rule given
+the number of independent units it really has (the design effect of cluster sampling):
+
+* ``rho``, the intraclass correlation of the calibration scores, taken at its 80% lower
+  confidence bound (:func:`field_correlation`): 0 when fields differ no more than chance
+  makes them, 1 when a field's cells are as alike as copies;
+* a field of ``n_k`` calibration cells counts as ``n_k / (1 + (n_k - 1) rho)`` independent
+  cells, and the calibration as ``n_eff``, their sum (:func:`effective_size`: ``N`` cells when
+  ``rho = 0``, the number of fields when ``rho = 1``);
+* the conformal p-value of a score ``s`` is ``(1 + n_eff F(s)) / (n_eff + 1)``, ``F(s)`` the
+  share of calibration cells scoring at least ``s`` (trimmed ones above every score), and the
+  threshold for rate ``fpr`` the smallest calibration score with
+  ``(1 + n_eff F(> score)) / (n_eff + 1) <= fpr`` (:class:`WeightedConformal`, every cell
+  weighing ``n_eff / N``).
+
+With ``rho = 0`` this is exactly the pooled conformal rule of :mod:`.scoring`; as fields
+differ it raises the threshold (fewer independent units pin the tail) and, for rates below
+``1 / (n_eff + 1)``, leaves the sample (not certified). Fields keep their weight by cell
+count: the rate promised is the share of normal cells flagged over new fields. The rate a
+calibration realises is stated as ``Beta(j, n_eff + 1 - j)``, ``j = 1 + n_eff F(> threshold)``:
+the pooled rule's interval with ``n_eff`` in place of ``N``. Weighting fields equally instead
+(the pooled per-field distributions of Dunn, Wasserman & Ramdas, 2022) was measured and not
+adopted (``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Below this many calibration fields :meth:`.Calibration.describe` warns: the spread
+#: between fields (``rho``) is estimated from ``K - 1`` degrees of freedom, and with fewer than
+#: 5 fields one unusual field can neither be seen as unusual nor averaged out.
+MIN_CALIBRATION_FIELDS = 5
+#: One-sided confidence of the lower bound on ``rho`` that the rule uses (see
+#: :func:`field_correlation`): 0.8, chosen by measurement (synthetic fields and Chula dev
+#: fields, ``benchmarks/cells_calibration.py``) between the point estimate (too conservative
+#: when fields agree: it is biased upwards by the clipping at 0) and 0.95 (too few fields
+#: judged different, intervals too narrow).
+RHO_CONFIDENCE = 0.8
+
+
+def field_correlation(scores: np.ndarray, groups: np.ndarray,
+                      confidence: float | None = RHO_CONFIDENCE) -> float:
+    """Intraclass correlation of ``scores`` between ``groups``, in [0, 1].
+
+    One-way ANOVA on the normal scores of the mid-ranks (robust to the scores' scale and
+    tails; infinite scores rank highest). With ``confidence``, the one-sided lower confidence bound
+    of the correlation (Searle's F-based limit: the between/within mean-square ratio ``F``
+    divided by the ``confidence`` quantile of its null F distribution), so fields count as
+    differing only by as much as chance cannot explain; None: the point estimate. Clipped to
+    [0, 1]; 0 where it cannot be estimated (one group, or one unit per group).
+    """
+    from scipy.special import ndtri
+
+    s = np.asarray(scores, dtype=np.float64)
+    _, g = np.unique(np.asarray(groups), return_inverse=True)
+    n, k = s.size, int(g.max()) + 1 if s.size else 0
+    if k < 2 or n <= k:
+        return 0.0
+    # Mid-ranks (ties share their mean rank), as normal scores.
+    _, tie, counts = np.unique(s, return_inverse=True, return_counts=True)
+    mid = np.cumsum(counts) - 0.5 * counts
+    y = ndtri(mid[tie.ravel()] / n)
+    sizes = np.bincount(g, minlength=k).astype(np.float64)
+    means = np.bincount(g, weights=y, minlength=k) / sizes
+    grand = float(y.mean())
+    msb = float(np.sum(sizes * (means - grand) ** 2)) / (k - 1)
+    msw = float(np.sum((y - means[g]) ** 2)) / (n - k)
+    n0 = (n - float(np.sum(sizes ** 2)) / n) / (k - 1)
+    if msw <= 0:
+        return 1.0 if msb > 0 else 0.0
+    f = msb / msw
+    if confidence is not None:
+        from scipy.special import fdtri
+
+        f = f / float(fdtri(k - 1, n - k, confidence))
+    return float(np.clip((f - 1.0) / (f + n0 - 1.0), 0.0, 1.0))
+
+
+def effective_size(groups: np.ndarray, rho: float) -> float:
+    """Independent units worth of ``groups``: the sum over groups of
+    ``n_k / (1 + (n_k - 1) rho)`` (Kish's design effect per group)."""
+    _, counts = np.unique(np.asarray(groups), return_counts=True)
+    counts = counts.astype(np.float64)
+    return float(np.sum(counts / (1.0 + (counts - 1.0) * float(rho))))
+
+
+class WeightedConformal:
+    """The weighted conformal rule over sorted scores (see the module docstring).
+
+    Parameters
+    ----------
+    scores : np.ndarray
+        ``(M,)`` calibration scores that were kept.
+    weights : np.ndarray
+        ``(M,)`` their weights.
+    trimmed_weight : float
+        Total weight of trimmed units, counted as above every score.
+    """
+
+    def __init__(self, scores: np.ndarray, weights: np.ndarray, trimmed_weight: float = 0.0
+                 ) -> None:
+        order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")
+        self.values = np.asarray(scores, dtype=np.float64)[order]
+        w = np.asarray(weights, dtype=np.float64)[order]
+        # suffix[i]: weight of the sorted values from index i up
+        self._suffix = np.concatenate([np.cumsum(w[::-1])[::-1], [0.0]])
+        self.trimmed_weight = float(trimmed_weight)
+        self.n_eff = float(self._suffix[0]) + self.trimmed_weight
+
+    @property
+    def floor_p(self) -> float:
+        """The p-value just above the sample maximum (the smallest certifiable rate)."""
+        return (1.0 + self.trimmed_weight) / (self.n_eff + 1.0)
+
+    def weight_above(self, x: np.ndarray | float, strict: bool = True) -> np.ndarray:
+        """Weight of calibration units above ``x`` (``>=`` when not ``strict``), trimmed
+        units included."""
+        side = "right" if strict else "left"
+        idx = np.searchsorted(self.values, np.asarray(x, dtype=np.float64), side=side)
+        return self._suffix[idx] + self.trimmed_weight
+
+    def p_value(self, x: np.ndarray | float) -> np.ndarray:
+        """``(1 + W(>= x)) / (n_eff + 1)`` (within the sample)."""
+        return (1.0 + self.weight_above(x, strict=False)) / (self.n_eff + 1.0)
+
+    def index(self, fpr: float) -> int | None:
+        """Index of the threshold for ``fpr`` in the sorted values, None beyond the sample."""
+        p_strict = (1.0 + self.weight_above(self.values)) / (self.n_eff + 1.0)
+        ok = np.flatnonzero(p_strict <= fpr * (1.0 + 1e-12))
+        return int(ok[0]) if ok.size else None
+
+    def achieved(self, fpr: float) -> float:
+        """``j / (n_eff + 1)`` with ``j = 1 + W(> threshold)``: the rule's nominal rate."""
+        i = self.index(fpr)
+        if i is None:
+            return self.floor_p
+        return float((1.0 + self.weight_above(self.values[i])) / (self.n_eff + 1.0))
