@@ -49,7 +49,7 @@ def test_field_correlation_sees_field_effects() -> None:
     same = [field_correlation(*draw(rng, 0.0), confidence=None) for _ in range(30)]
     apart = [field_correlation(*draw(rng, 1.5)) for _ in range(30)]
     assert np.median(same) < 0.05
-    assert min(apart) > 0.2  # even the lower confidence bound
+    assert min(apart) > 0.2
 
 
 def test_close_to_the_pooled_rule_when_fields_agree() -> None:
@@ -64,7 +64,7 @@ def test_close_to_the_pooled_rule_when_fields_agree() -> None:
                 assert new.rate_interval(fpr) == pytest.approx(old.rate_interval(fpr))
         rates["pooled"].append(true_rate(old, 0.05, 0.0))
         rates["fields"].append(true_rate(new, 0.05, 0.0))
-    assert equal >= 25  # the lower bound on rho is 0 most of the time
+    assert equal >= 12  # the estimate of rho is clipped at 0 about half the time
     assert np.mean(rates["fields"]) > 0.8 * np.mean(rates["pooled"])
 
 
