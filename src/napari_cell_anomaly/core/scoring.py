@@ -366,7 +366,9 @@ class Calibration:
         """Why the stated rate ``fpr`` should not be trusted, or None."""
         parts = []
         if not self.certified(fpr):
-            parts.append(f"{self.size} calibration normals cannot certify a rate below "
+            worth = (f" (worth about {self.effective_size:.0f} independent ones)"
+                     if self.effective_size < self.size - 0.5 else "")
+            parts.append(f"{self.size} calibration normals{worth} cannot certify a rate below "
                          f"{_pct(self.min_certified_rate)}; the threshold for "
                          f"{_pct(fpr)} is extrapolated from their tail")
         if self._fields is not None:
