@@ -122,6 +122,14 @@ def test_groups_round_trip_and_files_without_them_pool() -> None:
     old, new = pair(scores, groups)
     again = Calibration.from_arrays(new.to_arrays())
     assert again.n_fields == new.n_fields and again.field_rho == new.field_rho
+    np.testing.assert_array_equal(again.groups, new.groups)
+    # Field names of any kind; 12 integer fields keep their codes through a second trip.
+    named = Calibration(scores, np.zeros(scores.size), np.ones(scores.size),
+                        groups=np.array([f"field {g}" for g in groups]))
+    assert named.threshold(0.05) == new.threshold(0.05)
+    many = np.arange(scores.size) % 12
+    twelve = Calibration(scores, np.zeros(scores.size), np.ones(scores.size), groups=many)
+    np.testing.assert_array_equal(Calibration.from_arrays(twelve.to_arrays()).groups, many)
     for fpr in RATES:
         assert again.threshold(fpr) == new.threshold(fpr)
     legacy = {k: v for k, v in new.to_arrays().items() if "groups" not in k}

@@ -13,7 +13,8 @@ most ``fpr``, whatever the score distribution; the rate realised by one calibrat
 ``Beta(n + 1 - k, k)``-distributed, which :meth:`Calibration.rate_interval` reports. When
 ``k > n`` the sample is too small to certify ``fpr``; the threshold then comes from an
 exponential fit to the upper tail and :meth:`Calibration.certified` says so. The rate can be
-changed at scoring time without retraining.
+changed at scoring time without retraining. In cells mode the calibration cells come from a
+few fields, and the rule counts how much those fields differ (:mod:`.fieldconformal`).
 """
 
 from __future__ import annotations
@@ -253,9 +254,12 @@ class Calibration:
             raise ValueError(f"calibration groups: expected one field per normal "
                              f"({self.errors.size} kept, {self.n_trimmed} trimmed), got "
                              f"{kept.size} and {trimmed.size}")
-        # Field ids as small integers (what the model file stores).
-        _, codes = np.unique(np.concatenate([kept.astype(str), trimmed.astype(str)]),
-                             return_inverse=True)
+        # Field ids as small integers 0..K-1 (what the model file stores; integer ids keep
+        # their order, so stored codes map to themselves).
+        ids = np.concatenate([kept, trimmed.astype(kept.dtype, copy=False)])
+        if not np.issubdtype(ids.dtype, np.integer):
+            ids = ids.astype(str)
+        _, codes = np.unique(ids, return_inverse=True)
         codes = codes.astype(np.int64).ravel()
         self.groups, self.trimmed_groups = codes[:kept.size], codes[kept.size:]
         self.n_fields = int(codes.max()) + 1
