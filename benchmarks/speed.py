@@ -20,13 +20,16 @@ ratios (the load is printed alongside):
   PNG, scoring it cold (the first image of the process, as on the command line) and warm,
   writing the heatmap TIFF and the CSV row;
 * the network alone: FLOPs per pixel (``Autoencoder.flops_per_pixel``) and forward time over
-  the tiles of a 2048 x 2048 image for the ``default`` preset (version 2, and version 1 as in
-  older model files), and ``seed``; peak fp32 matmul and oneDNN GEMM throughput as references;
+  the tiles of a 2048 x 2048 image for the ``default`` preset (version 2; the same with the
+  narrower widths (16, 32, 64) tried as a cheaper default, see docs/benchmarks.md; and
+  version 1 as in older model files), and ``seed``; peak fp32 matmul and oneDNN GEMM
+  throughput as references;
 * the share of time per stage of ``AnomalyDetector.score`` on the 2048 x 2048 field (patch
   mode): network forward, error maps, windows (foreground masks, reductions), latent density
   (and the latent density computed the exact way at every position, as before its float32
   screen);
-* training throughput (64 x 64 crops, batch 32) for ``default`` version 2 and version 1;
+* training throughput (64 x 64 crops, batch 32) for ``default`` version 2 (and with the
+  widths (16, 32, 64)) and version 1;
 * optionally (unless ``--skip-train-2500``) the time to train with the default settings on
   2,500 crops: the real NIH malaria ``Uninfected`` crops from
   ``../shared/data/malaria/train/Uninfected`` when present, else synthetic crops.
@@ -67,6 +70,8 @@ TARGET_SEED_RATIO = 5.0
 TARGET_STARTUP_S = 1.5
 TARGET_TRAIN_S = 300.0
 V1 = ModelConfig(widths=(16, 32, 64), version=1)
+#: The default design with a third of its FLOPs, tried as the default (not adopted).
+NARROW = ModelConfig(widths=(16, 32, 64))
 
 
 def best_of(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -391,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     chw = np.ascontiguousarray((big.astype(np.float32) / 255.0).transpose(2, 0, 1))
     rows = []
     for label, config, channels_last in (("default v2", ModelConfig(), True),
+                                         ("default v2, widths (16, 32, 64)", NARROW, True),
                                          ("default v1", V1, True),
                                          ("seed", ModelConfig.from_preset("seed"), False)):
         torch.manual_seed(0)
@@ -403,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                      "tile_pixels": pixels, "forward_s": seconds, "gflops": gflops,
                      "peak_fraction": gflops / peak, "onednn_gemm_fraction": gflops / gemm})
     res["forward"] = rows
-    seed_s = rows[2]["forward_s"]
+    seed_s = rows[-1]["forward_s"]
 
     print("AnomalyDetector.score stages ...", file=sys.stderr)
     fields = [make_field((512, 512), anomaly_fraction=0.0, seed=s)[0] for s in range(2)]
@@ -420,11 +426,11 @@ def main(argv: list[str] | None = None) -> int:
         res["read_png_s"] = best_of(lambda: read_image(png), 3)
 
     print("training throughput ...", file=sys.stderr)
-    v2_ips, v1_ips = [], []
+    ips: dict[str, list[float]] = {"default v2": [], "default v2 narrow": [], "default v1": []}
     for _ in range(2):  # interleaved
-        v2_ips.append(train_images_per_s(ModelConfig()))
-        v1_ips.append(train_images_per_s(V1))
-    res["train_images_per_s"] = {"default v2": max(v2_ips), "default v1": max(v1_ips)}
+        for label, config in zip(ips, (ModelConfig(), NARROW, V1), strict=True):
+            ips[label].append(train_images_per_s(config))
+    res["train_images_per_s"] = {label: max(v) for label, v in ips.items()}
     if not args.skip_train_2500:
         print("training on 2,500 crops with default settings ...", file=sys.stderr)
         res["train_2500"] = train_2500(args.quick)
@@ -490,8 +496,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['gflops']:.1f} GFLOP/s ({row['peak_fraction']:.0%} of the {peak:.0f} GFLOP/s "
             f"matmul, {row['onednn_gemm_fraction']:.0%} of oneDNN GEMM) | |")
     tips = res["train_images_per_s"]
-    table.append(f"| training throughput, 64x64 crops, batch 32: default v2 / v1 | "
-                 f"{tips['default v2']:.0f} / {tips['default v1']:.0f} images/s | |")
+    table.append(f"| training throughput, 64x64 crops, batch 32: default v2 / the same with "
+                 f"widths (16, 32, 64) / v1 | {tips['default v2']:.0f} / "
+                 f"{tips['default v2 narrow']:.0f} / {tips['default v1']:.0f} images/s | |")
     if "train_2500" in res:
         tr = res["train_2500"]
         table.append(

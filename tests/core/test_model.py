@@ -180,3 +180,61 @@ def test_init_output_bias_starts_chosen_channels_at_their_mean() -> None:
     assert torch.equal(before.bias[repeat:], kept[repeat:])  # NaN: random start kept
     with pytest.raises(ValueError, match="channel means"):
         net.init_output_bias([0.5])
+
+
+
+#: Narrower widths (a third of the default's FLOPs), tried as a cheaper default
+#: (docs/benchmarks.md): a non-default network that a model file must rebuild from its record.
+NARROW = ModelConfig(widths=(16, 32, 64))
+
+
+def test_narrower_widths_keep_the_latent_grid_at_under_a_third_of_the_flops() -> None:
+    narrow = build_model(NARROW)
+    default = build_model(ModelConfig())
+    assert narrow.align == default.align == 8
+    x = torch.rand(2, 3, 40, 24)
+    with torch.inference_mode():
+        assert narrow.encode(x).shape == default.encode(x).shape == (2, 8, 5, 3)
+    assert narrow.flops_per_pixel() < default.flops_per_pixel() / 3
+
+
+def test_the_file_record_of_the_default_network_is_unchanged() -> None:
+    # What the model files written so far record for the default network; changing a
+    # default must keep this record building the same network (files store it, not defaults).
+    record = {"preset": "default", "in_channels": 3, "widths": [32, 64, 64],
+              "latent_channels": 8, "version": 2}
+    assert ModelConfig().to_dict() == record
+    assert ModelConfig.from_dict(record) == ModelConfig()
+    widths = [m.out_channels for m in build_model(ModelConfig.from_dict(record)).encoder.modules()
+              if isinstance(m, nn.Conv2d)]
+    assert widths == [32, 32, 64, 64, 64, 8]
+
+
+@pytest.mark.parametrize("config", [ModelConfig(), NARROW,
+                                    ModelConfig(widths=(16, 32, 64), version=1)],
+                         ids=["default", "narrow", "version-1"])
+def test_each_network_round_trips_through_a_model_file(patch_detector, config: ModelConfig,
+                                                       tmp_path) -> None:
+    # A detector file with each network loads that network and scores exactly as saved.
+    import dataclasses
+
+    import numpy as np
+
+    from napari_cell_anomaly.core.detector import AnomalyDetector
+    from napari_cell_anomaly.core.modelfile import load_file
+    from napari_cell_anomaly.core.sample import make_field
+
+    torch.manual_seed(config.version)
+    net = build_model(config).eval()
+    det = dataclasses.replace(patch_detector, network=net)
+    det.save(tmp_path / "model.safetensors")
+    _, meta = load_file(tmp_path / "model.safetensors")
+    assert ModelConfig.from_dict(meta["model"]) == config
+    back = AnomalyDetector.load(tmp_path / "model.safetensors", device="cpu")
+    assert back.network.config == config
+    assert str(back.network) == str(net)
+    img, _ = make_field((192, 200), n_cells=20, anomaly_fraction=0.3, seed=8)
+    a, b = back.score(img), det.score(img)
+    assert a.score == b.score and a.log_density == b.log_density
+    np.testing.assert_array_equal(a.error_map, b.error_map)
+    np.testing.assert_array_equal(a.reconstruction, b.reconstruction)
