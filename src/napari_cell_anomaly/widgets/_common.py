@@ -10,15 +10,15 @@ import contextlib
 import logging
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Layer
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import QWidget
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import QProgressBar, QWidget
 
 if TYPE_CHECKING:
     import napari
@@ -31,6 +31,8 @@ __all__ = [
     "JobFailure",
     "JobSlot",
     "Plane",
+    "ProgressBar",
+    "after_first_paint",
     "bind",
     "find_own_layer",
     "format_seconds",
@@ -193,6 +195,24 @@ def scoring_problem(layer: Layer) -> str | None:
 # ------------------------------------------------------------------------------------------
 # messages
 # ------------------------------------------------------------------------------------------
+class ProgressBar(QProgressBar):
+    """A :class:`QProgressBar` whose :meth:`setValue` asks for an ordinary (queued) repaint.
+
+    Qt's ``QProgressBar.setValue`` repaints the bar at once (``repaint()``), and a synchronous
+    repaint flushes every dirty region of the window with it: while results are added as
+    layers, that painted napari's layer list (its icons are drawn from SVG) inside the same
+    event-loop turn as the layer, doubling the turn. Here the bar is repainted with the rest
+    of the window, in its next paint event.
+    """
+
+    def setValue(self, value: int) -> None:
+        self.setUpdatesEnabled(False)  # repaint() does nothing while updates are off
+        try:
+            super().setValue(value)
+        finally:
+            self.setUpdatesEnabled(True)  # schedules an ordinary update()
+
+
 def format_seconds(seconds: float) -> str:
     """``75.2`` -> ``"1:15"``; ``3725`` -> ``"1:02:05"``."""
     s = max(0, round(float(seconds)))
@@ -337,6 +357,49 @@ def watch_window_close(widget: QWidget, jobs: JobSlot) -> None:
     Slots hold only the :class:`JobSlot`, so they are safe to run while Qt deletes widgets.
     """
     _WindowWatcher(widget, jobs)
+
+
+#: How long :func:`after_first_paint` waits for a paint that may never come (a hidden window).
+FIRST_PAINT_FALLBACK_MS = 200
+
+
+class _FirstPaint(QObject):
+    """Calls back once, in the event-loop turn after ``widget``'s first paint (or after
+    :data:`FIRST_PAINT_FALLBACK_MS` if it is not painted by then)."""
+
+    def __init__(self, widget: QWidget, callback: Callable[[], None]) -> None:
+        super().__init__(widget)  # deleted with the widget: no call after it is gone
+        self._callback: Callable[[], None] | None = callback
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self._fire)
+        self._timer.start(FIRST_PAINT_FALLBACK_MS)
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Paint and self._callback is not None:
+            self._timer.start(0)  # once this paint (and the rest of this turn) is done
+        return False
+
+    def _fire(self) -> None:
+        callback, self._callback = self._callback, None
+        parent = self.parent()
+        if parent is not None:
+            parent.removeEventFilter(self)
+        if callback is not None:
+            callback()
+
+
+def after_first_paint(widget: QWidget, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` on the GUI thread in the turn after ``widget`` is first painted.
+
+    A dock's constructor uses it for work that would otherwise share the event-loop turn in
+    which napari docks and paints the widget (building plots, starting background threads
+    that compete with that turn for the GIL). If the widget is not painted within
+    :data:`FIRST_PAINT_FALLBACK_MS` (a viewer whose window is not shown), it is called then;
+    never if the widget is deleted first.
+    """
+    _FirstPaint(widget, callback)
 
 
 def bind(widget: QObject, signal: Any, slot: Any) -> None:

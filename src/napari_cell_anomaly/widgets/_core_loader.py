@@ -218,16 +218,26 @@ def _start_loader() -> _Notifier:
 
 
 def when_core_ready(widget: QWidget, callback: Callable[[], None],
-                    on_error: Callable[[BaseException], None] | None = None) -> None:
+                    on_error: Callable[[BaseException], None] | None = None, *,
+                    after_paint: bool = False) -> None:
     """Call ``callback()`` on the GUI thread once the core is imported.
 
     At once (synchronously) if it already is; otherwise when the background loader (started
     on first use) has imported it. Nothing is called if ``widget`` was deleted meanwhile.
+    With ``after_paint``, a loader not yet started is started only in the turn after
+    ``widget`` is first painted (:func:`._common.after_first_paint`): a dock's constructor
+    uses it so that the loader thread does not compete for the GIL with the turn in which
+    napari docks and paints the widget.
     """
     if core_ready():
         if any(name not in sys.modules for name in WARM_MODULES):
             _start_loader()  # imports only the warm-up modules
         callback()
+        return
+    if after_paint and (_thread is None or not _thread.is_alive()):
+        from ._common import after_first_paint
+
+        after_first_paint(widget, lambda: when_core_ready(widget, callback, on_error))
         return
     notifier = _start_loader()
     alive = [True]

@@ -59,6 +59,8 @@ class ModelSourceBox(QGroupBox):
         self._file_model: tuple[AnomalyDetector, Path] | None = None
         self._default_model: AnomalyDetector | None = None
         self._default_worker: Any = None  # the worker reading the default model, while it runs
+        #: Set by on_core_ready(read_default=False) until read_pending_default() is called.
+        self._default_pending = False
 
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
@@ -85,8 +87,9 @@ class ModelSourceBox(QGroupBox):
         self.load_button.clicked.connect(self._load_dialog)
         bind(self, state.model_changed, self.refresh)
 
-    def on_core_ready(self) -> None:
-        """Offer the shipped default model, and read it in the background if no model is set.
+    def on_core_ready(self, *, read_default: bool = True) -> None:
+        """Offer the shipped default model, and read it in the background if no model is set
+        (now, or with ``read_default=False`` when :meth:`read_pending_default` is called).
 
         Called by the Score widget once the core (torch) is imported; also fills the device
         choice.
@@ -100,8 +103,20 @@ class ModelSourceBox(QGroupBox):
             item.setEnabled(False)
             item.setToolTip("No default model is installed with this copy of the plugin.")
         elif self.state.detector is None:
-            self.load_default_model_in_background()
+            if read_default:
+                self.load_default_model_in_background()
+            else:  # the owner calls read_pending_default() in a later turn
+                self._default_pending = True
         self.refresh()
+
+    def read_pending_default(self) -> bool:
+        """Start reading the default model that :meth:`on_core_ready` left pending (unless a
+        model was set meanwhile); True if it started."""
+        pending, self._default_pending = self._default_pending, False
+        if pending and self.state.detector is None:
+            return self.load_default_model_in_background()
+        self.refresh()
+        return False
 
     def load_default_model_in_background(self) -> bool:
         """Read the shipped default model in a worker; it becomes active if no model is set.
@@ -110,6 +125,7 @@ class ModelSourceBox(QGroupBox):
         """
         from ..core.detector import AnomalyDetector, default_model_path
 
+        self._default_pending = False
         path = default_model_path()
         if path is None or self._default_model is not None or self._default_worker is not None:
             return False
@@ -134,8 +150,9 @@ class ModelSourceBox(QGroupBox):
         self.refresh()
 
     def loading(self) -> bool:
-        """True while the shipped default model is being read in the background."""
-        return self._default_worker is not None
+        """True while the shipped default model is being read in the background (or is about
+        to be: see :meth:`on_core_ready`)."""
+        return self._default_worker is not None or self._default_pending
 
     def set_idle(self, idle: bool) -> None:
         """Allow changing the model only while nothing runs."""

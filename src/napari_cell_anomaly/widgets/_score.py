@@ -44,7 +44,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QHBoxLayout,
-    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -52,7 +51,15 @@ from qtpy.QtWidgets import (
 
 from ._cells_results import CellsResults
 from ._cells_source import CellsSourceBox
-from ._common import JobControl, JobSlot, bind, report_error, watch_window_close
+from ._common import (
+    JobControl,
+    JobSlot,
+    ProgressBar,
+    after_first_paint,
+    bind,
+    report_error,
+    watch_window_close,
+)
 from ._core_loader import when_core_ready
 from ._fpr_panel import FalseAlarmPanel, fraction
 from ._image_results import ImageRecord, ImageResults
@@ -140,7 +147,7 @@ class ScoreWidget(QWidget):
         row.addWidget(self.score_button, 1)
         row.addWidget(self.stop_button)
         layout.addLayout(row)
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat("")
@@ -208,18 +215,27 @@ class ScoreWidget(QWidget):
 
         self.model_box.refresh()
         self._on_model_changed()
-        # torch loads in the background the first time a widget opens; the shipped default
-        # model is then read in another worker (see ModelSourceBox.on_core_ready).
+        # torch loads in the background the first time a widget opens (started once napari
+        # has docked and painted this widget, so that the loader thread does not compete
+        # with that turn); then the histogram is built after the widget's first paint and the
+        # shipped default model read in another worker, each in a turn of its own (see
+        # _on_core_ready).
         when_core_ready(self, self._on_core_ready,
-                        partial(report_error, "Could not load the anomaly-detection core"))
+                        partial(report_error, "Could not load the anomaly-detection core"),
+                        after_paint=True)
 
     def _on_core_ready(self) -> None:
-        """Fill the device choice, offer (and read) the default model; the histogram is
-        added in the next event-loop turn (building it takes ~50 ms)."""
-        self.model_box.on_core_ready()
+        """Fill the device choice and offer the default model; the histogram is added in the
+        turn after the widget's first paint (building it takes ~50 ms) and the default model
+        is read (if no model is set) in the turn after that."""
+        self.model_box.on_core_ready(read_default=False)
+        after_first_paint(self, self._add_histogram)
+
+    def _later(self, step: Any) -> None:
+        """Run ``step()`` in a later event-loop turn (never once this widget is deleted)."""
         timer = QTimer(self)
         timer.setSingleShot(True)
-        timer.timeout.connect(self._add_histogram)
+        timer.timeout.connect(step)
         timer.timeout.connect(timer.deleteLater)
         timer.start(0)
 
@@ -228,6 +244,10 @@ class ScoreWidget(QWidget):
         self._threshold_line = self.hist.threshold_line
         self.layout().addWidget(self.hist, 1)
         self._update_histogram()
+        self._later(self._read_default_model)
+
+    def _read_default_model(self) -> None:
+        self.model_box.read_pending_default()
 
     # ------------------------------------------------------------------------------------
     # model choice (the box does the work; these keep the widget's public API)

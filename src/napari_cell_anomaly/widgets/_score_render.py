@@ -6,7 +6,10 @@ one layer added or refreshed) per turn of a zero-interval timer. Each event goes
 shows it: a 2-D image's result to :class:`~._image_results.ImageResults`, its cells to
 :class:`~._cells_results.CellsResults`, a stack plane to :class:`~._stack_results.StackResults`
 (a stack plane's cells are merged into the stack's one cells record). The job's progress,
-failures and out-of-range warnings are counted here and reported when the job ends.
+failures and out-of-range warnings are counted here and reported when the job ends. While a
+job runs, the garbage collector's full passes are held (:mod:`._gc_hold`): one runs after the
+batch instead of one every few layers added. napari's controls panel of each layer added is
+built in the turn after the layer (:mod:`._layer_controls`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from qtpy.QtCore import QObject, QTimer
 
 from ._cells_layer import CELLS
 from ._common import layer_key
+from ._gc_hold import hold_full_collections, release_full_collections
+from ._layer_controls import DeferredControls
 from ._layers import OUTLINE, RECONSTRUCTION, remove_own_layers
 from ._score_job import CellsScored, Failed, Scored
 
@@ -79,6 +84,7 @@ class ResultRouter:
         self._queue: deque[Scored | CellsScored | Failed] = deque()
         self._steps: Iterator[None] | None = None
         self.worker_done = True
+        self.controls = DeferredControls(owner, viewer)
         self.timer = QTimer(owner)
         self.timer.setInterval(0)
         self.timer.timeout.connect(self._next)
@@ -89,6 +95,7 @@ class ResultRouter:
         self._failures: list[Failed] = []
         self._warnings: list[str] = []
         self._done = 0
+        self._held = False
 
     # ------------------------------------------------------------------------------------
     # the job
@@ -103,6 +110,8 @@ class ResultRouter:
         self._warnings = []
         self._done = 0
         self.worker_done = False
+        if not self._held:
+            self._held = hold_full_collections()
         n = len(plan.layers)
         self.progress.setRange(0, n)
         self.progress.setValue(0)
@@ -115,7 +124,7 @@ class ResultRouter:
 
     def rendering(self) -> bool:
         """True while results received from the worker still wait to be shown."""
-        return bool(self._queue) or self._steps is not None
+        return bool(self._queue) or self._steps is not None or self.controls.pending()
 
     def worker_finished(self) -> None:
         """The worker has ended: finish now if every result is shown, else once the last
@@ -123,13 +132,24 @@ class ResultRouter:
         self.worker_done = True
         if not self.rendering():
             self.timer.stop()
-            self._on_done()
+            self._end()
 
     def clear(self) -> None:
         """Drop the results not yet shown (the dock is closing)."""
         self.timer.stop()
+        self.controls.flush()
         self._queue.clear()
         self._steps = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            release_full_collections()
+
+    def _end(self) -> None:
+        self._release()
+        self._on_done()
 
     def report(self) -> None:
         """Say how the job ended: stopped early, images that failed, range warnings."""
@@ -151,9 +171,15 @@ class ResultRouter:
     # one step per turn
     # ------------------------------------------------------------------------------------
     def _next(self) -> None:
-        """One rendering step: at most one layer added or refreshed (see render_steps)."""
+        """One rendering step: at most one layer added or refreshed (see render_steps), or
+        the napari controls of the layer added in the step before."""
+        if self.controls.pending():
+            self.controls.flush()
+            return
         if self._steps is not None:
-            if next(self._steps, StopIteration) is not StopIteration:
+            with self.controls.deferring():
+                more = next(self._steps, StopIteration) is not StopIteration
+            if more:
                 return
             self._steps = None
         if self._queue:
@@ -161,7 +187,7 @@ class ResultRouter:
             return
         self.timer.stop()
         if self.worker_done:
-            self._on_done()
+            self._end()
 
     def _route(self, event: Scored | CellsScored | Failed) -> Iterator[None]:
         detector = self._detector
@@ -214,6 +240,7 @@ class ResultRouter:
         reconstruction, outline = self._options()
         yield from self.images.render_steps(source, result, detector,
                                             reconstruction=reconstruction, outline=outline)
+        yield  # the histogram and buttons in a turn of their own
         self._on_rendered()
 
     def _cells_steps(self, source: Layer, cells: CellScores, detector: AnomalyDetector,
@@ -225,4 +252,5 @@ class ResultRouter:
         # The per-image outline and reconstruction would stay, looking current.
         remove_own_layers(self.viewer, (OUTLINE, RECONSTRUCTION), source)
         yield from self.cells.render_steps(source, cells, detector, labels, others, features)
+        yield  # the histogram and buttons in a turn of their own
         self._on_rendered()

@@ -20,12 +20,11 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -37,6 +36,8 @@ from ._common import (
     JobFailure,
     JobSlot,
     Plane,
+    ProgressBar,
+    after_first_paint,
     bind,
     format_seconds,
     image_hw,
@@ -160,7 +161,7 @@ class TrainWidget(QWidget):
         row.addWidget(self.train_button, 1)
         row.addWidget(self.stop_button)
         layout.addLayout(row)
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setValue(0)
         self.progress.setTextVisible(True)
@@ -209,17 +210,17 @@ class TrainWidget(QWidget):
         self.settings.set_enabled(False)
         self.status_label.setText("Loading PyTorch…")
         self._update_buttons()
+        # (The loader starts once napari has docked and painted this widget, so that its
+        # thread does not compete with that turn for the GIL.)
         when_core_ready(self, self._on_core_ready,
-                        partial(report_error, "Could not load the anomaly-detection core"))
+                        partial(report_error, "Could not load the anomaly-detection core"),
+                        after_paint=True)
 
     def _on_core_ready(self) -> None:
         """Fill the settings with the core's defaults and enable them; the loss plot is
-        built in the next event-loop turn (~50 ms), or when training starts if sooner."""
-        timer = QTimer(self)
-        timer.setSingleShot(True)
-        timer.timeout.connect(self._ensure_plot)
-        timer.timeout.connect(timer.deleteLater)
-        timer.start(0)
+        built in the turn after the widget's first paint (~50 ms), or when training starts if
+        sooner."""
+        after_first_paint(self, self._ensure_plot)
         self.settings.fill_defaults()
         self.settings.set_enabled(True)
         self._ready = True
