@@ -27,11 +27,11 @@ and it is part of every gap here (on a desktop GPU it is much cheaper). Python's
 collections on the GUI thread are counted: one can fall in any action (it walks every object
 made since the widget's loader froze the long-lived ones) and shows up as a worst case.
 ``--profile OUT`` writes a cProfile of the GUI thread during the first image's rendering.
-The widget shows a result one layer per turn of a zero-interval timer (napari's controls
-panel of each new layer in the turn after it, the histogram in a turn of its own), with the
-canvas frame drawn between turns; the 5 ms timer does not always get a tick in between
-(logging each turn showed a gap holding the cells-layer turn and the frame after it), so a
-gap here can be longer than any single turn.
+The widget shows a result one layer per turn of its render timer (turns 5 ms apart;
+napari's controls panel of each new layer in the turn after it, the histogram in a turn of
+its own), with the canvas frame drawn between turns; the 5 ms tick timer does not always get a
+tick in between (logging each turn showed a gap holding the cells-layer turn and the frame
+after it), so a gap here can be longer than any single turn.
 """
 
 from __future__ import annotations

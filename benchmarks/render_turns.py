@@ -8,7 +8,7 @@ A real viewer gets 20 RGB 512 x 512 fields (as in ``benchmarks/responsiveness.py
 widget scores them all with the shipped default model through the Score button and the real
 worker, and the script records, while the results are shown:
 
-- every rendering turn of the widget (one step of its zero-interval render timer: a layer
+- every rendering turn of the widget (one step of its render timer, 5 ms apart: a layer
   added, napari's controls of the layer added before, the histogram...): its wall time and the
   CPU time of the GUI thread in it, and whether it added a layer;
 - the gaps between ticks of a 5 ms timer (the ``GapMonitor`` of ``responsiveness.py``) with the
