@@ -8,9 +8,10 @@ every object not frozen (64 to 196 ms of the GUI thread, growing with the layers
 loaded 2-core machine, ``benchmarks/responsiveness.py``). While a hold is on, only the full
 passes are postponed (the collector's third threshold is raised); the young generations are
 still collected as usual, a few milliseconds each. When the last hold ends the thresholds are
-restored and Python runs its next full pass at its own next trigger, so a batch costs one
-full pass instead of one every few layers. Nothing is done if
-:data:`~._core_loader.KEEP_GC_ENV` is set to ``1``.
+restored; the Score widget then runs the postponed full pass itself, in a turn of its own
+right after the batch's last result (left to Python, it fell on the user's next action: a
+300 ms stall moving the slider), so a batch costs one full pass instead of one every few
+layers. Nothing is done if :data:`~._core_loader.KEEP_GC_ENV` is set to ``1``.
 """
 
 from __future__ import annotations

@@ -7,13 +7,15 @@ whoever shows it: a 2-D image's result to :class:`~._image_results.ImageResults`
 :class:`~._cells_results.CellsResults`, a stack plane to :class:`~._stack_results.StackResults`
 (a stack plane's cells are merged into the stack's one cells record). The job's progress,
 failures and out-of-range warnings are counted here and reported when the job ends. While a
-job runs, the garbage collector's full passes are held (:mod:`._gc_hold`): one runs after the
-batch instead of one every few layers added. napari's controls panel of each layer added is
+batch (:data:`BATCH_ITEMS` items or more) renders, the garbage collector's full passes are held
+(:mod:`._gc_hold`): one runs, in a turn of its own, after the batch's last result instead of
+one every few layers added. napari's controls panel of each layer added is
 built in the turn after the layer (:mod:`._layer_controls`).
 """
 
 from __future__ import annotations
 
+import gc
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -42,13 +44,18 @@ if TYPE_CHECKING:
     from ._score_plan import ScorePlan
     from ._stack_results import StackResults
 
-__all__ = ["PAUSE_MS", "ResultRouter"]
+__all__ = ["BATCH_ITEMS", "PAUSE_MS", "ResultRouter"]
 
 #: Pause (ms) between two rendering turns. With none, Qt could run two turns (and the frame
 #: drawn between them) before anything else got a turn: ``benchmarks/render_turns.py`` saw 4-6
 #: gaps with over 100 ms of GUI CPU while 20 results rendered, against 0-1 with 5 ms pauses
 #: (two runs each, loaded machine), for about 0.5 s more in all (about 100 turns).
 PAUSE_MS = 5
+#: Jobs of at least this many items hold the collector's full passes while they render (see
+#: :mod:`._gc_hold`) and run one full pass, in a turn of its own, once their last result is
+#: shown; a smaller job leaves the collector to itself (an unheld collector rarely runs a full
+#: pass for one or two results, and a forced one would cost every per-cell image).
+BATCH_ITEMS = 4
 
 
 class ResultRouter:
@@ -116,7 +123,7 @@ class ResultRouter:
         self._warnings = []
         self._done = 0
         self.worker_done = False
-        if not self._held:
+        if not self._held and len(plan.layers) >= BATCH_ITEMS:
             self._held = hold_full_collections()
         n = len(plan.layers)
         self.progress.setRange(0, n)
@@ -148,14 +155,19 @@ class ResultRouter:
         self._steps = None
         self._release()
 
-    def _release(self) -> None:
-        if self._held:
-            self._held = False
-            release_full_collections()
+    def _release(self) -> bool:
+        """End this job's hold of the collector's full passes; True if it held them."""
+        if not self._held:
+            return False
+        self._held = False
+        release_full_collections()
+        return True
 
     def _end(self) -> None:
-        self._release()
+        collect = self._release()
         self._on_done()
+        if collect:  # the pass the hold postponed, after the last frame, not in a later action
+            QTimer.singleShot(PAUSE_MS, gc.collect)
 
     def report(self) -> None:
         """Say how the job ended: stopped early, images that failed, range warnings."""
