@@ -6,6 +6,7 @@ itself lives in benchmarks/render_turns.py."""
 from __future__ import annotations
 
 import gc
+import time
 
 import numpy as np
 import pytest
@@ -74,6 +75,39 @@ def test_full_collections_are_held_while_rendering_then_restored(monkeypatch):
         assert not _gc_hold.hold_full_collections()  # the user asked us to keep out
         assert gc.get_threshold() == before
     finally:
+        gc.set_threshold(*before)
+
+
+def test_postponed_full_pass_waits_for_the_users_pause(qtbot, monkeypatch):
+    monkeypatch.delenv(KEEP_GC_ENV, raising=False)
+    before = gc.get_threshold()
+    full = []
+
+    def count(phase, info):
+        if phase == "stop" and info["generation"] == 2:
+            full.append(info)
+
+    widget = QWidget()
+    qtbot.addWidget(widget)
+    gc.callbacks.append(count)
+    try:
+        assert _gc_hold.hold_full_collections()  # a batch renders
+        assert _gc_hold.collect_when_idle()  # ... and ends
+        _gc_hold.release_full_collections()
+        assert gc.get_threshold()[2] > 1000 * before[2]  # still held until the pause
+        # The user keeps working: each input restarts the wait.
+        start = time.monotonic()
+        for _ in range(4):
+            qtbot.keyClick(widget, "a")
+            qtbot.wait(50)
+            assert not full and _gc_hold._idle.pending
+        # 4 x 50 ms of input and no pass yet; it runs IDLE_MS after the last key
+        qtbot.waitUntil(lambda: not _gc_hold._idle.pending, timeout=5000)
+        assert time.monotonic() - start >= _gc_hold.IDLE_MS / 1000
+        assert len(full) == 1  # one full pass, once she paused
+        assert gc.get_threshold() == before
+    finally:
+        gc.callbacks.remove(count)
         gc.set_threshold(*before)
 
 

@@ -8,14 +8,13 @@ whoever shows it: a 2-D image's result to :class:`~._image_results.ImageResults`
 (a stack plane's cells are merged into the stack's one cells record). The job's progress,
 failures and out-of-range warnings are counted here and reported when the job ends. While a
 batch (:data:`BATCH_ITEMS` items or more) renders, the garbage collector's full passes are held
-(:mod:`._gc_hold`): one runs, in a turn of its own, after the batch's last result instead of
+(:mod:`._gc_hold`): one runs once the user pauses after the batch's last result, instead of
 one every few layers added. napari's controls panel of each layer added is
 built in the turn after the layer (:mod:`._layer_controls`).
 """
 
 from __future__ import annotations
 
-import gc
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from qtpy.QtCore import QObject, QTimer
 
 from ._cells_layer import CELLS
 from ._common import layer_key
-from ._gc_hold import hold_full_collections, release_full_collections
+from ._gc_hold import collect_when_idle, hold_full_collections, release_full_collections
 from ._layer_controls import DeferredControls
 from ._layers import OUTLINE, RECONSTRUCTION, remove_own_layers
 from ._score_job import CellsScored, Failed, Scored
@@ -164,10 +163,10 @@ class ResultRouter:
         return True
 
     def _end(self) -> None:
-        collect = self._release()
+        if self._held:  # the pass the hold postponed: once the user pauses, not in her action
+            collect_when_idle()
+        self._release()
         self._on_done()
-        if collect:  # the pass the hold postponed, after the last frame, not in a later action
-            QTimer.singleShot(PAUSE_MS, gc.collect)
 
     def report(self) -> None:
         """Say how the job ended: stopped early, images that failed, range warnings."""
