@@ -278,6 +278,11 @@ class Calibration:
         return self._fields.n_eff if self._fields is not None else float(self.size)
 
     @property
+    def _fields_differ(self) -> bool:
+        """Whether the fields' disagreement costs at least one independent normal."""
+        return self.effective_size < self.size - 0.5
+
+    @property
     def size(self) -> int:
         """Number of calibration normals, trimmed ones included (the ``n`` of the ranks)."""
         return int(self.errors.size) + self.n_trimmed
@@ -311,8 +316,7 @@ class Calibration:
         i = self._fields.index(fpr)
         if i is not None:
             return float(self._sorted[i])
-        return float(self._sorted[-1]) + _tail_model(self._sorted)[3] * float(
-            np.log(self._floor_p / fpr))
+        return _tail_level(self._sorted, self._floor_p, fpr)
 
     def certified(self, fpr: float = DEFAULT_FPR) -> bool:
         """Whether the calibration sample is large enough to guarantee rate ``fpr``."""
@@ -371,7 +375,7 @@ class Calibration:
         parts = []
         if not self.certified(fpr):
             worth = (f" (worth about {self.effective_size:.0f} independent ones)"
-                     if self.effective_size < self.size - 0.5 else "")
+                     if self._fields_differ else "")
             parts.append(f"{self.size} calibration normals{worth} cannot certify a rate below "
                          f"{_pct(self.min_certified_rate)}; the threshold for "
                          f"{_pct(fpr)} is extrapolated from their tail")
@@ -414,8 +418,7 @@ class Calibration:
         if self._fields is not None:
             fields = (f" from {self.n_fields} field{'s' if self.n_fields != 1 else ''}"
                       + (f", worth about {self.effective_size:.0f} independent ones as "
-                         f"the fields differ" if self.effective_size < self.size - 0.5
-                         else ""))
+                         f"the fields differ" if self._fields_differ else ""))
         text = (f"{_pct(fpr)} false alarms (calibrated on {self.size} {unit}{fields}"
                 f"{trimmed}; {rate} with 95% confidence)")
         warn = self.warning(fpr)
@@ -593,8 +596,14 @@ def conformal_level(sorted_values: np.ndarray, fpr: float, n_trimmed: int = 0) -
     k = conformal_rank(n, fpr)
     if k <= v.size:
         return float(v[k - 1])
-    floor_p = (1.0 + n_trimmed) / (n + 1.0)
-    return float(v[-1]) + _tail_model(v)[3] * float(np.log(floor_p / fpr))
+    return _tail_level(v, (1.0 + n_trimmed) / (n + 1.0), fpr)
+
+
+def _tail_level(sorted_values: np.ndarray, floor_p: float, p: float) -> float:
+    """The score beyond the sample maximum whose exceedance probability is ``p``, on the
+    exponential tail that is ``floor_p`` at the maximum (:func:`_tail_model`)."""
+    return float(sorted_values[-1]) + _tail_model(sorted_values)[3] * float(
+        np.log(floor_p / p))
 
 
 def _pct(x: float, sign: bool = True) -> str:
