@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -199,22 +199,15 @@ def _lab_error_map_numpy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     parts = max(1, min(torch.get_num_threads(), h, a.size // _MIN_SPLIT_ELEMENTS))
     bounds = [h * i // parts for i in range(parts + 1)]
     bands = [(slice(None), slice(r0, r1)) for r0, r1 in itertools.pairwise(bounds)]
-    errors: list[BaseException] = []
-
-    def band(s: tuple[slice, slice]) -> None:
-        try:
-            _lab_error_rows(a[s], b[s], out[s])
-        except BaseException as err:  # re-raised in the caller below
-            errors.append(err)
-
-    threads = [threading.Thread(target=band, args=(s,), daemon=True) for s in bands[1:]]
-    for t in threads:
-        t.start()
-    band(bands[0])
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    if parts == 1:
+        _lab_error_rows(a, b, out)
+    else:
+        with ThreadPoolExecutor(parts - 1) as pool:
+            others = [pool.submit(_lab_error_rows, a[s], b[s], out[s]) for s in bands[1:]]
+            s = bands[0]
+            _lab_error_rows(a[s], b[s], out[s])  # this thread takes the first band
+            for band in others:
+                band.result()  # re-raises a band's error here
     return torch.from_numpy(out).unsqueeze(1)
 
 
