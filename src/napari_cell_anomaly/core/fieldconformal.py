@@ -126,14 +126,17 @@ class WeightedConformal:
         idx = np.searchsorted(self.values, np.asarray(x, dtype=np.float64), side=side)
         return self._suffix[idx] + self.trimmed_weight
 
+    def _p(self, x: np.ndarray | float, strict: bool) -> np.ndarray:
+        """``(1 + W(> x)) / (n_eff + 1)``, with ``>=`` when not ``strict``."""
+        return (1.0 + self.weight_above(x, strict=strict)) / (self.n_eff + 1.0)
+
     def p_value(self, x: np.ndarray | float) -> np.ndarray:
         """``(1 + W(>= x)) / (n_eff + 1)`` (within the sample)."""
-        return (1.0 + self.weight_above(x, strict=False)) / (self.n_eff + 1.0)
+        return self._p(x, strict=False)
 
     def index(self, fpr: float) -> int | None:
         """Index of the threshold for ``fpr`` in the sorted values, None beyond the sample."""
-        p_strict = (1.0 + self.weight_above(self.values)) / (self.n_eff + 1.0)
-        ok = np.flatnonzero(p_strict <= fpr * (1.0 + 1e-12))
+        ok = np.flatnonzero(self._p(self.values, strict=True) <= fpr * (1.0 + 1e-12))
         return int(ok[0]) if ok.size else None
 
     def achieved(self, fpr: float) -> float:
@@ -141,4 +144,4 @@ class WeightedConformal:
         i = self.index(fpr)
         if i is None:
             return self.floor_p
-        return float((1.0 + self.weight_above(self.values[i])) / (self.n_eff + 1.0))
+        return float(self._p(self.values[i], strict=True))
