@@ -42,6 +42,12 @@ MODES = ("whole", "patch", "cells")
 #: A whole-mode model refuses images whose longer side exceeds this many times the median
 #: longer side of its training images: squeezed into the model size, a field would be a blur.
 WHOLE_MODE_MAX_FACTOR = 4
+#: Between this factor and :data:`WHOLE_MODE_MAX_FACTOR`, a whole-mode model looks for cells in
+#: the image (built-in segmentation) and refuses it when it finds
+#: :data:`WHOLE_MODE_MAX_CELLS` or more: a small field, not a large crop of one cell. (On the
+#: NIH malaria crops, none of the 4,100 is over this factor with more than 2 objects.)
+WHOLE_MODE_CHECK_FACTOR = 2
+WHOLE_MODE_MAX_CELLS = 3
 
 
 @dataclass
@@ -387,7 +393,7 @@ class AnomalyDetector(CellScoring):
             return self.score_field(image, fpr=fpr, name=name)[0]
         x, clipped = self.preprocessing.transform(image, name=name)
         if self.mode == "whole":
-            self._check_whole_scale(x.shape[:2], name)
+            self._check_whole_scale(x, name)
             result = self._score_whole(x, fpr)
         elif min(x.shape[:2]) < self.size:
             label = "image" if name == "image" else f"image {name!r}"
@@ -412,16 +418,30 @@ class AnomalyDetector(CellScoring):
         median = self.provenance.get("image_shapes", {}).get("median")
         return float(max(median[0], median[1])) if median else None
 
-    def _check_whole_scale(self, shape: tuple[int, ...], name: str) -> None:
-        """Refuse a field far larger than the crops a whole-mode model was trained on."""
+    def _check_whole_scale(self, x: np.ndarray, name: str) -> None:
+        """Refuse a field far larger than the crops a whole-mode model was trained on.
+
+        Images over :data:`WHOLE_MODE_MAX_FACTOR` times the training crops' median side are
+        refused outright; images over :data:`WHOLE_MODE_CHECK_FACTOR` times it when the
+        built-in segmentation finds :data:`WHOLE_MODE_MAX_CELLS` or more cells in them.
+        """
         side = self.trained_side()
-        if side is None or max(shape) <= WHOLE_MODE_MAX_FACTOR * side:
+        longer = max(x.shape[:2])
+        if side is None or longer <= WHOLE_MODE_CHECK_FACTOR * side:
             return
+        found = ""
+        if longer <= WHOLE_MODE_MAX_FACTOR * side:
+            from .segmentation import segment_cells  # only for images in the doubtful range
+
+            n_cells = int(segment_cells(x).max())
+            if n_cells < WHOLE_MODE_MAX_CELLS:
+                return
+            found = f" and holds about {n_cells} cells"
         label = "the image" if name == "image" else f"image {name!r}"
         raise ImageError(
-            f"{label} is {shape[0]}x{shape[1]} pixels but this whole-image model was trained "
-            f"on single-cell crops of about {side:.0f} px; squeezed into its {self.size} px "
-            "input it would be a blur: score it per cell (find cells or give labels) or train "
+            f"{label} is {x.shape[0]}x{x.shape[1]} pixels{found} but this whole-image model was "
+            f"trained on single-cell crops of about {side:.0f} px; squeezed into its {self.size} "
+            "px input it would be a blur: score it per cell (find cells or give labels) or train "
             "a patch- or cells-mode model on such fields")
 
     def iter_scores(self, images: Iterable[np.ndarray], *, fpr: float | None = None,
