@@ -44,8 +44,9 @@ MODES = ("whole", "patch", "cells")
 WHOLE_MODE_MAX_FACTOR = 4
 #: Between this factor and :data:`WHOLE_MODE_MAX_FACTOR`, a whole-mode model looks for cells in
 #: the image (built-in segmentation) and refuses it when it finds
-#: :data:`WHOLE_MODE_MAX_CELLS` or more: a small field, not a large crop of one cell. (On the
-#: NIH malaria crops, none of the 4,100 is over this factor with more than 2 objects.)
+#: :data:`WHOLE_MODE_MAX_CELLS` or more away from the image edge: a small field, not a large
+#: crop of one cell. (Of the 4,100 NIH malaria crops, none over this factor holds more than 2
+#: objects, edge or not.)
 WHOLE_MODE_CHECK_FACTOR = 2
 WHOLE_MODE_MAX_CELLS = 3
 
@@ -423,7 +424,8 @@ class AnomalyDetector(CellScoring):
 
         Images over :data:`WHOLE_MODE_MAX_FACTOR` times the training crops' median side are
         refused outright; images over :data:`WHOLE_MODE_CHECK_FACTOR` times it when the
-        built-in segmentation finds :data:`WHOLE_MODE_MAX_CELLS` or more cells in them.
+        built-in segmentation finds :data:`WHOLE_MODE_MAX_CELLS` or more cells in them that
+        the image edge does not cut.
         """
         side = self.trained_side()
         longer = max(x.shape[:2])
@@ -431,9 +433,13 @@ class AnomalyDetector(CellScoring):
             return
         found = ""
         if longer <= WHOLE_MODE_MAX_FACTOR * side:
+            from skimage.segmentation import clear_border
+
             from .segmentation import segment_cells  # only for images in the doubtful range
 
-            n_cells = int(segment_cells(x).max())
+            # cells cut by the image edge do not count: a large crop of one cell shows parts
+            # of its neighbours there
+            n_cells = len(np.unique(clear_border(segment_cells(x)))) - 1
             if n_cells < WHOLE_MODE_MAX_CELLS:
                 return
             found = f" and holds about {n_cells} cells"
