@@ -40,9 +40,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 from scipy import stats
 
+from napari_cell_anomaly.core.conformal import conformal_rank, upper_quantile
 from napari_cell_anomaly.core.images import find_images, load_images
 from napari_cell_anomaly.core.sample import make_cells
-from napari_cell_anomaly.core.scoring import conformal_rank, upper_quantile
 from napari_cell_anomaly.core.training import TrainConfig, run_training
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from napari_cell_anomaly.core.conformal import conformal_rank, tail_probability, upper_quantile
 from napari_cell_anomaly.core.scoring import (
     DEFAULT_FPR,
     DENSITY_KINDS,
@@ -15,10 +16,7 @@ from napari_cell_anomaly.core.scoring import (
     MIN_CALIBRATION,
     Calibration,
     ScoringConfig,
-    conformal_rank,
     reduce_map,
-    tail_probability,
-    upper_quantile,
 )
 
 FPRS = (0.01, 0.05, 0.1, 0.25, 0.5)

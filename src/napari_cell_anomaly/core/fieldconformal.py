@@ -1,4 +1,4 @@
-"""Conformal thresholds from calibration units that come in groups (the cells of a field).
+"""What calibration units that come in groups (the cells of a field) are worth.
 
 The cells of one field share its stain, focus and preparation, so they are not exchangeable
 with the cells of another field: a threshold taken over the pooled cells of a few fields
@@ -12,20 +12,20 @@ the number of independent units it really has (the design effect of cluster samp
 * a field of ``n_k`` calibration cells counts as ``n_k / (1 + (n_k - 1) rho)`` independent
   cells, and the calibration as ``n_eff``, their sum (:func:`effective_size`: ``N`` cells when
   ``rho = 0``, the number of fields when ``rho = 1``);
-* the conformal p-value of a score ``s`` is ``(1 + n_eff F(s)) / (n_eff + 1)``, ``F(s)`` the
-  share of calibration cells scoring at least ``s`` (trimmed ones above every score), and the
-  threshold for rate ``fpr`` the smallest calibration score with
-  ``(1 + n_eff F(> score)) / (n_eff + 1) <= fpr`` (:class:`WeightedConformal`, every cell
-  weighing ``n_eff / N``).
+* the conformal rule (:class:`.conformal.WeightedConformal`) then runs with every cell
+  weighing ``n_eff / N``: the p-value of a score ``s`` is ``(1 + n_eff F(s)) / (n_eff + 1)``,
+  ``F(s)`` the share of calibration cells scoring at least ``s`` (trimmed ones above every
+  score), and the threshold for rate ``fpr`` the first sorted calibration score whose weight
+  up to it reaches ``(n_eff + 1) (1 - fpr)``.
 
-With ``rho = 0`` this is exactly the pooled conformal rule of :mod:`.scoring`; as fields
+With ``rho = 0`` every cell weighs 1: the plain conformal rule of independent normals; as fields
 differ it raises the threshold (fewer independent units pin the tail) and, for rates below
 ``1 / (n_eff + 1)``, leaves the sample (not certified). Fields keep their weight by cell
 count: the rate promised is the share of normal cells flagged over new fields. The rate a
-calibration realises is stated as ``Beta(j, n_eff + 1 - j)``, ``j = 1 + n_eff F(> threshold)``:
-the pooled rule's interval with ``n_eff`` in place of ``N``. Weighting fields equally instead
-(the pooled per-field distributions of Dunn, Wasserman & Ramdas, 2022) was measured and not
-adopted (``docs/benchmarks.md``).
+calibration realises is stated as ``Beta(j, n_eff + 1 - j)``, ``j`` one plus the weight of
+the positions above the threshold's: the pooled rule's interval with ``n_eff`` in place of
+``N``. Weighting fields equally instead (the pooled per-field distributions of Dunn,
+Wasserman & Ramdas, 2022) was measured and not adopted (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -89,59 +89,3 @@ def effective_size(groups: np.ndarray, rho: float) -> float:
     _, counts = np.unique(np.asarray(groups), return_counts=True)
     counts = counts.astype(np.float64)
     return float(np.sum(counts / (1.0 + (counts - 1.0) * float(rho))))
-
-
-class WeightedConformal:
-    """The weighted conformal rule over sorted scores (see the module docstring).
-
-    Parameters
-    ----------
-    scores : np.ndarray
-        ``(M,)`` calibration scores that were kept.
-    weights : np.ndarray
-        ``(M,)`` their weights.
-    trimmed_weight : float
-        Total weight of trimmed units, counted as above every score.
-    """
-
-    def __init__(self, scores: np.ndarray, weights: np.ndarray, trimmed_weight: float = 0.0
-                 ) -> None:
-        order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")
-        self.values = np.asarray(scores, dtype=np.float64)[order]
-        w = np.asarray(weights, dtype=np.float64)[order]
-        # suffix[i]: weight of the sorted values from index i up
-        self._suffix = np.concatenate([np.cumsum(w[::-1])[::-1], [0.0]])
-        self.trimmed_weight = float(trimmed_weight)
-        self.n_eff = float(self._suffix[0]) + self.trimmed_weight
-
-    @property
-    def floor_p(self) -> float:
-        """The p-value just above the sample maximum (the smallest certifiable rate)."""
-        return (1.0 + self.trimmed_weight) / (self.n_eff + 1.0)
-
-    def weight_above(self, x: np.ndarray | float, strict: bool = True) -> np.ndarray:
-        """Weight of calibration units above ``x`` (``>=`` when not ``strict``), trimmed
-        units included."""
-        side = "right" if strict else "left"
-        idx = np.searchsorted(self.values, np.asarray(x, dtype=np.float64), side=side)
-        return self._suffix[idx] + self.trimmed_weight
-
-    def _p(self, x: np.ndarray | float, strict: bool) -> np.ndarray:
-        """``(1 + W(> x)) / (n_eff + 1)``, with ``>=`` when not ``strict``."""
-        return (1.0 + self.weight_above(x, strict=strict)) / (self.n_eff + 1.0)
-
-    def p_value(self, x: np.ndarray | float) -> np.ndarray:
-        """``(1 + W(>= x)) / (n_eff + 1)`` (within the sample)."""
-        return self._p(x, strict=False)
-
-    def index(self, fpr: float) -> int | None:
-        """Index of the threshold for ``fpr`` in the sorted values, None beyond the sample."""
-        ok = np.flatnonzero(self._p(self.values, strict=True) <= fpr * (1.0 + 1e-12))
-        return int(ok[0]) if ok.size else None
-
-    def achieved(self, fpr: float) -> float:
-        """``j / (n_eff + 1)`` with ``j = 1 + W(> threshold)``: the rule's nominal rate."""
-        i = self.index(fpr)
-        if i is None:
-            return self.floor_p
-        return float(self._p(self.values[i], strict=True))

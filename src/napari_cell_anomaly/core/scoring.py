@@ -19,18 +19,13 @@ few fields, and the rule counts how much those fields differ (:mod:`.fieldconfor
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from .fieldconformal import (
-    MIN_CALIBRATION_FIELDS,
-    WeightedConformal,
-    effective_size,
-    field_correlation,
-)
+from .conformal import WeightedConformal, conformal_level
+from .fieldconformal import MIN_CALIBRATION_FIELDS, effective_size, field_correlation
 
 ERROR_KINDS = ("lab", "mse", "ssim", "mix")
 REDUCTIONS = ("mean", "p99", "max")
@@ -238,15 +233,15 @@ class Calibration:
             self._shape_loc, self._shape_scale = robust_location_scale(
                 self.shape_log_densities)
         self.scores = self.combine(self.errors, self.log_densities, self.shape_log_densities)
-        self._sorted = np.sort(self.scores)
-        self._fields: WeightedConformal | None = None
         self.field_rho = 0.0
         self.n_fields = 0
-        if self.groups is not None:
-            self._init_fields()
+        weight = 1.0 if self.groups is None else self._field_weight()
+        self._rule = WeightedConformal(self.scores, np.full(self.scores.size, weight),
+                                       trimmed_weight=self.n_trimmed * weight)
 
-    def _init_fields(self) -> None:
-        """The field-aware rule of :mod:`.fieldconformal` from :attr:`groups`."""
+    def _field_weight(self) -> float:
+        """The independent normals each calibration normal is worth, from :attr:`groups`
+        (:mod:`.fieldconformal`): ``n_eff / n``, 1 when the fields agree."""
         trimmed = (np.zeros(0) if self.trimmed_groups is None
                    else np.asarray(self.trimmed_groups).ravel())
         kept = np.asarray(self.groups).ravel()
@@ -265,17 +260,14 @@ class Calibration:
         self.n_fields = int(codes.max()) + 1
         every = np.concatenate([self.scores, np.full(self.n_trimmed, np.inf)])
         self.field_rho = field_correlation(every, codes)
-        n_eff = effective_size(codes, self.field_rho)
-        per = n_eff / self.size
-        self._fields = WeightedConformal(self.scores, np.full(self.scores.size, per),
-                                         trimmed_weight=self.n_trimmed * per)
+        return effective_size(codes, self.field_rho) / self.size
 
     @property
     def effective_size(self) -> float:
         """Independent normals the calibration is worth: :attr:`size` without
         :attr:`groups`, else ``sum_k n_k / (1 + (n_k - 1) rho)`` over the fields
         (:func:`.fieldconformal.effective_size`)."""
-        return self._fields.n_eff if self._fields is not None else float(self.size)
+        return self._rule.n_eff
 
     @property
     def _fields_differ(self) -> bool:
@@ -304,37 +296,25 @@ class Calibration:
     def threshold(self, fpr: float = DEFAULT_FPR) -> float:
         """Combined-score threshold for false-alarm rate ``fpr``: ``score > threshold`` flags.
 
-        The conformal quantile: the ``k``-th smallest calibration score,
-        ``k = ceil((n + 1) (1 - fpr))`` (:func:`conformal_rank`), so that a new normal is
-        flagged with probability at most ``fpr``. Rates too small for the sample
-        (``k > n``; see :meth:`certified`) get a threshold beyond the sample maximum from an
-        exponential fit to the upper tail, which is not certified.
+        The conformal quantile (:class:`.conformal.WeightedConformal`): the ``k``-th smallest
+        calibration score, ``k = ceil((n + 1) (1 - fpr))`` (:func:`.conformal.conformal_rank`),
+        so that a new normal is flagged with probability at most ``fpr``; with :attr:`groups`,
+        ``n`` is :attr:`effective_size`. Rates too small for the sample (see
+        :meth:`certified`) get a threshold beyond the sample maximum from an exponential fit
+        to the upper tail, which is not certified.
         """
         _check_fpr(fpr)
-        if self._fields is None:
-            return conformal_level(self._sorted, fpr, self.n_trimmed)
-        i = self._fields.index(fpr)
-        if i is not None:
-            return float(self._sorted[i])
-        return _tail_level(self._sorted, self._floor_p, fpr)
+        return self._rule.threshold(fpr)
 
     def certified(self, fpr: float = DEFAULT_FPR) -> bool:
         """Whether the calibration sample is large enough to guarantee rate ``fpr``."""
         _check_fpr(fpr)
-        if self._fields is not None:
-            return self._fields.index(fpr) is not None
-        return conformal_rank(self.size, fpr) <= self._sorted.size
+        return self._rule.index(fpr) is not None
 
     @property
     def min_certified_rate(self) -> float:
         """The smallest false-alarm rate this calibration can guarantee."""
-        return self._floor_p
-
-    @property
-    def _floor_p(self) -> float:
-        if self._fields is not None:
-            return self._fields.floor_p
-        return (self.n_trimmed + 1) / (self.size + 1)
+        return self._rule.floor_p
 
     def rate_interval(self, fpr: float = DEFAULT_FPR, confidence: float = 0.95
                       ) -> tuple[float, float]:
@@ -349,26 +329,8 @@ class Calibration:
         :attr:`effective_size` in place of ``n``, and one plus the weight above the threshold
         in place of ``n + 1 - k`` (:mod:`.fieldconformal`).
         """
-        # The Beta quantile from scipy.special (scipy.stats would add ~1 s to start-up).
-        from scipy.special import betaincinv
-
         _check_fpr(fpr)
-        tail = 0.5 * (1.0 - confidence)
-        if self._fields is not None:
-            n_eff = self._fields.n_eff
-            if self.certified(fpr):
-                j = self._fields.achieved(fpr) * (n_eff + 1.0)
-                lo, hi = betaincinv(j, n_eff + 1.0 - j, [tail, 1.0 - tail])
-                return float(lo), float(hi)
-            j = 1.0 + self._fields.trimmed_weight
-            return 0.0, float(betaincinv(j, n_eff + 1.0 - j, confidence))
-        n = self.size
-        if self.certified(fpr):
-            k = conformal_rank(n, fpr)
-            lo, hi = betaincinv(n + 1 - k, k, [tail, 1.0 - tail])
-            return float(lo), float(hi)
-        m = self._sorted.size
-        return 0.0, float(betaincinv(n + 1 - m, m, confidence))
+        return self._rule.interval(fpr, confidence)
 
     def warning(self, fpr: float = DEFAULT_FPR) -> str | None:
         """Why the stated rate ``fpr`` should not be trusted, or None."""
@@ -379,7 +341,7 @@ class Calibration:
             parts.append(f"{self.size} calibration normals{worth} cannot certify a rate below "
                          f"{_pct(self.min_certified_rate)}; the threshold for "
                          f"{_pct(fpr)} is extrapolated from their tail")
-        if self._fields is not None:
+        if self.groups is not None:
             if self.n_fields < MIN_CALIBRATION_FIELDS:
                 parts.append(f"the calibration normals come from only {self.n_fields} "
                              f"field(s) (fewer than {MIN_CALIBRATION_FIELDS}): how much "
@@ -415,7 +377,7 @@ class Calibration:
         rate = (f"true rate {_pct(lo, False)}-{_pct(hi)}" if self.certified(fpr)
                 else f"not certified, true rate at most {_pct(hi)}")
         fields = ""
-        if self._fields is not None:
+        if self.groups is not None:
             fields = (f" from {self.n_fields} field{'s' if self.n_fields != 1 else ''}"
                       + (f", worth about {self.effective_size:.0f} independent ones as "
                          f"the fields differ" if self._fields_differ else ""))
@@ -427,22 +389,12 @@ class Calibration:
     # -- scores of new images ------------------------------------------------------------------
     def p_value(self, scores: np.ndarray | float) -> np.ndarray:
         """Conformal p-value of each score: ``(1 + #{calibration scores >= s}) / (n + 1)``,
-        trimmed units counting as above every score; beyond the sample maximum, the
-        exponential tail of :func:`conformal_level`.
+        trimmed units counting as above every score (with :attr:`groups`, counted by
+        weight); beyond the sample maximum, the exponential tail of :meth:`threshold`.
 
         ``s > threshold(fpr)`` exactly when ``p_value(s) <= fpr``.
         """
-        s = np.atleast_1d(np.asarray(scores, dtype=np.float64))
-        n, v = self.size, self._sorted
-        if self._fields is not None:
-            p = self._fields.p_value(s)
-        else:
-            at_or_above = v.size - np.searchsorted(v, s, side="left")
-            p = (1.0 + at_or_above + self.n_trimmed) / (n + 1.0)
-        beyond = s > v[-1]
-        if beyond.any():
-            p[beyond] = np.exp(_tail_log_prob(v, s[beyond], self._floor_p))
-        return p
+        return self._rule.p_value(scores)
 
     def percentile(self, scores: np.ndarray | float) -> np.ndarray:
         """``100 (1 - p_value)``: the percent of calibration normals scoring strictly lower,
@@ -458,50 +410,14 @@ class Calibration:
         (:meth:`p_value`) becomes the image's ``1 - (1 - p) ** n_windows`` (Sidak), rounded
         up to the grid of conformal p-values and mapped back to the window score scale, so
         ``score > threshold(fpr)`` exactly when the image's p-value is at most ``fpr`` and
-        every image shares one threshold.
+        every image shares one threshold (:meth:`.conformal.WeightedConformal.max_adjusted`).
 
         Returns
         -------
         (float, float)
             The adjusted score and the image's percentile (``100 (1 - p)``).
         """
-        n_win = max(1, int(n_windows))
-        v, n = self._sorted, self.size
-        if self._fields is not None and n_win == 1:
-            return window_score, float(self.percentile(window_score)[0])
-        log_floor = float(np.log(self._floor_p))
-        if window_score > v[-1]:
-            log_pw = float(_tail_log_prob(v, np.array([window_score]), self._floor_p)[0])
-        else:
-            log_pw = float(np.log(self.p_value(window_score)[0]))
-        if log_pw < -30.0:  # far tail: 1 - (1 - p) ** n == n * p to double precision
-            log_pi = log_pw + float(np.log(n_win))
-        else:
-            p_w = min(float(np.exp(log_pw)), 1.0 - 1e-16)
-            log_pi = float(np.log(-np.expm1(n_win * np.log1p(-p_w))))
-        if log_pi < log_floor - 1e-12:
-            # Beyond the sample: invert the tail of conformal_level (in the far tail a shift
-            # by beta * ln(n_windows)).
-            level = float(v[-1]) + _tail_model(v)[3] * (log_floor - log_pi)
-            return level, 100.0 * -float(np.expm1(log_pi))
-        if self._fields is not None:
-            return self._grid_level(float(np.exp(log_pi)))
-        j = int(np.ceil(np.exp(log_pi) * (n + 1) - 1e-9))  # p rounded up to j / (n + 1)
-        idx = n + 1 - j  # 0-based index of the (n + 2 - j)-th smallest: above the rank-k one
-        level = float(v[idx]) if idx < v.size else float(np.nextafter(v[-1], np.inf))
-        return level, 100.0 * (1.0 - j / (n + 1.0))
-
-    def _grid_level(self, p: float) -> tuple[float, float]:
-        """Field-aware :meth:`window_adjusted` within the sample: the score whose p-value is
-        the smallest one reachable that is at least ``p``, and its percentile."""
-        v, fields = self._sorted, self._fields
-        assert fields is not None
-        # Candidate levels: each distinct calibration score, and just above the maximum.
-        levels = np.append(np.unique(v), np.nextafter(v[-1], np.inf))
-        ps = fields.p_value(levels)
-        ok = np.flatnonzero(ps >= p * (1.0 - 1e-12))
-        i = int(ok[-1]) if ok.size else 0
-        return float(levels[i]), 100.0 * (1.0 - float(ps[i]))
+        return self._rule.max_adjusted(window_score, n_windows)
 
     def criteria(self, fpr: float = DEFAULT_FPR) -> dict[str, float]:
         """The dual criterion's two thresholds for ``fpr`` (three in cells mode).
@@ -573,39 +489,6 @@ class Calibration:
                                    else None))
 
 
-def conformal_rank(n: int, fpr: float) -> int:
-    """Rank ``k = ceil((n + 1) (1 - fpr))`` of the conformal threshold among ``n`` normals.
-
-    Flagging scores above the ``k``-th smallest of ``n`` exchangeable normal scores flags a new
-    normal with probability ``(n + 1 - k) / (n + 1) <= fpr``. ``k > n`` means the sample
-    cannot certify ``fpr``.
-    """
-    return max(1, math.ceil((n + 1) * (1.0 - fpr) - 1e-9))
-
-
-def conformal_level(sorted_values: np.ndarray, fpr: float, n_trimmed: int = 0) -> float:
-    """The conformal threshold of :func:`conformal_rank` over ``sorted_values`` plus
-    ``n_trimmed`` values counted as infinite.
-
-    Beyond the sample (``k > n``) the exceedance probability is extrapolated from the sample
-    maximum, where it is ``(1 + n_trimmed) / (n + 1)``, as an exponential tail whose scale
-    is fitted to the largest values (:func:`_tail_model`); not certified.
-    """
-    v = np.asarray(sorted_values, dtype=np.float64)
-    n = v.size + int(n_trimmed)
-    k = conformal_rank(n, fpr)
-    if k <= v.size:
-        return float(v[k - 1])
-    return _tail_level(v, (1.0 + n_trimmed) / (n + 1.0), fpr)
-
-
-def _tail_level(sorted_values: np.ndarray, floor_p: float, p: float) -> float:
-    """The score beyond the sample maximum whose exceedance probability is ``p``, on the
-    exponential tail that is ``floor_p`` at the maximum (:func:`_tail_model`)."""
-    return float(sorted_values[-1]) + _tail_model(sorted_values)[3] * float(
-        np.log(floor_p / p))
-
-
 def _pct(x: float, sign: bool = True) -> str:
     """A rate as a short percentage: 5%, 2.6%, 0.83%."""
     p = 100.0 * x
@@ -613,55 +496,6 @@ def _pct(x: float, sign: bool = True) -> str:
     if "." in text and p == round(p):
         text = f"{p:.0f}"
     return text + ("%" if sign else "")
-
-
-def _tail_log_prob(sorted_values: np.ndarray, x: np.ndarray, floor_p: float) -> np.ndarray:
-    """Log exceedance probability beyond the sample maximum (see :func:`conformal_level`):
-    ``floor_p`` at the maximum, decaying exponentially with the tail scale of
-    :func:`_tail_model`."""
-    beta = _tail_model(sorted_values)[3]
-    return float(np.log(floor_p)) - (np.asarray(x, dtype=np.float64) - sorted_values[-1]) / beta
-
-
-def _tail_model(values: np.ndarray) -> tuple[np.ndarray, int, float, float]:
-    """Sorted values and an exponential upper-tail fit: (sorted, k, u, beta).
-
-    The ``k`` largest values (about 10%, at least 2) are modelled as ``u + Exp(beta)`` where
-    ``u`` is the next value below them (peaks over threshold with a zero shape parameter).
-    """
-    v = np.sort(np.asarray(values, dtype=np.float64))
-    m = v.size
-    k = int(min(max(2, np.ceil(0.1 * m)), max(m - 1, 1)))
-    u = float(v[m - k - 1]) if m > k else float(v[0])
-    beta = float(np.mean(v[m - k:] - u)) if m > k else 0.0
-    if beta <= 0:
-        beta = max(float(v.std()), 1e-6 * max(abs(u), 1.0))
-    return v, k, u, beta
-
-
-def upper_quantile(values: np.ndarray, p: float) -> float:
-    """The level exceeded with probability ``p`` by the distribution behind ``values``.
-
-    Empirical (``method="higher"``) where the sample reaches ``p`` (``p >= 1 / M``); beyond
-    it, the exponential tail fit of :func:`_tail_model`, never below the sample maximum.
-    (Thresholds use the conformal :func:`conformal_level`; this is its tail beyond the sample.)
-    """
-    v, k, u, beta = _tail_model(values)
-    m = v.size
-    if p >= 1.0 / m:
-        return float(np.quantile(v, 1.0 - p, method="higher"))
-    return max(float(v[-1]), u + beta * float(np.log((k / m) / p)))
-
-
-def tail_probability(values: np.ndarray, x: float) -> float:
-    """Probability that the distribution behind ``values`` exceeds ``x`` (inverse of
-    :func:`upper_quantile`, with the same exponential tail)."""
-    v, k, u, beta = _tail_model(values)
-    m = v.size
-    above = int(np.count_nonzero(v > x))
-    if above:
-        return above / m
-    return min(1.0 / m, (k / m) * float(np.exp(-(x - u) / beta)))
 
 
 def _check_fpr(fpr: float) -> None:
