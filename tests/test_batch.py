@@ -110,7 +110,8 @@ def test_a_run_writes_one_row_per_image_and_reports_the_bad_file(
 
 
 def test_a_killed_run_keeps_its_finished_rows_and_resume_completes_it(
-        batch: dict[str, Path], reference: dict[str, Path], tmp_path: Path) -> None:
+        batch: dict[str, Path], reference: dict[str, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     folder = batch["images"]
     total = N_IMAGES + 1
     out, maps = tmp_path / "scores.csv", tmp_path / "maps"
@@ -148,6 +149,16 @@ def test_a_killed_run_keeps_its_finished_rows_and_resume_completes_it(
     _assert_same_rows(final, _rows(reference["csv"]))
     assert len(list(maps.glob("*_anomaly_map.tif"))) == N_IMAGES
     assert not list(maps.glob(".*")) and not list(tmp_path.glob(".*"))
+    # Another heatmap format (or folder) would mix maps: refused in one line, nothing changed.
+    before = out.read_bytes()
+    for extra, named in ((["--heatmap-format", "ome-zarr"], "--heatmap-format tiff"),
+                         (["--heatmaps", str(tmp_path / "other")], f"--heatmaps {maps.resolve()}")):
+        capsys.readouterr()
+        assert main([*args, *extra, "--resume"]) == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith(f"cell-anomaly: error: cannot resume '{out}': its rows were "
+                               f"scored with {named}, this run has ")
+        assert out.read_bytes() == before
 
 
 def test_resume_tries_error_rows_again_and_refuses_other_settings(
@@ -196,8 +207,10 @@ def test_resume_refuses_a_csv_scored_with_other_options_or_another_model_file(
     base = ["score", str(folder), "--csv", str(out), "--quiet", "--device", "cpu"]
     assert main([base[0], str(batch["model"]), *base[1:]]) == 0
     kept = json.loads(record.read_text())
-    assert kept == {"version": 1, "model_sha256": file_sha256(batch["model"]), "fpr": 0.05,
-                    "labels": None, "channel_axis": None, "per_cell": False}
+    assert kept == {"version": 2, "model_sha256": file_sha256(batch["model"]), "fpr": 0.05,
+                    "labels": None, "channel_axis": None, "per_cell": False,
+                    "heatmaps": None, "heatmap_format": None, "cells_csv": False,
+                    "label_files": {}}
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
     before = out.read_bytes()
     other = tmp_path / "other.safetensors"
@@ -214,6 +227,13 @@ def test_resume_refuses_a_csv_scored_with_other_options_or_another_model_file(
         assert "run without --resume to start afresh" in lines[-1]
         assert not any("Traceback" in line for line in lines)
         assert out.read_bytes() == before and json.loads(record.read_text()) == kept
+    # The heatmaps: a folder not given before, or given in another format, are refused too
+    # (a resumed run would leave some images' maps elsewhere, or in another format).
+    maps = tmp_path / "maps"
+    heat = [base[0], str(batch["model"]), *base[1:], "--heatmaps", str(maps)]
+    assert main([*heat, "--resume"]) == 2
+    assert "scored with --heatmaps none, this run has " in capsys.readouterr().err
+    assert out.read_bytes() == before
     # The same model file under another name: the same bytes, resumed.
     same = tmp_path / "copy.safetensors"
     same.write_bytes(batch["model"].read_bytes())
@@ -267,6 +287,37 @@ def test_resume_drops_rows_of_an_image_cut_short_by_a_crash(tmp_path: Path) -> N
     scores.write_text("name,value\nx,1\n")
     with pytest.raises(ResumeError, match="columns"):
         ResultsWriter(scores, None, resume=True)
+
+
+def test_resume_drops_the_rows_of_images_whose_label_file_changed(tmp_path: Path) -> None:
+    """Label files are compared image by image: an image whose label file changed loses its
+    rows (scored again), the others keep theirs, and the record kept afterwards is this run's
+    with the entries of scored images it does not list carried over."""
+    scores, cells = tmp_path / "s.csv", tmp_path / "c.csv"
+    base = {"version": 2, "labels": "/labels"}
+    with ResultsWriter(scores, cells, record={**base, "label_files": {
+            "a.png": [10, 1], "b.png": [20, 2], "c.png": [30, 3]}}) as out:
+        for i, name in enumerate(("a.png", "b.png", "c.png")):
+            out.write(_outcome(i, name, 2))
+    # b's label file changed; c is not in this run (another selection of the folder)
+    now = {**base, "label_files": {"a.png": [10, 1], "b.png": [21, 5]}}
+    resumed = ResultsWriter(scores, cells, resume=True, record=now)
+    assert resumed.done == {"a.png", "c.png"} and resumed.rescored == {"b.png"}
+    with resumed:
+        resumed.write(_outcome(3, "b.png", 1))
+    with open(scores, newline="") as fh:
+        assert [r[0] for r in csv.reader(fh)] == ["path", "a.png", "c.png", "b.png"]
+    with open(cells, newline="") as fh:
+        assert [(r[0], r[1]) for r in list(csv.reader(fh))[1:]] == [
+            ("a.png", "1"), ("a.png", "2"), ("c.png", "1"), ("c.png", "2"), ("b.png", "1")]
+    kept = json.loads(record_path(scores).read_text())
+    assert kept["label_files"] == {"a.png": [10, 1], "b.png": [21, 5], "c.png": [30, 3]}
+    # the same again: nothing to score again
+    again = ResultsWriter(scores, cells, resume=True, record=now)
+    assert again.done == {"a.png", "b.png", "c.png"} and not again.rescored
+    # another setting is still refused as a whole
+    with pytest.raises(ResumeError, match="--labels /labels, this run has /other"):
+        ResultsWriter(scores, cells, resume=True, record={**now, "labels": "/other"})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -153,3 +153,49 @@ def test_no_orient_trains_a_model_that_keeps_cells_as_they_lie(fields: dict,
     assert main(["train", str(images), "--labels", str(labels), "--out", str(oriented),
                  "--orient", "--epochs", "1", "--quiet"]) == 0
     assert AnomalyDetector.load(oriented).orient is True
+
+
+def test_resume_scores_again_the_images_whose_label_file_changed(
+        fields: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each image's label file is recorded (size, modification time): a resumed run after
+    one label file changed scores that image again with it (its rows replaced, nothing
+    mixed) and keeps the others' rows; an unchanged resume scores nothing."""
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for p in fields["test_labels"].glob("*.tif"):
+        (labels / p.name).write_bytes(p.read_bytes())
+    out, cells_out = tmp_path / "s.csv", tmp_path / "c.csv"
+    args = ["score", str(fields["model"]), str(fields["test"]), "--labels", str(labels),
+            "--csv", str(out), "--cells-csv", str(cells_out), "--quiet"]
+    assert main(args) == 0
+    first, first_cells = _rows(out), _rows(cells_out)
+    assert len(first) == 2
+    # unchanged: nothing to do, nothing rewritten but the same rows
+    capsys.readouterr()
+    before = out.read_bytes(), cells_out.read_bytes()
+    assert main([*args, "--resume"]) == 0
+    assert "2 images already scored, 0 to go" in capsys.readouterr().err
+    assert (out.read_bytes(), cells_out.read_bytes()) == before
+    # one label file loses its largest cell: that image is scored again with the new labels
+    changed = labels / "t51.tif"
+    lab = tifffile.imread(changed)
+    ids, areas = np.unique(lab[lab > 0], return_counts=True)
+    gone = int(ids[np.argmax(areas)])
+    tifffile.imwrite(changed, np.where(lab == gone, 0, lab).astype(np.uint16))
+    assert main([*args, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert ("1 images already scored, 1 to go (1 of them scored before with a label file "
+            "that has changed since)") in err
+    second, second_cells = _rows(out), _rows(cells_out)
+    key = {r["path"]: r for r in first}
+    for r in second:
+        if r["path"].endswith("t50.png"):
+            assert r == key[r["path"]]  # kept as it was
+    ids51 = [r["cell_id"] for r in second_cells if r["path"].endswith("t51.png")]
+    assert str(gone) not in ids51 and len(ids51) == len(ids) - 1
+    assert ([r for r in second_cells if r["path"].endswith("t50.png")]
+            == [r for r in first_cells if r["path"].endswith("t50.png")])
+    # and now the record holds the new label file: an unchanged resume scores nothing
+    assert main([*args, "--resume"]) == 0
+    assert "2 images already scored, 0 to go" in capsys.readouterr().err
+    assert _rows(out) == second

@@ -147,9 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true",
                    help="keep the scored rows of an existing --csv (and --cells-csv) and "
                         "score only the images not in it (rows holding an error are tried "
-                        "again); refused if its rows were scored with another model file, "
-                        "--fpr, --labels or --channel-axis, or per cell differently, as "
-                        "recorded in OUT.csv.run.json (or if that record is missing)")
+                        "again, and images whose label file in --labels DIR changed since); "
+                        "refused if its rows were scored with another model file, --fpr, "
+                        "--labels or --channel-axis, or per cell differently, or written "
+                        "with another --heatmaps folder, --heatmap-format or --cells-csv "
+                        "choice, as recorded in OUT.csv.run.json (or if that record is "
+                        "missing)")
     s.add_argument("--workers", type=positive_arg, metavar="N",
                    help="score on a dask cluster of N worker processes started on this "
                         "machine (one thread each); the images a dying worker held are "

@@ -56,16 +56,20 @@ def cmd_score(args: argparse.Namespace) -> int:
                              heatmaps=heat_dir, cells_csv=cells_path is not None,
                              channel_axis=args.channel_axis,
                              heatmap_format=args.heatmap_format)
+    every = make_tasks(paths, sources)
     out = ResultsWriter(csv_path, cells_path, resume=args.resume,
                         threshold=f"{detector.calibration.threshold(fpr):.6g}",
-                        record=run_record(args.model, settings, fpr))
-    tasks = [t for t in make_tasks(paths, sources) if t.csv_path not in out.done]
+                        record=run_record(args.model, settings, fpr, every))
+    tasks = [t for t in every if t.csv_path not in out.done]
     where = (f"on the dask cluster at {args.scheduler} (device {args.device} on each worker)"
              if args.scheduler else f"on {device}" + (f", {args.workers} local dask workers"
                                                      if args.workers else ""))
     say(f"model: {detector.describe_rate(fpr)}; running {where}")
     if out.resumed:
-        say(f"resuming {csv_path}: {len(out.done)} images already scored, {len(tasks)} to go")
+        again = (f" ({len(out.rescored)} of them scored before with a label file that has "
+                 f"changed since)" if out.rescored else "")
+        say(f"resuming {csv_path}: {len(out.done)} images already scored, {len(tasks)} to "
+            f"go{again}")
     first_failure, n_failed = "", 0
     first_out_of_range, n_out_of_range = "", 0
     n_flagged = n_ok = n_cells = n_cells_flagged = n_skipped = n_stacks = 0

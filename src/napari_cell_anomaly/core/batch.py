@@ -369,11 +369,13 @@ class ResultsWriter:
         whose rows were scored at another threshold (another model or false-alarm rate)
         raises :class:`ResumeError`.
     record : mapping or None
-        What this run scores with (:func:`.batchrecord.run_record`: model file digest,
-        false-alarm rate, labels, channel axis, per-cell). :meth:`open` keeps it next to the
-        CSV (:func:`.batchrecord.write_record`); resuming a CSV that has rows checks it
-        against the one kept there (:func:`.batchrecord.check_record`: refused when they
-        differ or none is kept). None: nothing recorded or checked.
+        What this run scores with and writes (:func:`.batchrecord.run_record`: model file
+        digest, false-alarm rate, labels, channel axis, per-cell, heatmap folder and format,
+        per-cell CSV, each image's label file). :meth:`open` keeps it next to the CSV
+        (:func:`.batchrecord.write_record`); resuming a CSV that has rows checks it against
+        the one kept there (:func:`.batchrecord.resume_record`: refused when a setting
+        differs or none is kept; images whose label file changed since they were scored are
+        dropped, :attr:`rescored`, and scored again). None: nothing recorded or checked.
 
     Raises
     ------
@@ -393,14 +395,18 @@ class ResultsWriter:
         self.record = record
         self._rows: list[list[str]] = []
         self._cell_rows: list[list[str]] = []
+        #: Images the CSV held scored rows of, dropped to be scored again because their label
+        #: file changed since (``resume``).
+        self.rescored: set[str] = set()
         self.resumed = resume and self.csv_path.is_file()
         if self.resumed:
             rows = _read_rows(self.csv_path, CSV_COLUMNS)
-            if record is not None and rows:
-                from .batchrecord import check_record
-
-                check_record(self.csv_path, record)
             scored = {r[0] for r in rows if r[1] != ""}
+            if record is not None and rows:
+                from .batchrecord import resume_record
+
+                self.record, self.rescored = resume_record(self.csv_path, record, scored)
+                scored -= self.rescored
             self._rows = [r for r in rows if r[0] in scored]
             seen = {r[6] for r in self._rows if r[1] != ""}
             if threshold is not None and seen - {threshold}:
@@ -422,16 +428,23 @@ class ResultsWriter:
         self._last_sync = time.monotonic()
 
     def open(self) -> ResultsWriter:
-        """Create (or rewrite, keeping the resumed rows) the files and open them to append."""
-        if self.record is not None:  # first: rows are never without their record
-            from .batchrecord import write_record
+        """Create (or rewrite, keeping the resumed rows) the files, keep the record next to
+        them and open them to append.
 
-            write_record(self.csv_path, self.record)
+        The CSVs are rewritten before the record and rows appended only after it, so the
+        rows on disk always agree with the record on disk, whatever is interrupted: the rows
+        kept agree with the old record and the new one, and rows dropped (another run, label
+        files changed) are gone before the new record is written.
+        """
         targets = [(self.csv_path, CSV_COLUMNS, self._rows)]
         if self.cells_path is not None:
             targets.insert(0, (self.cells_path, CELLS_CSV_COLUMNS, self._cell_rows))
         for path, columns, rows in targets:
             _write_rows_atomic(path, columns, rows)
+        if self.record is not None:
+            from .batchrecord import write_record
+
+            write_record(self.csv_path, self.record)
         self._rows, self._cell_rows = [], []
         fhs = [open(p, "a", newline="", encoding="utf-8") for p, _, _ in targets]
         self._files = fhs
