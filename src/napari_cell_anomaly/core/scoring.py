@@ -14,7 +14,9 @@ most ``fpr``, whatever the score distribution; the rate realised by one calibrat
 ``k > n`` the sample is too small to certify ``fpr``; the threshold then comes from an
 exponential fit to the upper tail and :meth:`Calibration.certified` says so. The rate can be
 changed at scoring time without retraining. In cells mode the calibration cells come from a
-few fields, and the rule counts how much those fields differ (:mod:`.fieldconformal`).
+few fields, and the rule counts how much those fields differ (:mod:`.fieldconformal`): each
+cell weighs the independent normals it is worth. Either way one rule computes it all
+(:class:`.conformal.WeightedConformal`; independent normals weigh 1).
 """
 
 from __future__ import annotations
