@@ -159,7 +159,7 @@ SIZES = [*range(1, 41), 47, 48, 49, 50, 51, 63, 99, 100, 101, 149, 199, 200, 255
 def test_pooled_rule_is_unchanged(m: int) -> None:
     """Without fields (whole and patch mode, older files): bit for bit the pooled rule, with
     and without ties, trimmed normals and a shape criterion, over seeds."""
-    for seed in range(3):
+    for seed in range(2):
         for ties, trimmed, shape in ((False, 0, False), (True, 0, False), (False, 3, True),
                                      (True, 1 + m // 10, False)):
             case = make_case(m, seed * 7919 + m, ties=ties, trimmed=trimmed, shape=shape)
@@ -171,7 +171,7 @@ def test_pooled_rule_is_unchanged(m: int) -> None:
 def test_field_rule_is_unchanged(m: int) -> None:
     """With fields (cells mode): the field-aware rule (:func:`assert_same_with_fields`),
     fields that agree (``rho = 0``: unit weights) or differ, with trimmed cells."""
-    for seed in range(3):
+    for seed in range(2):
         for fields, effect, trimmed in ((1, 0.0, 0), (3, 0.0, 0), (4, 1.0, 2), (9, 0.5, 0),
                                         (12, 2.0, 1 + m // 20)):
             case = make_case(m, seed * 104729 + m, trimmed=trimmed, fields=fields,
