@@ -17,6 +17,12 @@ Compares the pooled conformal rule (every calibration cell independent: model fi
   effect of standard deviation ``tau`` (cells: 1), field sizes like those of the Chula
   calibration fields; the true rate on new fields is exact.
 
+* ``--few-fields N ...`` (Chula, segmentations cached under ``--cache``): models trained on N
+  random training fields (``--draws`` draws), each with 10% of the fields calibrating (the
+  default) and with at least 5, on the same draw and seed; per-cell AUROC and rates on the
+  cells found in ``--dev-fields`` dev fields, calibration fields and cells, ``n_eff``,
+  warning, certification.
+
 * ``--fields SEEDS`` (no data needed): cells-mode models trained on ``--n-fields`` normal
   synthetic fields (:func:`make_cell_field`, 384 x 384, ground-truth labels, ``--max-steps``
   steps, 20% of the fields calibrate) whose colour channels are raised per field to the
@@ -189,6 +195,73 @@ def fields(seeds: int, n_fields: int, stains: tuple[float, ...], max_steps: int)
                       + " | ".join(row) + " |", flush=True)
 
 
+def _interval(cal: Calibration, fpr: float) -> str:
+    return "-".join(f"{100 * x:.1f}" for x in cal.rate_interval(fpr)) + "%"
+
+
+def few_fields(cache: Path, sizes: tuple[int, ...], draws: int, n_dev: int) -> None:
+    """Chula models trained on few fields: 10% of them calibrating (the default) against at
+    least ``MIN_CALIBRATION_FIELDS`` (5), on the same draws of fields and seeds (the
+    5-field split moves 2 or 3 training fields to calibration; the rest is the same)."""
+    from cells import split_fields
+    from cells_variants import segmented
+    from napari_cell_anomaly.core.fieldconformal import MIN_CALIBRATION_FIELDS
+    from napari_cell_anomaly.core.training import TrainConfig, run_training
+
+    split = split_fields(0)
+    dev = [segmented(cache, stem) for stem in split["dev"][:n_dev]]
+    train = {}
+    for stem in split["train"]:
+        image, labels, classes = segmented(cache, stem)
+        keep = [k for k, c in classes.items() if c == 0]
+        if keep:
+            train[stem] = (image, np.where(np.isin(labels, keep), labels, 0))
+    print("| fields given | calibration | draw | cal. fields / cells | n_eff | dev AUROC | "
+          "warned | certified 1% | " + " | ".join(
+              f"dev normals flagged at {100 * f:g}% (stated)" for f in RATES) + " |")
+    print("| --- |" + " --- |" * (7 + len(RATES)))
+    rng = np.random.default_rng(0)
+    summary: dict = {}
+    for n in sizes:
+        for draw in range(draws):
+            stems = rng.choice(sorted(train), n, replace=False)
+            for rule, frac in (("10%", 0.1), (f">= {MIN_CALIBRATION_FIELDS} fields",
+                                              max(0.1, MIN_CALIBRATION_FIELDS / n))):
+                det = run_training([train[s][0] for s in stems],
+                                   TrainConfig(seed=draw, calibration_fraction=frac),
+                                   labels=[train[s][1] for s in stems], device="cpu")
+                cal = det.calibration
+                y, sc, judged = [], [], []
+                for image, labels, classes in dev:
+                    cells = det.score_cells(image, labels)
+                    t = cells.table
+                    y += [classes.get(int(k), 10) for k in t["label"]]
+                    sc += list(t["score"])
+                    judged += list(cells.judged())
+                y, sc, judged = np.asarray(y), np.asarray(sc), np.asarray(judged)
+                auroc = float(auroc_table(y, sc)["overall"])
+                normals = sc[(y == 0) & judged]
+                rates = [float(np.mean(normals > cal.threshold(f))) for f in RATES]
+                warned = cal.warning(0.05) is not None
+                row = summary.setdefault((n, rule), [])
+                row.append((auroc, warned, cal.certified(0.01), cal.n_fields, cal.size,
+                            cal.effective_size, *rates))
+                print(f"| {n} | {rule} | {draw} | {cal.n_fields} / {cal.size} | "
+                      f"{cal.effective_size:.0f} | {auroc:.3f} | {'yes' if warned else 'no'} | "
+                      f"{'yes' if cal.certified(0.01) else 'no'} | " + " | ".join(
+                          f"{100 * r:.1f}% ({_interval(cal, f)})"
+                          for r, f in zip(rates, RATES, strict=True)) + " |", flush=True)
+    print()
+    print("| fields given | calibration | mean dev AUROC | warned | certified 1% | mean n_eff | "
+          + " | ".join(f"mean flagged at {100 * f:g}%" for f in RATES) + " |")
+    print("| --- |" + " --- |" * (5 + len(RATES)))
+    for (n, rule), rows in summary.items():
+        a = np.asarray(rows, dtype=np.float64)
+        print(f"| {n} | {rule} | {a[:, 0].mean():.3f} | {a[:, 1].mean():.0%} | "
+              f"{a[:, 2].mean():.0%} | {a[:, 5].mean():.0f} | "
+              + " | ".join(f"{100 * x:.1f}%" for x in a[:, 6:].mean(0)) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", type=Path)
@@ -202,6 +275,11 @@ def main() -> None:
     p.add_argument("--n-fields", type=int, default=50)
     p.add_argument("--stains", type=float, nargs="+", default=[0.0, 0.15])
     p.add_argument("--max-steps", type=int, default=150)
+    p.add_argument("--few-fields", type=int, nargs="*", default=[],
+                   help="numbers of Chula training fields to compare 10%% of them "
+                   "calibrating with at least 5 (needs --cache)")
+    p.add_argument("--draws", type=int, default=3, help="draws of fields per --few-fields")
+    p.add_argument("--dev-fields", type=int, default=40, help="dev fields to score")
     args = p.parse_args()
     if args.rho_confidence is not None:
         # Benchmark-only switch: the rule with another bound on the fields' correlation.
@@ -223,6 +301,9 @@ def main() -> None:
     if args.fields:
         print()
         fields(args.fields, args.n_fields, tuple(args.stains), args.max_steps)
+    if args.few_fields:
+        print()
+        few_fields(args.cache, tuple(args.few_fields), args.draws, args.dev_fields)
 
 
 if __name__ == "__main__":
