@@ -233,7 +233,7 @@ def test_resume_refuses_a_csv_scored_with_other_options_or_another_model_file(
     heat = [base[0], str(batch["model"]), *base[1:], "--heatmaps", str(maps)]
     assert main([*heat, "--resume"]) == 2
     assert "scored with --heatmaps none, this run has " in capsys.readouterr().err
-    assert out.read_bytes() == before
+    assert out.read_bytes() == before and not maps.exists()
     # The same model file under another name: the same bytes, resumed.
     same = tmp_path / "copy.safetensors"
     same.write_bytes(batch["model"].read_bytes())

@@ -43,8 +43,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     # With --scheduler the network runs on the workers; this process only reads the model.
     device = pick_device("cpu" if args.scheduler else args.device)
-    if heat_dir is not None:
-        prepare_dir(heat_dir)
     detector = load_detector(args.model, device)
     paths = find_images(args.inputs)
     sources = label_source(args.labels, paths)
@@ -60,6 +58,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     out = ResultsWriter(csv_path, cells_path, resume=args.resume,
                         threshold=f"{detector.calibration.threshold(fpr):.6g}",
                         record=run_record(args.model, settings, fpr, every))
+    if heat_dir is not None:  # after the resume checks: a refused run creates nothing
+        prepare_dir(heat_dir)
     tasks = [t for t in every if t.csv_path not in out.done]
     where = (f"on the dask cluster at {args.scheduler} (device {args.device} on each worker)"
              if args.scheduler else f"on {device}" + (f", {args.workers} local dask workers"
