@@ -277,6 +277,11 @@ class Calibration:
         return self.effective_size < self.size - 0.5
 
     @property
+    def _too_few_fields(self) -> bool:
+        """Whether the calibration has fields, too few of them to judge how much they differ."""
+        return self.groups is not None and self.n_fields < MIN_CALIBRATION_FIELDS
+
+    @property
     def size(self) -> int:
         """Number of calibration normals, trimmed ones included (the ``n`` of the ranks)."""
         return int(self.errors.size) + self.n_trimmed
@@ -344,16 +349,20 @@ class Calibration:
                          f"{_pct(self.min_certified_rate)}; the threshold for "
                          f"{_pct(fpr)} is extrapolated from their tail")
         if self.groups is not None:
-            if self.n_fields < MIN_CALIBRATION_FIELDS:
+            if self._too_few_fields:
                 parts.append(f"the calibration normals come from only {self.n_fields} "
                              f"field(s) (fewer than {MIN_CALIBRATION_FIELDS}): how much "
                              f"fields differ cannot be judged, and the rate on other fields "
                              f"may be far from the stated one; train on more fields")
-            elif self.effective_size < MIN_CALIBRATION:
+            elif self.effective_size < MIN_CALIBRATION and self._fields_differ:
                 parts.append(f"the calibration fields differ, so their {self.size} normals "
                              f"are worth only about {self.effective_size:.0f} independent "
                              f"ones (fewer than {MIN_CALIBRATION}): the rate on new fields "
                              f"may be far from the stated one; train on more fields")
+            elif self.size < MIN_CALIBRATION:
+                parts.append(f"only {self.size} calibration normals (fewer than "
+                             f"{MIN_CALIBRATION}): the true false-alarm rate may be far from "
+                             f"the stated one; train on more fields")
         elif self.size < MIN_CALIBRATION:
             parts.append(f"only {self.size} calibration normals (fewer than "
                          f"{MIN_CALIBRATION}): the true false-alarm rate may be far from "
@@ -364,7 +373,9 @@ class Calibration:
         """One line for users: the rate, its sample and the 95% interval of the true rate.
 
         Example: ``5% false alarms (calibrated on 240 normals; true rate 2.6-8.1% with 95%
-        confidence)``, followed by ``Warning: ...`` (:meth:`warning`) where it applies.
+        confidence)``, followed by ``Warning: ...`` (:meth:`warning`) where it applies. With
+        fields, but fewer than ``MIN_CALIBRATION_FIELDS`` of them, no interval is stated: how much
+        fields differ cannot be judged, so the rate on other fields is unknown.
 
         Parameters
         ----------
@@ -376,15 +387,22 @@ class Calibration:
         lo, hi = self.rate_interval(fpr)
         trimmed = (f", {self.n_trimmed} of them trimmed as outliers and counted as false "
                    f"alarms" if self.n_trimmed else "")
-        rate = (f"true rate {_pct(lo, False)}-{_pct(hi)}" if self.certified(fpr)
-                else f"not certified, true rate at most {_pct(hi)}")
+        if self._too_few_fields:
+            # how much fields differ cannot be estimated: an interval would treat the cells
+            # of these fields as independent, which cells of one field are not
+            rate = ("true rate on other fields unknown" if self.certified(fpr)
+                    else "not certified, true rate on other fields unknown")
+        elif self.certified(fpr):
+            rate = f"true rate {_pct(lo, False)}-{_pct(hi)} with 95% confidence"
+        else:
+            rate = f"not certified, true rate at most {_pct(hi)} with 95% confidence"
         fields = ""
         if self.groups is not None:
             fields = (f" from {self.n_fields} field{'s' if self.n_fields != 1 else ''}"
                       + (f", worth about {self.effective_size:.0f} independent ones as "
                          f"the fields differ" if self._fields_differ else ""))
         text = (f"{_pct(fpr)} false alarms (calibrated on {self.size} {unit}{fields}"
-                f"{trimmed}; {rate} with 95% confidence)")
+                f"{trimmed}; {rate})")
         warn = self.warning(fpr)
         return f"{text}. Warning: {warn}" if warn else text
 
