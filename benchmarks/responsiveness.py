@@ -10,8 +10,11 @@ the Score widget (which loads the shipped default model), click Train, wait for 
 20 images and click Score, move the false-alarm slider, and close a viewer while it trains and
 another while it scores. A 5 ms ``QTimer`` ticks on the GUI thread throughout; a frozen GUI
 shows up as a long gap between ticks. For every action it prints the longest gap (target:
-< 100 ms) and the most CPU time the GUI thread itself used between two ticks (on a loaded
-machine a gap also holds waits for a core; this column does not); for the closes also how
+< 100 ms), that gap split into the GUI thread's own CPU time, its wait for a core (Linux's
+per-thread scheduler statistics) and the rest, in which it was blocked (for the GIL held by a
+background thread, for the X server), and the most CPU time the GUI thread itself used between
+two ticks (on a loaded machine a gap also holds waits for a core; this column does not); for
+the closes also how
 long ``viewer.close()`` took and whether a worker thread was still running after it returned
 (target: < 1 s, none).
 
@@ -60,7 +63,9 @@ class GapMonitor:
     def __init__(self) -> None:
         self.ticks: list[float] = []
         self.cpu: list[float] = []  # the GUI thread's CPU time at each tick
+        self.runq: list[float] = []  # its time waiting for a core (Linux schedstat), or 0
         self.rows: list[dict[str, Any]] = []
+        self._schedstat: Any = None
         self.timer = QTimer()
         self.timer.setInterval(TICK_MS)
         self.timer.timeout.connect(self._tick)
@@ -69,11 +74,40 @@ class GapMonitor:
     def _tick(self) -> None:
         self.ticks.append(time.perf_counter())
         self.cpu.append(time.thread_time())
+        self.runq.append(self._runqueue_wait())
         if DEBUG:  # dump every thread's stack if the GUI thread does not tick for 80 ms
             faulthandler.dump_traceback_later(0.08, exit=False)
 
+    def _runqueue_wait(self) -> float:
+        """The GUI thread's total time spent runnable but waiting for a core (s); 0 where
+        Linux's ``/proc/thread-self/schedstat`` is not available."""
+        try:
+            if self._schedstat is None:
+                self._schedstat = open("/proc/thread-self/schedstat", "rb")
+            self._schedstat.seek(0)
+            return int(self._schedstat.read().split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            self._schedstat = False
+            return 0.0
+
     def start(self) -> None:
         self.timer.start()
+
+    def split_longest_gap(self, start: float, stop: float) -> tuple[float, float, float]:
+        """The longest gap in the window (ms) split into the GUI thread's CPU time, its wait
+        for a core (other processes, software OpenGL's threads), and the rest: the time it
+        was blocked (waiting for the GIL, for the X server, for a lock)."""
+        t = np.asarray(self.ticks)
+        first = max(int(np.searchsorted(t, start)) - 1, 0)
+        last = int(np.searchsorted(t, stop))
+        if last - first < 1:
+            return 0.0, 0.0, 0.0
+        gaps = np.diff(t[first:last + 1])
+        i = first + int(np.argmax(gaps))
+        gap = (t[i + 1] - t[i]) * 1000.0
+        cpu = (self.cpu[i + 1] - self.cpu[i]) * 1000.0
+        runq = (self.runq[i + 1] - self.runq[i]) * 1000.0
+        return float(cpu), float(runq), float(max(gap - cpu - runq, 0.0))
 
     def longest_gap(self, start: float, stop: float) -> float:
         """Longest interval (ms) between ticks that overlaps ``[start, stop]``."""
@@ -112,6 +146,9 @@ class GapMonitor:
         row["seconds"] = round(stop - start, 2)
         row["longest_gap_ms"] = round(self.longest_gap(start, stop), 1)
         row["gui_cpu_ms"] = round(self.busiest_gap(start, stop), 1)
+        cpu, runq, blocked = self.split_longest_gap(start, stop)
+        row["longest_gap_split_ms"] = {"gui_cpu": round(cpu, 1), "core_wait": round(runq, 1),
+                                       "blocked": round(blocked, 1)}
         self.rows.append(row)
 
 
@@ -300,17 +337,20 @@ def main() -> None:
         "median gap ms (whole run)": round(float(np.median(gaps)), 1),
         "load average": [round(x, 2) for x in os.getloadavg()],
     }
-    print("| action | longest GUI gap (ms) | GUI-thread CPU in a gap (ms) | target | notes |\n"
-          "| --- | --- | --- | --- | --- |")
+    print("| action | longest GUI gap (ms) | its CPU / core wait / blocked (ms) | "
+          "GUI-thread CPU in a gap (ms) | target | notes |\n"
+          "| --- | --- | --- | --- | --- | --- |")
     for row in monitor.rows:
         notes = {k: v for k, v in row.items()
-                 if k not in ("action", "longest_gap_ms", "gui_cpu_ms")}
+                 if k not in ("action", "longest_gap_ms", "gui_cpu_ms", "longest_gap_split_ms")}
+        split = row["longest_gap_split_ms"]
         if "close_seconds" in row:
             target = f"< {TARGET_GAP_MS} ms; close < {TARGET_CLOSE_S:.0f} s, no thread left"
         else:
             target = f"< {TARGET_GAP_MS} ms"
         note = ", ".join(f"{k} {v}" for k, v in notes.items())
-        print(f"| {row['action']} | {row['longest_gap_ms']:.0f} | {row['gui_cpu_ms']:.0f} | "
+        print(f"| {row['action']} | {row['longest_gap_ms']:.0f} | {split['gui_cpu']:.0f} / "
+              f"{split['core_wait']:.0f} / {split['blocked']:.0f} | {row['gui_cpu_ms']:.0f} | "
               f"{target} | {note} |")
     for key, value in summary.items():
         print(f"{key}: {value}")

@@ -36,6 +36,8 @@ from pathlib import Path
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QWidget
 
+from ._import_gate import GuiHeartbeat, yielding_to_gui
+
 __all__ = ["CORE_MODULES", "GUI_MODULES", "WARM_MODULES", "core_ready", "load_core",
            "pause_gc", "when_core_ready"]
 
@@ -80,6 +82,7 @@ class _Notifier(QObject):
 
     ready = Signal()
     failed = Signal(object)
+    finished = Signal()
 
 
 _notifier: _Notifier | None = None
@@ -186,23 +189,26 @@ def pause_gc() -> bool:
     return True
 
 
-def _run_loader(notifier: _Notifier) -> None:
+def _run_loader(notifier: _Notifier, heartbeat: GuiHeartbeat | None) -> None:
     """The loader thread: the core (with the collector paused, :func:`pause_gc`), then the
     news to the GUI thread, then the warm-up, then the long-lived objects frozen
-    (:func:`freeze_long_lived_objects`) and the collector back on."""
+    (:func:`freeze_long_lived_objects`) and the collector back on. All its imports wait for
+    the GUI thread's free moments (:func:`._import_gate.yielding_to_gui`)."""
     paused = pause_gc()
     try:
-        try:
-            load_core()
-        except Exception as exc:  # reported by the widgets; a thread cannot raise to anyone
-            notifier.failed.emit(exc)
-            return
-        notifier.ready.emit()
-        _warm_up()
+        with yielding_to_gui(heartbeat):
+            try:
+                load_core()
+            except Exception as exc:  # reported by the widgets; a thread cannot raise
+                notifier.failed.emit(exc)
+                return
+            notifier.ready.emit()
+            _warm_up()
         freeze_long_lived_objects()
     finally:
         if paused:
             gc.enable()
+        notifier.finished.emit()
 
 
 def _start_loader() -> _Notifier:
@@ -211,7 +217,10 @@ def _start_loader() -> _Notifier:
     if _notifier is None:
         _notifier = _Notifier()  # created on the GUI thread: its signals reach the GUI thread
     if _thread is None:
-        _thread = threading.Thread(target=_run_loader, args=(_notifier,),
+        heartbeat = GuiHeartbeat()  # on the GUI thread, as _start_loader is called there
+        heartbeat.start()
+        _notifier.finished.connect(heartbeat.stop)
+        _thread = threading.Thread(target=_run_loader, args=(_notifier, heartbeat),
                                    name="napari-cell-anomaly core loader", daemon=True)
         _thread.start()
     return _notifier
