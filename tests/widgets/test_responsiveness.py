@@ -224,3 +224,37 @@ def test_pausing_the_collector_while_loading_can_be_turned_off(monkeypatch):
         assert not pause_gc()  # already off: not ours to switch back on
     finally:
         gc.enable()
+
+
+def test_a_removed_result_layer_is_freed_after_a_batch(make_napari_viewer, qtbot, tiny_model):
+    # napari layers are freed by the cyclic collector alone, so a result layer that the
+    # loader's gc.freeze() caught would never be freed once the user removes it: the widget
+    # is ready (here: its histogram is built) only after that freeze, and nothing freezes
+    # objects after a batch.
+    import gc
+    import weakref
+
+    from napari_cell_anomaly.widgets import _gc_hold
+    from napari_cell_anomaly.widgets._layers import OUTLINE
+    from napari_cell_anomaly.widgets._score_render import BATCH_ITEMS
+
+    viewer = make_napari_viewer()
+    for i, image in enumerate(_big_fields(n=BATCH_ITEMS, side=96)):
+        viewer.add_image(image, name=f"field {i}", rgb=True)
+    _, score = viewer.window.add_plugin_dock_widget(PLUGIN, "Score images")
+    qtbot.waitUntil(lambda: score.hist is not None, timeout=60_000)
+    state = get_state(viewer)
+    state.set_active(tiny_model, "trained")
+    score.all_radio.setChecked(True)
+    assert score.start_scoring()
+    qtbot.waitUntil(lambda: state.status is Status.IDLE, timeout=60_000)
+    if _gc_hold._idle is not None and _gc_hold._idle.pending:
+        _gc_hold._idle.collect()  # the postponed full pass, as once the user pauses
+    outlines = [layer for layer in viewer.layers if layer.name.endswith(OUTLINE)]
+    assert len(outlines) == BATCH_ITEMS
+    layer_ref = weakref.ref(outlines[0])
+    viewer.layers.remove(outlines[0])
+    del outlines
+    qtbot.wait(50)
+    gc.collect()
+    assert layer_ref() is None

@@ -18,6 +18,11 @@ napari's first Labels layer: ~0.2 s of the GUI thread each otherwise; the widget
 plots once the loader is done; then the other dock widget's modules), and after the core it
 asks torch which devices there are (:func:`._device_choice.device_options`: starting a CUDA
 driver can take a while), so the widgets' device choices are filled from a cached answer.
+Then it imports :data:`WARM_MODULES` and freezes the objects alive then
+(:func:`freeze_long_lived_objects`), and only then tells the widgets that the core is ready.
+Every import of this thread waits while the GUI thread is in a long turn
+(:mod:`._import_gate`), so that the loader does not make napari's own work (docking a
+widget, drawing a frame) wait for the GIL.
 """
 
 from __future__ import annotations
@@ -57,11 +62,15 @@ CORE_MODULES = (
 #: else, these are imported when first needed.
 GUI_MODULES = ("pyqtgraph", "pandas", "napari_cell_anomaly.widgets._train",
                "napari_cell_anomaly.widgets._score")
-#: Imported next, in the same background thread, but not waited for: torch's optimisers import
-#: ``torch._dynamo`` on their first step (a ~1 s stall of the first training step otherwise),
-#: and the end of the first training imports the scikit-learn parts of the latent density
-#: (about 500 modules with scipy, joblib...: 0.9 s on a loaded machine, in the training
-#: thread, with the collector's full passes on), which stalled the GUI thread meanwhile.
+#: Imported next, in the same background thread, before the widgets are told the core is
+#: ready (:func:`when_core_ready`; :func:`core_ready` does not wait for them): torch's
+#: optimisers import ``torch._dynamo`` on their first step (every ``torch.optim`` step and
+#: ``zero_grad`` goes through it; a ~1 s stall of the first training step otherwise), and the
+#: end of the first training imports the scikit-learn parts of the latent density (about 500
+#: modules with scipy, joblib...: 0.9 s on a loaded machine, in the training thread, with the
+#: collector's full passes on), which stalled the GUI thread meanwhile. Imported after the
+#: objects were frozen (a training that imports them), their ~300,000 objects made every later
+#: full collection longer (331-363 ms instead of ~270 after 20 results).
 WARM_MODULES = ("torch._dynamo", "sklearn.decomposition", "sklearn.model_selection",
                 "sklearn.neighbors", "sklearn.mixture")
 #: Set this environment variable to ``1`` to keep the plugin from touching the garbage
@@ -74,6 +83,8 @@ _TORCH_LIBRARIES = ("libtorch_cpu.so", "libtorch.so", "libtorch_python.so")
 
 _lock = threading.Lock()
 _loaded = threading.Event()
+#: Set once the loader thread has imported, warmed up and frozen (see :func:`_run_loader`).
+_finished = threading.Event()
 _thread: threading.Thread | None = None
 
 
@@ -190,10 +201,14 @@ def pause_gc() -> bool:
 
 
 def _run_loader(notifier: _Notifier, heartbeat: GuiHeartbeat | None) -> None:
-    """The loader thread: the core (with the collector paused, :func:`pause_gc`), then the
-    news to the GUI thread, then the warm-up, then the long-lived objects frozen
-    (:func:`freeze_long_lived_objects`) and the collector back on. All its imports wait for
-    the GUI thread's free moments (:func:`._import_gate.yielding_to_gui`)."""
+    """The loader thread: the core and the warm-up (with the collector paused,
+    :func:`pause_gc`), the long-lived objects frozen (:func:`freeze_long_lived_objects`) and
+    the collector back on, then the news to the GUI thread. All its imports wait for the GUI
+    thread's free moments (:func:`._import_gate.yielding_to_gui`).
+
+    The widgets wait for the warm-up too, so that nothing they make (a result layer, which
+    only the cyclic collector can free once removed) exists when the objects are frozen.
+    """
     paused = pause_gc()
     try:
         with yielding_to_gui(heartbeat):
@@ -202,13 +217,14 @@ def _run_loader(notifier: _Notifier, heartbeat: GuiHeartbeat | None) -> None:
             except Exception as exc:  # reported by the widgets; a thread cannot raise
                 notifier.failed.emit(exc)
                 return
-            notifier.ready.emit()
             _warm_up()
         freeze_long_lived_objects()
     finally:
         if paused:
             gc.enable()
         notifier.finished.emit()
+    _finished.set()
+    notifier.ready.emit()
 
 
 def _start_loader() -> _Notifier:
@@ -226,21 +242,30 @@ def _start_loader() -> _Notifier:
     return _notifier
 
 
+def _settled() -> bool:
+    """True when the widgets need not wait: the loader thread has finished, or none was
+    needed (the core and the warm-up modules were imported by someone else)."""
+    if _thread is None:
+        return core_ready() and all(name in sys.modules for name in WARM_MODULES)
+    return _finished.is_set()
+
+
 def when_core_ready(widget: QWidget, callback: Callable[[], None],
                     on_error: Callable[[BaseException], None] | None = None, *,
                     after_paint: bool = False) -> None:
     """Call ``callback()`` on the GUI thread once the core is imported.
 
-    At once (synchronously) if it already is; otherwise when the background loader (started
-    on first use) has imported it. Nothing is called if ``widget`` was deleted meanwhile.
-    With ``after_paint``, a loader not yet started is started only in the turn after
+    At once (synchronously) if the loader has finished or was not needed (the core and
+    :data:`WARM_MODULES` imported by someone else); otherwise when the background loader
+    (started on first use) has imported them and frozen the long-lived objects
+    (:func:`_run_loader`): the widgets make no layer before that freeze, which would keep
+    the layer from ever being freed once removed. Nothing is called if ``widget`` was deleted
+    meanwhile. With ``after_paint``, a loader not yet started is started only in the turn after
     ``widget`` is first painted (:func:`._common.after_first_paint`): a dock's constructor
     uses it so that the loader thread does not compete for the GIL with the turn in which
     napari docks and paints the widget.
     """
-    if core_ready():
-        if any(name not in sys.modules for name in WARM_MODULES):
-            _start_loader()  # imports only the warm-up modules
+    if _settled():
         callback()
         return
     if after_paint and (_thread is None or not _thread.is_alive()):
@@ -262,7 +287,7 @@ def when_core_ready(widget: QWidget, callback: Callable[[], None],
 
     notifier.ready.connect(_ready, Qt.ConnectionType.QueuedConnection)
     notifier.failed.connect(_failed, Qt.ConnectionType.QueuedConnection)
-    if core_ready():  # the loader finished between the check above and the connections
+    if _settled():  # the loader finished between the check above and the connections
         notifier.ready.disconnect(_ready)
         notifier.failed.disconnect(_failed)
         callback()

@@ -23,8 +23,8 @@ measured on the loaded machine).
 
 Waiting is bounded: at most :data:`MAX_WAIT_MS` at a time, and never while the GUI thread
 itself is blocked in the import system (it may wait for a module the loader is importing:
-the two would otherwise wait for each other); after one wait ran out the gate lets the rest
-of the imports through.
+the two would otherwise wait for each other); after :data:`MAX_TIMEOUTS` waits ran out the
+gate lets the rest of the imports through.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from types import ModuleType
 
 from qtpy.QtCore import QObject, QTimer
 
-__all__ = ["BEAT_MS", "LATE_MS", "MAX_WAIT_MS", "GuiHeartbeat", "ImportGate", "yielding_to_gui"]
+__all__ = ["BEAT_MS", "LATE_MS", "MAX_TIMEOUTS", "MAX_WAIT_MS", "GuiHeartbeat", "ImportGate",
+           "yielding_to_gui"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +50,12 @@ logger = logging.getLogger(__name__)
 BEAT_MS = 5
 #: The GUI thread counts as busy when it has not ticked for this long (ms).
 LATE_MS = 20
-#: The longest the loader waits for the GUI at one module (ms); after one such wait the gate
-#: opens for good.
+#: The longest the loader waits for the GUI at one module (ms); after :data:`MAX_TIMEOUTS`
+#: such waits the gate opens for good.
 MAX_WAIT_MS = 250
+#: Waits that ran out before the gate opens for good (a GUI thread starved of cores on a
+#: loaded machine can miss its ticks for that long without waiting for the loader).
+MAX_TIMEOUTS = 3
 #: How often a waiting loader looks again (ms); it holds no GIL meanwhile.
 _POLL_MS = 2
 
@@ -95,6 +99,7 @@ class ImportGate(importlib.abc.MetaPathFinder):
         self.heartbeat = heartbeat
         self.thread_id = thread_id
         self.open = False
+        self.timeouts = 0
         self.waits = 0
         self.waited_s = 0.0
 
@@ -114,8 +119,10 @@ class ImportGate(importlib.abc.MetaPathFinder):
             if _in_import_system(self.heartbeat.gui_thread):
                 break
             if (time.perf_counter() - start) * 1000.0 > MAX_WAIT_MS:
-                self.open = True
-                logger.debug("import gate: the GUI thread stayed busy; letting imports through")
+                self.timeouts += 1
+                if self.timeouts >= MAX_TIMEOUTS:
+                    self.open = True
+                    logger.debug("import gate: the GUI thread stayed busy; imports go through")
                 break
             time.sleep(_POLL_MS / 1000.0)
         self.waited_s += time.perf_counter() - start
