@@ -24,6 +24,24 @@ TRAIN_TIMEOUT = 120_000
 SCORE_TIMEOUT = 60_000
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _core_loaded(qapp: Any) -> None:
+    """Run the plugin's background core loader once, to its end, before the first widget
+    test (its imports, warm-up and freeze, as in napari the first time a dock opens), so that
+    no test depends on which test opened the first dock or on how long the loading takes."""
+    import time
+
+    from napari_cell_anomaly.widgets import _core_loader
+
+    _core_loader._start_loader()
+    deadline = time.monotonic() + TRAIN_TIMEOUT / 1000
+    while not _core_loader._finished.is_set():
+        assert time.monotonic() < deadline, "the plugin's core loader did not finish"
+        qapp.processEvents()  # the loader's import gate waits for the GUI thread's turns
+        time.sleep(0.005)
+    qapp.processEvents()
+
+
 @pytest.fixture
 def notes() -> Callable[[], list[Notification]]:
     """Return a function listing the notifications shown since the test started.

@@ -58,6 +58,7 @@ def test_closing_the_viewer_while_training_ends_the_worker(make_napari_viewer, q
     train.epochs.setValue(500)
     train.size.setValue(32)
     train.batch_size.setValue(16)
+    qtbot.waitUntil(train.is_ready, timeout=120_000)  # the core and its warm-up loaded
     assert train.start_training()
     job = train._jobs.current
     qtbot.waitUntil(lambda: len(train.plot.train_x) >= 2, timeout=120_000)

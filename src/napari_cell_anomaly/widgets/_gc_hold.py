@@ -13,8 +13,10 @@ GUI thread after 20 results on the idle 2-core machine): left to Python it fell 
 next action (the slider), and run right after the batch it stalled the first second of
 looking at the results. :func:`collect_when_idle` therefore keeps the hold until the user
 has left the GUI alone (no mouse or key input) for :data:`IDLE_MS`, then runs that one pass;
-input restarts the wait, for at most :data:`MAX_WAIT_MS`. A batch costs one full pass
-instead of one every few layers, and it falls in a pause of the user's. Nothing is done if
+input restarts the wait, for at most :data:`MAX_WAIT_MS`, and the pass runs only if Python
+would have run one by then (its generation-1 passes since the last full one over the third
+threshold). A batch costs one full pass instead of one every few layers, and it falls in a
+pause of the user's; a single image often costs none. Nothing is done if
 :data:`~._core_loader.KEEP_GC_ENV` is set to ``1``.
 """
 
@@ -115,7 +117,10 @@ class _IdleCollector(QObject):
         if app is not None:
             app.removeEventFilter(self)
         release_full_collections()
-        if _holds == 0:  # no batch rendering meanwhile (its own end comes back here)
+        # no batch rendering meanwhile (its own end comes back here), and a full pass is due:
+        # Python would have run one (more generation-1 passes since the last full one than
+        # its threshold); a small job often leaves none due
+        if _holds == 0 and gc.get_count()[2] > gc.get_threshold()[2]:
             gc.collect()
 
 

@@ -7,9 +7,9 @@ whoever shows it: a 2-D image's result to :class:`~._image_results.ImageResults`
 :class:`~._cells_results.CellsResults`, a stack plane to :class:`~._stack_results.StackResults`
 (a stack plane's cells are merged into the stack's one cells record). The job's progress,
 failures and out-of-range warnings are counted here and reported when the job ends. While a
-batch (:data:`BATCH_ITEMS` items or more) renders, the garbage collector's full passes are held
-(:mod:`._gc_hold`): one runs once the user pauses after the batch's last result, instead of
-one every few layers added. napari's controls panel of each layer added is
+job's results render, the garbage collector's full passes are held (:mod:`._gc_hold`): the
+one that is due runs once the user pauses after the job's last result, instead of one every
+few layers added. napari's controls panel of each layer added is
 built in the turn after the layer (:mod:`._layer_controls`).
 """
 
@@ -51,10 +51,10 @@ __all__ = ["BATCH_ITEMS", "PAUSE_MS", "ResultRouter"]
 #: (two runs each, loaded machine), for about 0.5 s more in all (about 100 turns).
 PAUSE_MS = 5
 #: Jobs of at least this many items hold the collector's full passes while they render (see
-#: :mod:`._gc_hold`) and run one full pass, in a turn of its own, once their last result is
-#: shown; a smaller job leaves the collector to itself (an unheld collector rarely runs a full
-#: pass for one or two results, and a forced one would cost every per-cell image).
-BATCH_ITEMS = 4
+#: :mod:`._gc_hold`) and run the one that is due once the user pauses after their last result.
+#: Every job: a full pass that fell inside a single per-cell image's render turn made that
+#: turn's gap (121 ms of a 324 ms gap, ``benchmarks/cells_gui.py``, loaded machine).
+BATCH_ITEMS = 1
 
 
 class ResultRouter:
