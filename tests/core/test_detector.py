@@ -160,6 +160,29 @@ def test_summary_mentions_the_essentials(cell_detector) -> None:
     assert f"calibrated on {cell_detector.calibration.size} normals" in text
 
 
+def test_cells_summary_names_rejected_cells_and_all_three_criteria(cell_fields,
+                                                                   tmp_path: Path) -> None:
+    from napari_cell_anomaly.core.training import TrainConfig, run_training
+
+    # A low cut so that this short robust run certainly rejects some cells (contract test).
+    det = run_training([f.image for f in cell_fields], TrainConfig(
+        max_steps=4, epochs=30, robust=True, reject_z=0.5, reject_nu=0.1),
+        labels=[f.labels for f in cell_fields])
+    n_cells = det.provenance["cells"]["rejected_cells"]
+    assert det.mode == "cells" and n_cells > 0 and det.rejected
+    crit = det.calibration.criteria(0.05)
+    det.save(tmp_path / "m.safetensors")
+    for text in (det.summary(), AnomalyDetector.load(tmp_path / "m.safetensors").summary()):
+        # Cells are rejected, not the fields that hold them.
+        assert (f"rejected {n_cells} training cells (in {len(det.rejected)} of the training "
+                "images)") in text
+        assert "training images\n" not in text + "\n"
+        # A cell is anomalous past any of its three thresholds; the summary names all three.
+        assert (f"error > {crit['recon_error']:.4g} or log-density < "
+                f"{crit['log_density']:.4g} or shape log-density < "
+                f"{crit['shape_log_density']:.4g}") in text
+
+
 def test_evaluate_reports_the_observed_false_alarm_rate(cell_detector, cells) -> None:
     from napari_cell_anomaly.core.evaluation import evaluate
 

@@ -246,9 +246,15 @@ class AnomalyDetector(CellScoring):
             f"preset {self.network.config.preset}",
             self.describe_rate(DEFAULT_FPR),
             f"At {100 * DEFAULT_FPR:g}% false alarms: error > {crit['recon_error']:.4g} or "
-            f"log-density < {crit['log_density']:.4g}",
+            f"log-density < {crit['log_density']:.4g}"
+            + (f" or shape log-density < {crit['shape_log_density']:.4g}"
+               if "shape_log_density" in crit else ""),
         ]
-        if self.rejected:
+        n_cells = p.get("cells", {}).get("rejected_cells") if self.mode == "cells" else None
+        if self.rejected and n_cells is not None:  # cells are rejected, not their fields
+            lines.append(f"Robust training rejected {n_cells} training cells (in "
+                         f"{len(self.rejected)} of the training images)")
+        elif self.rejected:
             lines.append(f"Robust training rejected {len(self.rejected)} training images")
         return "\n".join(lines)
 
