@@ -321,6 +321,65 @@ def test_segment_with_nothing_usable_fails_with_one_line(
         main(["segment", str(bad), "--out", str(tmp_path / "out"), "--diameter", "-4"])
 
 
+def test_outputs_of_two_images_of_one_name_are_refused_before_any_work(
+        workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # plate1/A01.png and plate2/A01.png: one heatmap (one label image) would silently
+    # overwrite the other's in the shared output folder.
+    src = sorted((workspace["root"] / "test_normal").glob("*.png"))
+    for plate, image in (("plate1", src[0]), ("plate2", src[1])):
+        (tmp_path / plate).mkdir()
+        (tmp_path / plate / "A01.png").write_bytes(image.read_bytes())
+    inputs = [str(tmp_path / "plate1"), str(tmp_path / "plate2")]
+    out, maps = tmp_path / "s.csv", tmp_path / "maps"
+    assert main(["score", str(workspace["model"]), *inputs, "--csv", str(out), "--heatmaps",
+                 str(maps), "--quiet"]) == 2
+    line = _error_line(capsys)
+    assert "share the name 'A01'" in line and "plate1" in line and "plate2" in line
+    assert not out.exists() and not maps.exists()
+    assert main(["segment", *inputs, "--out", str(tmp_path / "labels"), "--quiet"]) == 2
+    assert "share the name 'A01'" in _error_line(capsys)
+    assert not (tmp_path / "labels").exists()
+    # Without per-image files the same inputs are fine: the CSV tells them apart by path.
+    assert main(["score", str(workspace["model"]), *inputs, "--csv", str(out), "--quiet"]) == 0
+    with open(out, newline="") as fh:
+        assert len(list(csv.reader(fh))) == 3
+
+
+def test_outputs_replaced_are_named_and_kept_with_resume(
+        workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = str(workspace["root"] / "test_normal")
+    out, maps = tmp_path / "s.csv", tmp_path / "maps"
+    args = ["score", str(workspace["model"]), images, "--csv", str(out), "--heatmaps",
+            str(maps), "--quiet"]
+    assert main(args) == 0
+    assert "replacing" not in capsys.readouterr().err  # nothing there before
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"replacing 1 existing results CSV(s) ('{out}')" in err
+    assert "--resume keeps their rows" in err
+    assert "replacing 10 existing heatmap file(s)" in err
+    assert main([*args, "--resume"]) == 0  # keeps the rows, scores nothing anew
+    assert "replacing" not in capsys.readouterr().err
+    labels = tmp_path / "labels"
+    for _ in range(2):
+        assert main(["segment", images, "--out", str(labels), "--quiet"]) == 0
+    assert "replacing 10 existing label image(s)" in capsys.readouterr().err
+
+
+def test_train_says_it_replaces_a_model_and_shows_no_bar_in_a_log(
+        workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"an older model")
+    # Not --quiet, but stderr is not a terminal here (as in a log file or a pipe): no
+    # progress bar redrawn with carriage returns hundreds of times.
+    assert main(["train", str(workspace["root"] / "test_normal"), "--out", str(model),
+                 "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"replacing 1 existing file(s) ('{model}') when training ends" in err
+    assert "\r" not in err and "step/s" not in err
+    assert AnomalyDetector.load(model).provenance["n_images"] == 10
+
+
 _REUSE_SCRIPT = """
 import resource, sys
 import numpy as np

@@ -133,6 +133,21 @@ def test_whole_model_on_a_field_says_to_score_per_cell(tmp_path: Path,
     assert len(_rows(tmp_path / "c.csv")) > 20
 
 
+def test_per_cell_with_a_patch_model_is_one_line_before_any_output(
+        fields: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        patch_detector: AnomalyDetector) -> None:
+    model = tmp_path / "patch.safetensors"
+    patch_detector.save(model)
+    out, cells, maps = tmp_path / "s.csv", tmp_path / "c.csv", tmp_path / "maps"
+    for extra in (["--cells-csv", str(cells)], ["--labels", str(fields["test_labels"])]):
+        assert main(["score", str(model), str(fields["test"]), "--csv", str(out),
+                     "--heatmaps", str(maps), "--quiet", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("cell-anomaly: error: ")
+        assert extra[0] in err[0] and "patch-mode model" in err[0]
+        assert not out.exists() and not cells.exists() and not maps.exists()
+
+
 def test_no_orient_trains_a_model_that_keeps_cells_as_they_lie(fields: dict,
                                                                 tmp_path: Path) -> None:
     # The fixture's model was trained without the flag: cells turned (the default).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,27 @@ def check_writable_file(path: Path) -> None:
         raise CliError(f"cannot write '{path}': it is a folder")
     if not os.access(parent, os.W_OK):
         raise CliError(f"cannot write '{path}': folder '{parent}' is not writable")
+
+
+def note_replacing(paths: Iterable[Path], what: str, hint: str = "") -> None:
+    """Say, in one line, which of ``paths`` (outputs about to be written) already exist and
+    will be replaced, so that nothing is overwritten without a word."""
+    existing = [p for p in paths if p.exists()]
+    if existing:
+        first = f"'{existing[0]}'" + (", ..." if len(existing) > 1 else "")
+        say(f"replacing {len(existing)} existing {what} ({first}){hint}")
+
+
+def check_unique_stems(paths: Sequence[Path], folder: Path, what: str) -> None:
+    """Refuse inputs whose outputs in ``folder`` (named by file stem) would overwrite each
+    other, e.g. ``plate1/A01.png`` and ``plate2/A01.png``."""
+    seen: dict[str, Path] = {}
+    for p in paths:
+        other = seen.setdefault(p.stem, p)
+        if other != p:
+            raise CliError(f"'{other}' and '{p}' share the name '{p.stem}': their {what} in "
+                           f"'{folder}' would overwrite each other; rename one, or run them "
+                           "into separate output folders")
 
 
 def prepare_dir(path: Path) -> None:

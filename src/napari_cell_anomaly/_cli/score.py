@@ -10,10 +10,12 @@ from pathlib import Path
 from .common import (
     EXIT_BAD_INPUT,
     CliError,
+    check_unique_stems,
     check_writable_file,
     keep_freed_memory,
     label_source,
     load_detector,
+    note_replacing,
     pick_device,
     prepare_dir,
     say,
@@ -47,20 +49,34 @@ def cmd_score(args: argparse.Namespace) -> int:
     paths = find_images(args.inputs)
     sources = label_source(args.labels, paths)
     per_cell = (sources is not None or cells_path is not None or detector.mode == "cells")
+    if per_cell and detector.mode == "patch":
+        asked = "--labels" if args.labels else "--cells-csv"
+        raise CliError(f"{asked} scores per cell, but this patch-mode model is calibrated on "
+                       "windows, not cells: drop it to score whole images, or train a "
+                       "cells-mode model (or a whole-image model on cell crops)")
     if per_cell and sources is None:
         sources = dict.fromkeys(paths)  # built-in segmentation
+    if heat_dir is not None:
+        check_unique_stems(paths, heat_dir, "heatmaps")
     fpr = args.fpr or DEFAULT_FPR
     settings = BatchSettings(fpr=args.fpr, per_cell=per_cell, labels_spec=args.labels,
                              heatmaps=heat_dir, cells_csv=cells_path is not None,
                              channel_axis=args.channel_axis,
                              heatmap_format=args.heatmap_format)
     every = make_tasks(paths, sources)
+    if not args.resume:
+        note_replacing([p for p in (csv_path, cells_path) if p is not None], "results CSV(s)",
+                       "; --resume keeps their rows and scores only the images not in them")
     out = ResultsWriter(csv_path, cells_path, resume=args.resume,
                         threshold=f"{detector.calibration.threshold(fpr):.6g}",
                         record=run_record(args.model, settings, fpr, every))
     if heat_dir is not None:  # after the resume checks: a refused run creates nothing
         prepare_dir(heat_dir)
     tasks = [t for t in every if t.csv_path not in out.done]
+    if heat_dir is not None:
+        note_replacing([heat_dir / f"{t.path.stem}{end}" for t in tasks for end in
+                        ("_anomaly_map.tif", "_anomaly_map.ome.zarr")
+                        + (("_labels.tif",) if per_cell else ())], "heatmap file(s)")
     where = (f"on the dask cluster at {args.scheduler} (device {args.device} on each worker)"
              if args.scheduler else f"on {device}" + (f", {args.workers} local dask workers"
                                                      if args.workers else ""))

@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, prepare_dir, report_failures, say
+from .common import (
+    EXIT_BAD_INPUT,
+    check_unique_stems,
+    note_replacing,
+    prepare_dir,
+    report_failures,
+    say,
+)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -17,8 +24,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from ..core.segmentation import segment_cells
 
     out = Path(args.out)
-    prepare_dir(out)
     paths = find_images(args.inputs)
+    check_unique_stems(paths, out, "label images")
+    prepare_dir(out)
+    note_replacing([out / f"{p.stem}_labels.tif" for p in paths], "label image(s)")
     failures: list[tuple[Path, str]] = []
     n_ok = n_cells = 0
     show = not args.quiet and sys.stderr.isatty()

@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 
 from ..core.atomicwrite import atomic_text
-from .common import CliError, check_writable_file, label_source, load_inputs, pick_device, say
+from .common import (
+    CliError,
+    check_writable_file,
+    label_source,
+    load_inputs,
+    note_replacing,
+    pick_device,
+    say,
+)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -54,9 +62,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "on (some cells of a normal field are not)")
         if args.mode == "auto":
             config.mode = "cells"
+    note_replacing([out] + ([Path(args.rejected_csv)] if args.rejected_csv else []),
+                   "file(s)", " when training ends")
     say(f"training on {len(images)} images on {device}")
     gen = train(images, config, labels=labels, names=names, device=device)
-    bar = tqdm(total=None, unit="step", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=None, unit="step", disable=args.quiet or not sys.stderr.isatty(),
+               file=sys.stderr, dynamic_ncols=True)
     try:
         while True:
             try:
