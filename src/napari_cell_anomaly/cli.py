@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-cell results to write: one row per cell (path, cell_id, "
                         "centroid_y, centroid_x, area, score, recon_error, log_density, "
                         "is_anomaly, percentile, at_border, shape_log_density, plane); --csv "
-                        "then holds each image's (each plane's) worst cell")
+                        "then holds each image's (each plane's) worst judged cell, its score "
+                        "adjusted for the number of cells judged")
     s.add_argument("--fpr", type=fpr_arg, help=f"target false-alarm rate (default: {DEFAULT_FPR})")
     s.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                    help=device_help + "; with --scheduler, resolved on each worker")
