@@ -160,6 +160,17 @@ def test_summary_mentions_the_essentials(cell_detector) -> None:
     assert f"calibrated on {cell_detector.calibration.size} normals" in text
 
 
+def test_summary_says_what_its_counts_count(cell_detector, patch_detector,
+                                            cells_detector) -> None:
+    for det, train, held in ((cell_detector, "", ""), (patch_detector, " images", " windows"),
+                             (cells_detector, " cells", " cells")):
+        p = det.provenance
+        # Patch mode trains on images but holds out windows: the line names both.
+        assert (f"on {p['n_images']} images ({p['n_train']}{train} for training, "
+                f"{p['n_val']}{held} held out for checkpoint choice, "
+                f"{p['n_calibration']} for calibration)") in det.summary(), det.mode
+
+
 def test_cells_summary_names_rejected_cells_and_all_three_criteria(cell_fields,
                                                                    tmp_path: Path) -> None:
     from napari_cell_anomaly.core.training import TrainConfig, run_training

@@ -235,12 +235,15 @@ class AnomalyDetector(CellScoring):
         """A human-readable, multi-line description of the model."""
         p = self.provenance
         crit = self.calibration.criteria(DEFAULT_FPR)
-        held = f"{p.get('n_val', '?')} held out for checkpoint choice"
+        # What the counts count: patch mode trains on images and holds out windows.
+        train, held_unit = {"patch": ("images", " windows"), "cells": ("cells", " cells")
+                            }.get(self.mode, ("", ""))
+        held = f"{p.get('n_val', '?')}{held_unit} held out for checkpoint choice"
         if "n_calibration" in p:
             held += f", {p['n_calibration']} for calibration"
         lines = [
             f"Trained {p.get('date', '?')} on {p.get('n_images', '?')} images "
-            f"({p.get('n_train', '?')} train, {held}), "
+            f"({p.get('n_train', '?')} {train + ' ' if train else ''}for training, {held}), "
             f"{p.get('epochs_run', '?')} epochs, seed {p.get('seed', '?')}",
             f"Input: {self.describe_input()}, {self.mode} mode, {self.size} px, "
             f"preset {self.network.config.preset}",
