@@ -499,6 +499,16 @@ def test_find_images_missing_path_is_named(tmp_path):
         find_images([missing])
 
 
+def test_a_folder_s_broken_link_is_listed_and_named_when_read(image_dir, tmp_path):
+    # A link whose file was moved or deleted must not vanish from the folder's images
+    # without a word: it is listed, and reading it names it.
+    (image_dir / "gone.png").symlink_to(tmp_path / "moved_away.png")
+    found = find_images(image_dir)
+    assert [p.name for p in found] == ["a.png", "b.png", "c.JPG", "d.tif", "gone.png"]
+    with pytest.raises(ImageError, match=re.escape("cannot read image 'gone.png': no such")):
+        read_image(found[-1])
+
+
 def test_find_images_explicit_non_image_file(image_dir):
     with pytest.raises(ImageError, match=re.escape("notes.txt' is not an image file")):
         find_images(image_dir / "notes.txt")

@@ -358,7 +358,10 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def _is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    # A link to a file that is gone is kept: reading it then says so, instead of the file
+    # silently missing from a folder's images.
+    return path.suffix.lower() in IMAGE_SUFFIXES and (
+        path.is_file() or (path.is_symlink() and not path.exists()))
 
 
 def find_images(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
