@@ -345,6 +345,37 @@ def test_outputs_of_two_images_of_one_name_are_refused_before_any_work(
         assert len(list(csv.reader(fh))) == 3
 
 
+def test_an_output_that_is_an_input_image_or_another_output_is_refused(
+        workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in sorted((workspace["root"] / "test_normal").glob("*.png"))[:2]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    first = sorted(folder.glob("*.png"))[0]
+    before = first.read_bytes()
+    model = str(workspace["model"])
+    cases = [
+        # a typo away from destroying an image: --csv names one of the inputs
+        (["score", model, str(folder), "--csv", str(first)], "--csv", "input images"),
+        (["score", model, str(folder), "--csv", str(tmp_path / "s.csv"), "--cells-csv",
+          str(tmp_path / "s.csv"), "--labels", "auto"], "--cells-csv", "both name"),
+        # heatmaps written into the input folder a second time: last run's maps are inputs now
+        (["score", model, str(folder / "x.png"), str(folder / "x_anomaly_map.tif"), "--csv",
+          str(tmp_path / "h.csv"), "--heatmaps", str(folder)], "--heatmaps", "input images"),
+        (["train", str(folder), "--out", str(first)], "--out", "input images"),
+        (["segment", str(folder), "--out", str(folder)], "--out", "input images"),
+    ]
+    tifffile.imwrite(folder / "x_anomaly_map.tif", np.zeros((8, 8), np.float32))
+    tifffile.imwrite(folder / "x_labels.tif", np.zeros((8, 8), np.uint16))
+    (folder / "x.png").write_bytes(before)
+    for args, option, expect in cases:
+        assert main(args) == 2, args
+        line = _error_line(capsys)
+        assert option in line and expect in line, line
+    assert first.read_bytes() == before
+    assert not list(tmp_path.glob("*.csv")) and not list(tmp_path.glob("*.json"))
+
+
 def test_outputs_replaced_are_named_and_kept_with_resume(
         workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     images = str(workspace["root"] / "test_normal")

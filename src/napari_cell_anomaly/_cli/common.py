@@ -59,6 +59,25 @@ def check_unique_stems(paths: Sequence[Path], folder: Path, what: str) -> None:
                            "into separate output folders")
 
 
+def check_outputs_apart(outputs: Iterable[tuple[str, Path]], inputs: Sequence[Path]) -> None:
+    """Refuse, before any work, an output file that is one of the input images (writing it
+    would destroy that image) or that two outputs share (their rows would be mixed).
+
+    ``outputs`` holds ``(what, path)`` pairs, e.g. ``("--csv", Path("scores.csv"))``.
+    """
+    images = {p.resolve() for p in inputs}
+    seen: dict[Path, str] = {}
+    for what, path in outputs:
+        key = path.resolve()
+        if key in images:
+            raise CliError(f"{what} '{path}' is one of the input images: writing it would "
+                           "destroy that image; choose another file")
+        if key in seen:
+            raise CliError(f"{seen[key]} and {what} both name '{path}': their contents would "
+                           "be mixed; choose two files")
+        seen[key] = what
+
+
 def prepare_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from .common import (
     EXIT_BAD_INPUT,
     CliError,
+    check_outputs_apart,
     check_unique_stems,
     check_writable_file,
     keep_freed_memory,
@@ -56,8 +57,12 @@ def cmd_score(args: argparse.Namespace) -> int:
                        "cells-mode model (or a whole-image model on cell crops)")
     if per_cell and sources is None:
         sources = dict.fromkeys(paths)  # built-in segmentation
+    outputs = [("--csv", csv_path)] + ([("--cells-csv", cells_path)] if cells_path else [])
     if heat_dir is not None:
         check_unique_stems(paths, heat_dir, "heatmaps")
+        outputs += [("--heatmaps", heat_dir / f"{p.stem}{end}") for p in paths for end in
+                    ("_anomaly_map.tif",) + (("_labels.tif",) if per_cell else ())]
+    check_outputs_apart(outputs, paths)
     fpr = args.fpr or DEFAULT_FPR
     settings = BatchSettings(fpr=args.fpr, per_cell=per_cell, labels_spec=args.labels,
                              heatmaps=heat_dir, cells_csv=cells_path is not None,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .common import (
     EXIT_BAD_INPUT,
+    check_outputs_apart,
     check_unique_stems,
     note_replacing,
     prepare_dir,
@@ -26,6 +27,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     paths = find_images(args.inputs)
     check_unique_stems(paths, out, "label images")
+    check_outputs_apart([("--out", out / f"{p.stem}_labels.tif") for p in paths], paths)
     prepare_dir(out)
     note_replacing([out / f"{p.stem}_labels.tif" for p in paths], "label image(s)")
     failures: list[tuple[Path, str]] = []

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..core.atomicwrite import atomic_text
 from .common import (
     CliError,
+    check_outputs_apart,
     check_writable_file,
     label_source,
     load_inputs,
@@ -38,6 +39,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     loaded = load_inputs(args.inputs, args.channel_axis)
     images, paths, names, planes = loaded.images, loaded.paths, loaded.names, loaded.planes
+    check_outputs_apart([("--out", out)] + ([("--rejected-csv", Path(args.rejected_csv))]
+                                            if args.rejected_csv else []), paths)
     if all(a.endswith("S") for a in loaded.axes):
         config.channels = "rgb"  # the files say their channels are RGB colour samples
     labels = None
