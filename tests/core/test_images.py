@@ -443,6 +443,20 @@ def test_read_image_corrupt_file_names_it(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_a_file_no_decoder_reads_is_named_plainly(tmp_path):
+    from napari_cell_anomaly.core.axes import read_image_axes
+
+    fake = tmp_path / "fake.png"
+    fake.write_text("notes saved under an image name")
+    for read in (read_image, read_image_axes):
+        with pytest.raises(ImageError) as info:
+            read(fake)
+        message = str(info.value)
+        assert message.startswith("cannot read image 'fake.png': its content is not a PNG "
+                                  "image"), message
+        assert "backend" not in message and "iomode" not in message and "\n" not in message
+
+
 def test_read_image_corrupt_tiff(tmp_path):
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"II*\x00garbage")

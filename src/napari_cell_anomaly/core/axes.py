@@ -31,7 +31,7 @@ import imageio.v3 as iio
 import numpy as np
 import tifffile
 
-from .images import MAX_CHANNELS, ImageError, check_image_file
+from .images import MAX_CHANNELS, ImageError, check_image_file, unreadable
 
 __all__ = ["NO_CHANNEL_AXIS", "read_2d_image", "read_image_axes", "resolve_axes"]
 
@@ -214,9 +214,7 @@ def read_image_axes(path: str | os.PathLike[str], channel_axis: int | str | None
             data = np.asarray(iio.imread(p))
             axes, rgb, alpha = _other_axes(data)
     except Exception as exc:  # decoders raise many types; report them all the same way
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImageError(f"cannot read image {p.name!r}: {reason} "
-                         f"({type(exc).__name__})") from exc
+        raise unreadable(p, exc) from exc
     if data.size == 0:
         raise ImageError(f"cannot read image {p.name!r}: the file holds no pixel data "
                          f"(decoded shape {data.shape})")

@@ -347,14 +347,22 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         else:
             data = iio.imread(p)
     except Exception as exc:  # decoders raise many types; report them all the same way
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImageError(f"cannot read image {p.name!r}: {reason} "
-                         f"({type(exc).__name__})") from exc
+        raise unreadable(p, exc) from exc
     arr = np.asarray(data)
     if arr.size == 0:
         raise ImageError(f"cannot read image {p.name!r}: the file holds no pixel data "
                          f"(decoded shape {arr.shape})")
     return arr
+
+
+def unreadable(path: Path, exc: Exception) -> ImageError:
+    """The one-line error for a file that no decoder could read: the decoder's first line,
+    or, where imageio found no decoder for the content at all, what that means."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "Could not find a backend" in reason:  # imageio: no plugin recognised the bytes
+        reason = (f"its content is not a {path.suffix.lstrip('.').upper()} image (nor any "
+                  "format the installed decoders read)")
+    return ImageError(f"cannot read image {path.name!r}: {reason} ({type(exc).__name__})")
 
 
 def _is_image_file(path: Path) -> bool:
