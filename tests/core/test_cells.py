@@ -232,6 +232,22 @@ def test_check_labels_rejects_bad_labels(labels: np.ndarray, match: str) -> None
     assert "\n" not in str(info.value)
 
 
+def test_check_labels_refuses_a_binary_mask_but_not_a_few_cells() -> None:
+    from skimage.measure import label
+
+    mask = np.zeros((40, 50), dtype=np.uint8)
+    for r, c in ((2, 2), (2, 20), (2, 38), (20, 2), (20, 20), (30, 38)):
+        mask[r:r + 6, c:c + 6] = 255  # six separate cells, all of value 255
+    with pytest.raises(ImageError, match=r"1 value.s. for 6 separate objects.*binary mask") \
+            as info:
+        check_labels(mask, (40, 50), name="labels 'm.png'")
+    assert "\n" not in str(info.value)
+    # The same cells numbered one by one are fine, and so are two cells of one value each.
+    np.testing.assert_array_equal(check_labels(label(mask), (40, 50)), label(mask))
+    two = np.where(np.isin(label(mask), [1, 2]), label(mask), 0)
+    assert check_labels(two, (40, 50)).max() == 2
+
+
 def test_read_labels_and_match_by_stem(tmp_path: Path) -> None:
     images = tmp_path / "images"
     lab_dir = tmp_path / "labels"

@@ -36,6 +36,9 @@ __all__ = [
 
 #: A user's label image is refused when one object covers more than this fraction of it.
 GIANT_FRACTION = 0.5
+#: A label image of at most 2 values whose objects fall apart into this many or more separate
+#: pieces (and 3 per value) is a binary mask, not one value per cell.
+MASK_PIECES = 5
 
 #: Label-file suffixes tried by :func:`match_label_files`, in order.
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
@@ -166,8 +169,9 @@ def check_labels(labels: Any, shape: tuple[int, int], *, name: str = "labels") -
     ------
     ImageError
         One line, if the labels are not a 2-D array of ``shape``, not integers, negative,
-        empty (no object), or if one object covers more than half of the image (a mask or
-        an inverted label image rather than cells).
+        empty (no object), if one object covers more than half of the image (a mask or
+        an inverted label image rather than cells), or if at most 2 values label
+        :data:`MASK_PIECES` or more separate objects (a binary mask).
     """
     arr = np.asarray(labels)
     want = tuple(int(s) for s in shape[:2])
@@ -197,6 +201,12 @@ def check_labels(labels: Any, shape: tuple[int, int], *, name: str = "labels") -
         raise ImageError(f"{name}: object {int(ids[big])} covers "
                          f"{100 * counts[big] / out.size:.0f}% of the image; expected one "
                          "object per cell (is it a mask or an inverted label image?)")
+    if len(ids) <= 2:
+        pieces = int(ndi.label(out > 0)[1])
+        if pieces >= max(MASK_PIECES, 3 * len(ids)):
+            raise ImageError(f"{name} holds {len(ids)} value(s) for {pieces} separate objects; "
+                             "expected one value per cell (is it a binary mask? number its "
+                             "objects first, e.g. skimage.measure.label)")
     return out
 
 
