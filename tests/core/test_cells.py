@@ -277,6 +277,22 @@ def test_read_labels_and_match_by_stem(tmp_path: Path) -> None:
         match_label_files(paths, tmp_path / "missing")
 
 
+def test_an_ome_tiff_s_labels_may_drop_the_ome_of_its_name(tmp_path: Path) -> None:
+    images, lab_dir = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    lab_dir.mkdir()
+    paths = [images / n for n in ("x.ome.tif", "y.ome.tiff", "z.ome.tif", ".ome.tif")]
+    for p in paths:
+        p.touch()
+    for name in ("x_labels.tif", "y.tif", "z_labels.tif", "z.ome_labels.tif"):
+        (lab_dir / name).touch()
+    found = match_label_files(paths, lab_dir)
+    assert found[paths[0]] == lab_dir / "x_labels.tif"  # as cellpose or a person names it
+    assert found[paths[1]] == lab_dir / "y.tif"
+    assert found[paths[2]] == lab_dir / "z.ome_labels.tif"  # the full stem comes first
+    assert found[paths[3]] is None
+
+
 CHULA = DATA / "chula-rbc"
 DSB = DATA / "dsb2018-fluo"
 

@@ -243,8 +243,9 @@ def match_label_files(images: Sequence[Path], labels_dir: Path) -> dict[Path, Pa
 
     For an image ``<stem>.<ext>``, the label file is the first that exists in
     ``labels_dir`` of ``<stem>_labels.tif``, ``<stem>_labels.tiff``, ``<stem>_labels.png``,
-    ``<stem>.tif``, ``<stem>.tiff``, ``<stem>.png`` (suffixes in any case); the image file
-    itself is never its own label file.
+    ``<stem>.tif``, ``<stem>.tiff``, ``<stem>.png`` (suffixes in any case), and for an
+    OME-TIFF ``<name>.ome.tif`` the same with ``<name>`` after those with ``<name>.ome``; the
+    image file itself is never its own label file.
 
     Parameters
     ----------
@@ -274,8 +275,10 @@ def match_label_files(images: Sequence[Path], labels_dir: Path) -> dict[Path, Pa
     for image in images:
         image = Path(image)
         stem = image.stem.lower()
+        # An OME-TIFF's stem keeps ".ome" (x.ome.tif -> x.ome); its labels may drop it.
+        stems = (stem, stem[:-4]) if stem.endswith(".ome") and len(stem) > 4 else (stem,)
         found = None
-        for base in (f"{stem}_labels", stem):
+        for base in [b for s in stems for b in (f"{s}_labels", s)]:
             for suffix in LABEL_SUFFIXES:
                 cand = by_name.get(base + suffix)
                 if cand is not None and not _same_file(cand, image):
