@@ -207,6 +207,16 @@ def test_bad_images_raise_image_error(images: list[np.ndarray], match: str) -> N
     assert "\n" not in str(err.value)
 
 
+def test_whole_mode_refuses_a_field_among_crops() -> None:
+    from napari_cell_anomaly.core.sample import make_field
+
+    field = make_field((384, 384), n_cells=30, anomaly_fraction=0.0, seed=1)[0]
+    with pytest.raises(ImageError, match=r"image 6 is 384x384 pixels, more than 4 times the "
+                                         r"median side .*32 px.*squeezed") as err:
+        run_training([*SMALL[:6], field, *SMALL[6:10]], _tiny(mode="whole"))
+    assert "\n" not in str(err.value)
+
+
 def test_patch_mode_rejects_images_smaller_than_the_patch() -> None:
     with pytest.raises(ImageError, match="at least 32 px") as err:
         run_training([*SMALL[:4], SMALL[0][:20]], _tiny(mode="patch"))

@@ -115,6 +115,25 @@ def choose_mode(shapes: Sequence[tuple[int, ...]], size: int) -> str:
     return "patch" if longest > PATCH_MODE_FACTOR * size else "whole"
 
 
+def _check_whole_sizes(xs: Sequence[np.ndarray], names: Sequence[str], size: int) -> None:
+    """Refuse, in whole mode, a training image far larger than the others (a field among
+    single-cell crops), which would be squeezed into the model size as a blur: the rule by
+    which a whole-mode model refuses to score such an image (``WHOLE_MODE_MAX_FACTOR``)."""
+    from .detector import WHOLE_MODE_MAX_FACTOR
+
+    sides = np.array([max(x.shape[:2]) for x in xs], dtype=float)
+    median = float(np.median(sides))
+    big = np.flatnonzero(sides > WHOLE_MODE_MAX_FACTOR * median)
+    if big.size:
+        i = int(big[0])
+        h, w = xs[i].shape[:2]
+        raise ImageError(
+            f"{names[i]} is {h}x{w} pixels, more than {WHOLE_MODE_MAX_FACTOR} times the median "
+            f"side of the training images ({median:.0f} px; {big.size} such image(s)): a field "
+            f"among single-cell crops would be squeezed into the {size} px input; leave it "
+            "out, or train on fields per cell (labels) or in patch mode")
+
+
 def prepare(images: Sequence[np.ndarray], cfg: TrainConfig, prep: Preprocessing,
              names: Sequence[str], rng: np.random.Generator,
              labels: Sequence[np.ndarray | None] | None = None, align: int = 8) -> TrainingData:
@@ -134,6 +153,7 @@ def prepare(images: Sequence[np.ndarray], cfg: TrainConfig, prep: Preprocessing,
             raise ImageError("whole-image training needs at least 4 images: 2 to train on, 1 "
                              "held out to choose the checkpoint and 1 to calibrate the "
                              f"thresholds (got {n}); add images or use patch mode")
+        _check_whole_sizes(xs, names, cfg.size)
         units = np.stack([resize(x, (cfg.size, cfg.size)) for x in xs]).astype(np.float32)
         train_idx, val_idx, cal_idx = split_holdout(n, cfg.val_fraction,
                                                     cfg.calibration_fraction, rng)
