@@ -91,7 +91,8 @@ def test_postponed_full_pass_waits_for_the_users_pause(qtbot, monkeypatch):
     qtbot.addWidget(widget)
     gc.callbacks.append(count)
     try:
-        assert _gc_hold.hold_full_collections()  # a batch renders
+        assert _gc_hold.hold_full_collections()  # a batch renders, making objects enough
+        made = _made_until_a_full_pass_is_due()
         assert _gc_hold.collect_when_idle()  # ... and ends
         _gc_hold.release_full_collections()
         assert gc.get_threshold()[2] > 1000 * before[2]  # still held until the pause
@@ -106,6 +107,40 @@ def test_postponed_full_pass_waits_for_the_users_pause(qtbot, monkeypatch):
         assert time.monotonic() - start >= _gc_hold.IDLE_MS / 1000
         assert len(full) == 1  # one full pass, once she paused
         assert gc.get_threshold() == before
+        del made
+    finally:
+        gc.callbacks.remove(count)
+        gc.set_threshold(*before)
+
+
+def _made_until_a_full_pass_is_due() -> list[list[int]]:
+    """Make (and return, alive) tracked objects until Python's collector, were it not held,
+    would have run a full pass: more generation-1 passes than its third threshold."""
+    made: list[list[int]] = []
+    while gc.get_count()[2] <= gc.get_threshold()[2] and len(made) < 10_000_000:
+        made.extend([i] for i in range(10_000))
+    return made
+
+
+def test_postponed_full_pass_is_skipped_when_none_is_due(qtbot, monkeypatch):
+    """A small job that made few objects: once the user pauses, no full pass is forced."""
+    monkeypatch.delenv(KEEP_GC_ENV, raising=False)
+    before = gc.get_threshold()
+    full = []
+
+    def count(phase, info):
+        if phase == "stop" and info["generation"] == 2:
+            full.append(info)
+
+    gc.collect()  # nothing pending: the counts start from zero
+    gc.callbacks.append(count)
+    try:
+        assert _gc_hold.hold_full_collections()
+        assert _gc_hold.collect_when_idle()
+        _gc_hold.release_full_collections()
+        assert gc.get_count()[2] <= before[2]
+        qtbot.waitUntil(lambda: not _gc_hold._idle.pending, timeout=5000)
+        assert not full and gc.get_threshold() == before
     finally:
         gc.callbacks.remove(count)
         gc.set_threshold(*before)
