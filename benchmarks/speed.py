@@ -9,7 +9,9 @@ Everything is measured in one run, so that on a shared machine the numbers can b
 ratios (the load is printed alongside):
 
 * the targets of issue 10 section 4, side by side: a 2048 x 2048 RGB field scored through
-  ``cell-anomaly score`` (read the PNG, score, write the heatmap TIFF) beyond start-up, next to
+  ``cell-anomaly score`` (read the PNG, score, write the heatmap TIFF) beyond start-up, with
+  ``--precision fp32`` and with the default ``--precision auto`` (bf16 on a CPU with native
+  bfloat16; the targets are checked on it), next to
   the bare forward of the ``seed`` preset (the published design, plain NCHW) over the same
   tiles; the command line's start-up (``cell-anomaly score`` of a 64 x 64 image, and
   ``cell-anomaly --help``). Each command line run trains its own small patch-mode model first
@@ -20,7 +22,8 @@ ratios (the load is printed alongside):
   PNG, scoring it cold (the first image of the process, as on the command line) and warm,
   writing the heatmap TIFF and the CSV row;
 * the network alone: FLOPs per pixel (``Autoencoder.flops_per_pixel``) and forward time over
-  the tiles of a 2048 x 2048 image for the ``default`` preset (version 2; the same with the
+  the tiles of a 2048 x 2048 image for the ``default`` preset (version 2, in float32 and in
+  bfloat16 autocast; the same with the
   narrower widths (16, 32, 64) tried as a cheaper default, see docs/benchmarks.md; and
   version 1 as in older model files), and ``seed``; peak fp32 matmul and oneDNN GEMM
   throughput as references;
@@ -28,8 +31,8 @@ ratios (the load is printed alongside):
   mode): network forward, error maps, windows (foreground masks, reductions), latent density
   (and the latent density computed the exact way at every position, as before its float32
   screen);
-* training throughput (64 x 64 crops, batch 32) for ``default`` version 2 (and with the
-  widths (16, 32, 64)) and version 1;
+* training throughput (64 x 64 crops, batch 32) for ``default`` version 2 (in float32 and
+  with its forward in bfloat16 autocast; and with the widths (16, 32, 64)) and version 1;
 * optionally (unless ``--skip-train-2500``) the time to train with the default settings on
   2,500 crops: the real NIH malaria ``Uninfected`` crops from
   ``../shared/data/malaria/train/Uninfected`` when present, else synthetic crops.
