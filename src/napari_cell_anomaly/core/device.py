@@ -257,6 +257,11 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def describe_precision(device: str | torch.device = "auto") -> str:
     """One line on what ``precision="auto"`` picks on ``device`` (by default the device
-    ``"auto"`` picks), for help texts and logs, e.g. ``"auto picks bf16 on cpu"``."""
+    ``"auto"`` picks), for help texts and logs, e.g. ``"auto picks bf16 on cpu"``.
+
+    Like :func:`describe_devices` it does not initialise CUDA: on a CUDA device nothing has
+    initialised yet, it states the rule instead of the answer."""
     dev = resolve_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_initialized():
+        return f"auto picks bf16 on {dev} if its compute capability is 8.0 or more, else fp32"
     return f"auto picks {auto_precision(dev)} on {dev}"
