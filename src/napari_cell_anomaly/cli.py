@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 from . import __version__
 from ._cli.arguments import (
+    AUTO_PRECISION,
     DEVICES_FOUND,
+    PRECISIONS,
     STREAM_SIDE,
     HelpFormatter,
     channel_axis_arg,
@@ -50,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "metadata, an error when it is ambiguous")
     device_help = ("where the network runs: auto = a CUDA GPU, else Apple MPS, else the CPU; "
                    f"not stored in the model (default: auto; this machine: {DEVICES_FOUND})")
+    precision_help = ("precision of the network's forward pass (PyTorch autocast; error maps, "
+                      "latent density and calibration stay float32/float64): auto = bf16 on a "
+                      "CPU that computes bfloat16 natively (PyTorch's oneDNN check: AVX-512 "
+                      "BF16 or AMX) and on a CUDA GPU of compute capability 8.0 or later, "
+                      "else fp32; fp16 on CUDA only; not stored in the model (default: auto; "
+                      f"this machine: {AUTO_PRECISION})")
     t = sub.add_parser("train", help="train a model on images of normal cells",
                        formatter_class=HelpFormatter)
     t.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS",
@@ -100,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
     t.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                    help=device_help)
+    t.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help=precision_help + "; in training it is that of the forward passes "
+                   "that fit the latent density and the calibration (and of the training "
+                   "steps when bf16)")
     t.add_argument("--error", choices=("auto", *ERROR_KINDS), default=d.scoring.error,
                    help="per-pixel error behind scores and heatmaps: lab = squared error in "
                         "CIE L*a*b*, mse = squared error of the normalised channel "
@@ -145,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fpr", type=fpr_arg, help=f"target false-alarm rate (default: {DEFAULT_FPR})")
     s.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                    help=device_help + "; with --scheduler, resolved on each worker")
+    s.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help=precision_help + "; with --scheduler, resolved on each worker")
     s.add_argument("--resume", action="store_true",
                    help="keep the scored rows of an existing --csv (and --cells-csv) and "
                         "score only the images not in it (rows holding an error are tried "
@@ -199,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fpr", type=fpr_arg, help=f"target false-alarm rate (default: {DEFAULT_FPR})")
     e.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                    help=device_help)
+    e.add_argument("--precision", default="auto", choices=PRECISIONS, help=precision_help)
     e.add_argument("--channel-axis", type=channel_axis_arg, metavar="N|none",
                    help=channel_help)
     e.set_defaults(func=cmd_evaluate)

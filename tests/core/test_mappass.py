@@ -57,7 +57,10 @@ def test_new_models_read_window_codes_from_the_map_pass(patch_detector) -> None:
     img, _ = make_field((200, 264), n_cells=20, anomaly_fraction=0.3, seed=3)
     x = det.preprocessing(img)
     calls = []
-    hook = net.encoder.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape))
+    # On the encoder's first layer (under a reduced precision the encoder runs layer by
+    # layer: Autoencoder.encode keeps its last layer in float32).
+    hook = net.encoder[0].register_forward_hook(
+        lambda _m, inputs, _o: calls.append(inputs[0].shape))
     try:
         res = det.analyse_field(x)
     finally:
@@ -65,8 +68,8 @@ def test_new_models_read_window_codes_from_the_map_pass(patch_detector) -> None:
     # The image fits in one tile: one encoder call in all (none per window).
     assert len(calls) == 1
     # Each window's log-density is that of the latent block under it in the whole image's code.
-    with torch.inference_mode():
-        z = net.encode(mappass.to_tensor(x[None]))[0].numpy()
+    with torch.inference_mode(), det.autocast():  # in the precision the detector runs in
+        z = net.encode(mappass.to_tensor(x[None]))[0].float().numpy()
     a, k = net.align, det.size // net.align
     windows = window_origins(*x.shape[:2], det.size)
     codes = np.stack([z[:, r // a:r // a + k, q // a:q // a + k].reshape(-1)
@@ -98,7 +101,8 @@ def test_old_files_encode_each_window_as_before(patch_detector) -> None:
     crops = np.stack([x[r:r + det.size, q:q + det.size]
                       for r, q in window_origins(*x.shape[:2], det.size)])
     np.testing.assert_allclose(res["log_density"],
-                               det.density.log_density(encode_units(det.network, crops)),
+                               det.density.log_density(encode_units(
+                                   det.network, crops, precision=det.run_precision)),
                                rtol=1e-9, atol=1e-9)
     # Only the codes differ between the two: the maps are the same pass.
     new = patch_detector.analyse_field(x)

@@ -8,12 +8,16 @@ import argparse
 #: filled in only when the help is shown, as finding them imports torch
 #: (``cell-anomaly --help`` and argument errors must not).
 DEVICES_FOUND = "<devices found>"
+AUTO_PRECISION = "<auto precision>"
+#: ``--precision`` choices: :data:`..core.device.PRECISIONS`, written out here because that
+#: module imports torch (a test checks that they agree).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STREAM_SIDE = "<stream side>"
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """Fills in :data:`DEVICES_FOUND` and :data:`STREAM_SIDE` when a help text is
-    formatted."""
+    """Fills in :data:`DEVICES_FOUND`, :data:`AUTO_PRECISION` and :data:`STREAM_SIDE` when
+    a help text is formatted."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = super()._get_help_string(action)
@@ -22,6 +26,10 @@ class HelpFormatter(argparse.HelpFormatter):
 
             found = describe_devices().removeprefix("devices found: ").replace("%", "%%")
             text = text.replace(DEVICES_FOUND, found)
+        if text and AUTO_PRECISION in text:
+            from ..core.device import describe_precision
+
+            text = text.replace(AUTO_PRECISION, describe_precision().replace("%", "%%"))
         if text and STREAM_SIDE in text:
             from ..core.lazyimage import STREAM_PIXELS
 

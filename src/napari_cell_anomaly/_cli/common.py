@@ -158,8 +158,17 @@ def pick_device(spec: str) -> torch.device:
     return resolve_device(spec)
 
 
-def load_detector(path: str, device: torch.device | str = "auto") -> AnomalyDetector:
+def pick_precision(spec: str, device: torch.device) -> str:
+    """``--precision`` on ``device``, checked before any work: a PrecisionError (one line,
+    exit 2) when the device cannot run it; the resolved precision otherwise."""
+    from ..core.device import resolve_precision
+
+    return resolve_precision(spec, device)
+
+
+def load_detector(path: str, device: torch.device | str = "auto",
+                  precision: str = "auto") -> AnomalyDetector:
     from ..core.detector import AnomalyDetector
 
-    return AnomalyDetector.load(path, device=device)
+    return AnomalyDetector.load(path, device=device, precision=precision)
 

@@ -14,7 +14,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..core.evaluation import evaluate
 
     keep_freed_memory()
-    detector = load_detector(args.model, pick_device(args.device))
+    device = pick_device(args.device)
+    detector = load_detector(args.model, device, args.precision)
     normal = load_inputs([args.normal], args.channel_axis).images
     anomalous = load_inputs([args.anomalous], args.channel_axis).images
     report = evaluate(detector, normal, anomalous, fpr=args.fpr)

@@ -18,6 +18,7 @@ from .common import (
     load_detector,
     note_replacing,
     pick_device,
+    pick_precision,
     prepare_dir,
     say,
 )
@@ -46,7 +47,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     # With --scheduler the network runs on the workers; this process only reads the model.
     device = pick_device("cpu" if args.scheduler else args.device)
-    detector = load_detector(args.model, device)
+    precision = "auto" if args.scheduler else pick_precision(args.precision, device)
+    detector = load_detector(args.model, device, precision)
     paths = find_images(args.inputs)
     sources = label_source(args.labels, paths)
     per_cell = (sources is not None or cells_path is not None or detector.mode == "cells")
@@ -82,9 +84,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         note_replacing([heat_dir / f"{t.path.stem}{end}" for t in tasks for end in
                         ("_anomaly_map.tif", "_anomaly_map.ome.zarr")
                         + (("_labels.tif",) if per_cell else ())], "heatmap file(s)")
-    where = (f"on the dask cluster at {args.scheduler} (device {args.device} on each worker)"
-             if args.scheduler else f"on {device}" + (f", {args.workers} local dask workers"
-                                                     if args.workers else ""))
+    where = (f"on the dask cluster at {args.scheduler} (device {args.device}, precision "
+             f"{args.precision} on each worker)" if args.scheduler
+             else f"on {device} in {precision}" + (f", {args.workers} local dask workers"
+                                                   if args.workers else ""))
     say(f"model: {detector.describe_rate(fpr)}; running {where}")
     if out.resumed:
         again = (f" ({len(out.rescored)} of them scored before with a label file that has "
@@ -106,7 +109,9 @@ def cmd_score(args: argparse.Namespace) -> int:
                                                  timeout=args.connect_timeout))
             outcomes = iter_cluster_outcomes(client, args.model, tasks, settings,
                                              device=args.device if args.scheduler
-                                             else str(device))
+                                             else str(device),
+                                             precision=args.precision if args.scheduler
+                                             else precision)
             stack.callback(outcomes.close)  # cancels what is in flight, before the client goes
         stack.enter_context(out)
         bar = stack.enter_context(tqdm(total=len(tasks), unit="image", file=sys.stderr,

@@ -16,6 +16,7 @@ from .common import (
     load_inputs,
     note_replacing,
     pick_device,
+    pick_precision,
     say,
 )
 
@@ -30,6 +31,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_writable_file(out)
     device = pick_device(args.device)
+    precision = pick_precision(args.precision, device)
     if args.rejected_csv:
         check_writable_file(Path(args.rejected_csv))
     config = TrainConfig(
@@ -67,8 +69,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             config.mode = "cells"
     note_replacing([out] + ([Path(args.rejected_csv)] if args.rejected_csv else []),
                    "file(s)", " when training ends")
-    say(f"training on {len(images)} images on {device}")
-    gen = train(images, config, labels=labels, names=names, device=device)
+    say(f"training on {len(images)} images on {device} in {precision}")
+    gen = train(images, config, labels=labels, names=names, device=device,
+                precision=precision)
     bar = tqdm(total=None, unit="step", disable=args.quiet or not sys.stderr.isatty(),
                file=sys.stderr, dynamic_ncols=True)
     try:

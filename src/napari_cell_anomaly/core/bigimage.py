@@ -212,7 +212,8 @@ class _Windows:
                                     "windows")
         units = np.stack(self.queue)
         self.queue = []
-        codes = units if self.codes else encode_units(self.det.network, units)
+        codes = units if self.codes else encode_units(self.det.network, units,
+                                                      precision=self.det.run_precision)
         self.logds.append(self.det.density.log_density(codes))
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
@@ -242,8 +243,10 @@ def _tile_fn(detector: Any, codes: bool = False) -> Callable[[torch.Tensor], tor
 
     def fn(t: torch.Tensor) -> torch.Tensor:
         t = t.to(device)
-        z = net.encode(t)
-        y = net.decode(z)
+        with detector.autocast():
+            z = net.encode(t)
+            y = net.decode(z)
+        z, y = z.float(), y.float()  # no copy in fp32
         se, dssim = detector._maps(t, y, with_ssim=ssim)
         parts = [se, dssim, pack_codes(z, net.align)] if codes else [se, dssim]
         return torch.cat(parts, dim=1)

@@ -140,8 +140,8 @@ async def _handshake(address: str, timeout: float) -> None:
 class ModelPlugin(WorkerPlugin):
     """Carries a model file's bytes to each worker once and loads the detector there."""
 
-    def __init__(self, data: bytes, device: str = "auto") -> None:
-        self.data, self.device = data, device
+    def __init__(self, data: bytes, device: str = "auto", precision: str = "auto") -> None:
+        self.data, self.device, self.precision = data, device, precision
         self.detector: Any = None
 
     def setup(self, worker: Any) -> None:
@@ -151,7 +151,8 @@ class ModelPlugin(WorkerPlugin):
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(self.data)
-            self.detector = AnomalyDetector.load(tmp, device=self.device)
+            self.detector = AnomalyDetector.load(tmp, device=self.device,
+                                                 precision=self.precision)
         finally:
             os.unlink(tmp)
         self.data = b""
@@ -212,7 +213,8 @@ class _Window:
 
 def iter_cluster_outcomes(client: Client, model: str | os.PathLike[str],
                           tasks: Sequence[ImageTask], settings: BatchSettings, *,
-                          device: str = "auto") -> Iterator[ImageOutcome]:
+                          device: str = "auto", precision: str = "auto"
+                          ) -> Iterator[ImageOutcome]:
     """Score ``tasks`` on the cluster behind ``client``, yielding outcomes in input order.
 
     Parameters
@@ -225,6 +227,9 @@ def iter_cluster_outcomes(client: Client, model: str | os.PathLike[str],
         As for :func:`.batch.iter_outcomes`. Relative paths are made absolute here.
     device : str
         Where each worker runs the network (resolved on the worker).
+    precision : str
+        The network's precision there (resolved on the worker; see
+        :func:`.device.resolve_precision`).
 
     Raises
     ------
@@ -239,7 +244,7 @@ def iter_cluster_outcomes(client: Client, model: str | os.PathLike[str],
     """
     data = Path(model).read_bytes()
     name = "cell-anomaly-model-" + hashlib.sha256(data).hexdigest()[:16]
-    client.register_plugin(ModelPlugin(data, device), name=name)
+    client.register_plugin(ModelPlugin(data, device, precision), name=name)
     del data
     if settings.heatmaps is not None:
         settings = replace(settings, heatmaps=settings.heatmaps.resolve())

@@ -28,7 +28,7 @@ from .cellunits import (
     ShapeDensity,
 )
 from .density import Density, density_from_arrays
-from .device import module_device, resolve_device
+from .device import autocast, module_device, resolve_device, resolve_precision
 from .images import ImageError, resize
 from .mappass import foreground_mask, to_numpy, to_tensor
 from .model import Autoencoder, ModelConfig, build_model
@@ -162,6 +162,10 @@ class AnomalyDetector(CellScoring):
     segmentation : dict
         Cells mode: keyword arguments of :func:`.segmentation.segment_cells` used when no labels
         are given (the training fields' image kind, so scoring segments alike).
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        The precision the network's forward runs in (a runtime choice like the device, never
+        saved; see :func:`.device.resolve_precision` and :attr:`run_precision`): ``"auto"``
+        = bf16 where the device computes it natively, else fp32.
     """
 
     network: Autoencoder
@@ -178,6 +182,7 @@ class AnomalyDetector(CellScoring):
     orient: bool = False
     shape: ShapeDensity | None = None
     segmentation: dict[str, Any] = field(default_factory=dict)
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -187,6 +192,7 @@ class AnomalyDetector(CellScoring):
         if self.scoring.error == "auto":
             raise ValueError("a detector needs a concrete error kind; training resolves "
                              "error='auto' (see core.errorchoice)")
+        resolve_precision(self.precision, self.device)  # a bad spec fails here, in one line
         self.network.eval()
 
     # -- properties ---------------------------------------------------------------------------
@@ -195,14 +201,30 @@ class AnomalyDetector(CellScoring):
         """The device the network runs on (a runtime choice, not saved with the model)."""
         return module_device(self.network)
 
-    def to(self, device: str | torch.device) -> AnomalyDetector:
-        """Move the network to ``device`` and return this detector.
+    @property
+    def run_precision(self) -> str:
+        """The precision the network runs in on its device now: ``"fp32"``, ``"bf16"`` or
+        ``"fp16"`` (:attr:`precision` resolved by :func:`.device.resolve_precision`)."""
+        return resolve_precision(self.precision, self.device)
+
+    def autocast(self) -> Any:
+        """The context the network's forward runs in (:func:`.device.autocast` with
+        :attr:`run_precision`); cast its outputs to float32 before measuring them."""
+        device = self.device
+        return autocast(device, resolve_precision(self.precision, device))
+
+    def to(self, device: str | torch.device, precision: str | None = None
+           ) -> AnomalyDetector:
+        """Move the network to ``device`` (and set the precision) and return this detector.
 
         Parameters
         ----------
         device : str or torch.device
             ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (see
             :func:`.device.resolve_device`).
+        precision : str, optional
+            ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :attr:`precision`); by
+            default the detector's precision is kept.
 
         Returns
         -------
@@ -212,9 +234,14 @@ class AnomalyDetector(CellScoring):
         Raises
         ------
         DeviceError
-            For an unknown spec or a device this machine lacks.
+            For an unknown spec or a device this machine lacks; a PrecisionError (a
+            DeviceError) for a precision the device cannot run. Nothing changes then.
         """
-        self.network.to(resolve_device(device))
+        target = resolve_device(device)
+        precision = self.precision if precision is None else precision
+        resolve_precision(precision, target)
+        self.network.to(target)
+        self.precision = precision
         return self
 
     @property
@@ -335,8 +362,10 @@ class AnomalyDetector(CellScoring):
         with torch.inference_mode():
             for start in range(0, len(units), 64):
                 x = to_tensor(units[start:start + 64], device)
-                z = self.network.encode(x)
-                y = self.network.decode(z)
+                with self.autocast():
+                    z = self.network.encode(x)
+                    y = self.network.decode(z)
+                z, y = z.float(), y.float()  # no copy in fp32
                 se, dssim = self._maps(x, y, with_ssim)
                 out["codes"].append(to_numpy(z.flatten(1)))
                 out["recon"].append(to_numpy(y.permute(0, 2, 3, 1)))
@@ -541,8 +570,8 @@ class AnomalyDetector(CellScoring):
         save_file(path, tensors, meta)
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device = "auto"
-             ) -> AnomalyDetector:
+    def load(cls, path: str | Path, *, device: str | torch.device = "auto",
+             precision: str = "auto") -> AnomalyDetector:
         """Read a detector written by :meth:`save`.
 
         Parameters
@@ -553,16 +582,21 @@ class AnomalyDetector(CellScoring):
             Where the network runs: ``"auto"`` (CUDA, then Apple MPS, then the CPU),
             ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``. The file records no device, so
             any model loads on any of them.
+        precision : str
+            The network's precision there: ``"auto"`` (bf16 where the device computes it
+            natively, else fp32), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA); see
+            :func:`.device.resolve_precision`. Not recorded in the file either.
 
         Raises
         ------
         DeviceError
-            For an unknown device spec or a device this machine lacks (checked before the
-            file is read).
+            For an unknown device spec or a device this machine lacks, or (PrecisionError)
+            a precision the device cannot run (checked before the file is read).
         ModelFileError
             One-line message for missing, corrupt, tampered or incompatible files.
         """
         target = resolve_device(device)
+        resolve_precision(precision, target)
         tensors, meta = load_file(path)
         try:
             config = ModelConfig.from_dict(meta["model"])
@@ -585,6 +619,7 @@ class AnomalyDetector(CellScoring):
                 orient=bool(meta.get("cells", {}).get("orient", False)),
                 shape=ShapeDensity.from_arrays(tensors),
                 segmentation=dict(meta.get("cells", {}).get("segmentation", {})),
+                precision=precision,
             )
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

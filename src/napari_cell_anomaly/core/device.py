@@ -5,9 +5,18 @@ else the CPU), ``"cpu"``, ``"cuda"`` (the current CUDA device), ``"cuda:N"`` or 
 :class:`torch.device` is accepted as well. Only the network and its tensors live on the device;
 latent densities and calibration stay in NumPy on the CPU, so a model trained on a GPU scores on
 a CPU and the reverse.
+
+The network's precision is a runtime choice too (:func:`resolve_precision`, :func:`autocast`):
+``"auto"`` runs its forward in bfloat16 where the device computes it natively (a CPU with
+AVX-512 BF16 or AMX by PyTorch's own check, a CUDA GPU of compute capability 8.0 or later),
+else in float32; its outputs are cast back to float32 before anything is measured on them.
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any
 
 import torch
 
@@ -151,3 +160,108 @@ def found_devices() -> list[str]:
     if _mps_available():
         found.append("mps")
     return found
+
+
+# -- precision ------------------------------------------------------------------------------------
+#: The precision specs accepted by :func:`resolve_precision`, for help texts.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class PrecisionError(DeviceError):
+    """An unknown precision spec, or one the device cannot run; ``str(err)`` is one line."""
+
+
+@functools.cache
+def _cpu_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), by PyTorch's own
+    check of its oneDNN build; without it bfloat16 is emulated and slower than float32."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check is not None and torch.backends.mkldnn.is_available() and check())
+    except RuntimeError:
+        return False
+
+
+def _cuda_bf16(device: torch.device) -> bool:
+    """Whether a CUDA device computes bfloat16 natively (compute capability 8.0 or later)."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def auto_precision(device: torch.device) -> str:
+    """What ``precision="auto"`` runs the network in on ``device``: ``"bf16"`` on a CPU with
+    native bfloat16 (:func:`_cpu_native_bf16`) and on a CUDA GPU of compute capability 8.0
+    or later (Ampere and newer), else ``"fp32"`` (older GPUs, Apple MPS, CPUs without it)."""
+    if device.type == "cpu":
+        return "bf16" if _cpu_native_bf16() else "fp32"
+    if device.type == "cuda":
+        return "bf16" if _cuda_bf16(device) else "fp32"
+    return "fp32"
+
+
+def resolve_precision(spec: str, device: str | torch.device = "cpu") -> str:
+    """The precision the network runs in on ``device``: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+
+    Only the network's forward pass is affected (PyTorch autocast: convolutions in the
+    reduced precision, weights kept in float32); its outputs are cast back to float32
+    before the error maps, and the latent density and calibration stay float32 / float64
+    NumPy. Like the device, the precision is a runtime choice, never stored in a model file.
+
+    Parameters
+    ----------
+    spec : str
+        ``"auto"`` (see :func:`auto_precision`: bf16 where the device computes it natively,
+        else fp32), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA only). Case and surrounding
+        spaces are ignored.
+    device : str or torch.device
+        The device the network runs on (a spec for :func:`resolve_device`).
+
+    Returns
+    -------
+    str
+        ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+
+    Raises
+    ------
+    PrecisionError
+        For an unknown spec, ``"fp16"`` off CUDA, or ``"bf16"`` on a CUDA GPU without it or
+        on Apple MPS.
+
+    Examples
+    --------
+    >>> resolve_precision("fp32", "cpu")
+    'fp32'
+    """
+    dev = resolve_device(device)
+    text = spec.strip().lower() if isinstance(spec, str) else None
+    if text not in PRECISIONS:
+        raise PrecisionError(f"unknown precision {spec!r}; expected auto, fp32, bf16 or fp16")
+    if text == "auto":
+        return auto_precision(dev)
+    if text == "fp16" and dev.type != "cuda":
+        raise PrecisionError(f"precision fp16 needs a CUDA device; the network runs on {dev}")
+    if text == "bf16" and (dev.type == "mps" or (dev.type == "cuda" and not _cuda_bf16(dev))):
+        raise PrecisionError(f"precision bf16 is not supported on {dev}; use fp32")
+    return text
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """A context in which the network's forward runs in ``precision`` (a resolved one:
+    ``"fp32"``, ``"bf16"`` or ``"fp16"``) on ``device``: :class:`torch.autocast` for the
+    reduced precisions, nothing for fp32 (bit-identical to running without it). Cast the
+    outputs to float32 (``.float()``) before using them."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+def describe_precision(device: str | torch.device = "auto") -> str:
+    """One line on what ``precision="auto"`` picks on ``device`` (by default the device
+    ``"auto"`` picks), for help texts and logs, e.g. ``"auto picks bf16 on cpu"``.
+
+    Like :func:`describe_devices` it does not initialise CUDA: on a CUDA device nothing has
+    initialised yet, it states the rule instead of the answer."""
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_initialized():
+        return f"auto picks bf16 on {dev} if its compute capability is 8.0 or more, else fp32"
+    return f"auto picks {auto_precision(dev)} on {dev}"

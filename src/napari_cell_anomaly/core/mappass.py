@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .device import module_device
+from .device import autocast, module_device
 from .model import Autoencoder
 from .scoring import reduce_map
 from .tiling import PredictionStopped, predict_tiled
@@ -92,8 +92,10 @@ def analyse_field(det: AnomalyDetector, x: np.ndarray,
 
     def fn(t: torch.Tensor) -> torch.Tensor:
         t = t.to(device)
-        z = net.encode(t)
-        y = net.decode(z)
+        with det.autocast():
+            z = net.encode(t)
+            y = net.decode(z)
+        z, y = z.float(), y.float()  # no copy in fp32
         se, dssim = det._maps(t, y, with_ssim=ssim)
         parts = [y, se, dssim] if ssim else [y, se]
         if field_codes:
@@ -120,7 +122,8 @@ def analyse_field(det: AnomalyDetector, x: np.ndarray,
                 [codes[:, r // a:r // a + k, q // a:q // a + k].reshape(-1)
                  for r, q in batch])))
         else:
-            logds.append(det.density.log_density(encode_units(net, crops)))
+            logds.append(det.density.log_density(encode_units(net, crops,
+                                                              precision=det.run_precision)))
         for (r, q), crop, found in zip(batch, crops, fg, strict=True):
             m = error_map[r:r + det.size, q:q + det.size]
             mask = det._region(crop, found)
@@ -145,16 +148,19 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def encode_units(network: Autoencoder, units: np.ndarray, batch_size: int = 128
-                 ) -> np.ndarray:
-    """Flattened latent codes ``(N, D)`` of ``(N, size, size, C)`` images, in batches, on the
-    network's device."""
+def encode_units(network: Autoencoder, units: np.ndarray, batch_size: int = 128, *,
+                 precision: str = "fp32") -> np.ndarray:
+    """Flattened float32 latent codes ``(N, D)`` of ``(N, size, size, C)`` images, in
+    batches, on the network's device, in ``precision`` (a resolved one, see
+    :func:`.device.autocast`)."""
     device = module_device(network)
     out = []
     with torch.inference_mode():
         for start in range(0, len(units), batch_size):
             x = to_tensor(units[start:start + batch_size], device)
-            out.append(to_numpy(network.encode(x).flatten(1)))
+            with autocast(device, precision):
+                z = network.encode(x)
+            out.append(to_numpy(z.float().flatten(1)))
     return np.concatenate(out)
 
 
