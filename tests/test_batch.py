@@ -204,13 +204,14 @@ def test_resume_refuses_a_csv_scored_with_other_options_or_another_model_file(
     out = tmp_path / "s.csv"
     record = record_path(out)
     assert record.name == "s.csv.run.json"
-    base = ["score", str(folder), "--csv", str(out), "--quiet", "--device", "cpu"]
+    base = ["score", str(folder), "--csv", str(out), "--quiet", "--device", "cpu",
+            "--precision", "fp32"]
     assert main([base[0], str(batch["model"]), *base[1:]]) == 0
     kept = json.loads(record.read_text())
     assert kept == {"version": 2, "model_sha256": file_sha256(batch["model"]), "fpr": 0.05,
                     "labels": None, "channel_axis": None, "per_cell": False,
                     "heatmaps": None, "heatmap_format": None, "cells_csv": False,
-                    "label_files": {}}
+                    "precision": "fp32", "label_files": {}}
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
     before = out.read_bytes()
     other = tmp_path / "other.safetensors"
@@ -219,6 +220,7 @@ def test_resume_refuses_a_csv_scored_with_other_options_or_another_model_file(
     capsys.readouterr()
     for model, extra, named in ((batch["model"], ["--channel-axis", "2"], "--channel-axis"),
                                 (batch["model"], ["--labels", "auto"], "--labels"),
+                                (batch["model"], ["--precision", "bf16"], "--precision"),
                                 (other, [], "model file")):
         assert main([base[0], str(model), *base[1:], *extra, "--resume"]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
@@ -360,8 +362,9 @@ def _score_killing_a_worker(client, model: Path, tasks: list, settings: BatchSet
     killer = WorkerKiller(client)
     killer.start()
     outcomes = []
-    # recorded as the CLI records a run with these settings, so that the CLI can resume it
-    record = run_record(model, settings, DEFAULT_FPR)
+    # recorded as the CLI records a run with these settings on a cluster (--scheduler: each
+    # worker resolves the precision), so that the CLI can resume it
+    record = run_record(model, settings, DEFAULT_FPR, precision="auto")
     with ResultsWriter(out, record=record) as writer:
         for k, outcome in enumerate(iter_cluster_outcomes(client, model, tasks, settings,
                                                           device="cpu")):

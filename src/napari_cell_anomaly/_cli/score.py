@@ -76,7 +76,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                        "; --resume keeps their rows and scores only the images not in them")
     out = ResultsWriter(csv_path, cells_path, resume=args.resume,
                         threshold=f"{detector.calibration.threshold(fpr):.6g}",
-                        record=run_record(args.model, settings, fpr, every))
+                        record=run_record(args.model, settings, fpr, every, precision))
     if heat_dir is not None:  # after the resume checks: a refused run creates nothing
         prepare_dir(heat_dir)
     tasks = [t for t in every if t.csv_path not in out.done]

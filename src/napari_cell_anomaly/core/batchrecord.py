@@ -35,7 +35,8 @@ RECORD_SUFFIX = ".run.json"
 _NAMES = {"model_sha256": "model file", "fpr": "--fpr", "labels": "--labels",
           "channel_axis": "--channel-axis", "per_cell": "per-cell scoring",
           "heatmaps": "--heatmaps", "heatmap_format": "--heatmap-format",
-          "cells_csv": "--cells-csv", "version": "record version"}
+          "cells_csv": "--cells-csv", "precision": "--precision",
+          "version": "record version"}
 #: The record's per-image entry (checked image by image, never refused as a whole).
 LABEL_FILES = "label_files"
 
@@ -68,7 +69,7 @@ def label_file_id(path: str | os.PathLike[str] | None) -> list[int] | None:
 
 
 def run_record(model: str | os.PathLike[str], settings: BatchSettings, fpr: float,
-               tasks: Iterable[ImageTask] = ()) -> dict[str, Any]:
+               tasks: Iterable[ImageTask] = (), precision: str = "fp32") -> dict[str, Any]:
     """What the rows of a run are scored with, and how its outputs are written.
 
     Parameters
@@ -85,13 +86,17 @@ def run_record(model: str | os.PathLike[str], settings: BatchSettings, fpr: floa
     tasks : iterable of ImageTask
         The run's images; with a labels folder, each image's label file is recorded
         (:func:`label_file_id`, None where it has none) under its CSV path.
+    precision : str
+        The network's precision for the run (``"fp32"``, ``"bf16"``, ...; ``"auto"`` where
+        each worker of a remote cluster resolves it): scores differ slightly between
+        precisions, so a resumed CSV must not mix them.
 
     Returns
     -------
     dict
         JSON-able: ``version``, ``model_sha256``, ``fpr``, ``labels``, ``channel_axis``,
-        ``per_cell``, ``heatmaps``, ``heatmap_format``, ``cells_csv``, ``label_files``
-        (``{}`` without a labels folder).
+        ``per_cell``, ``heatmaps``, ``heatmap_format``, ``cells_csv``, ``precision``,
+        ``label_files`` (``{}`` without a labels folder).
     """
     labels = settings.labels_spec
     folder = labels not in (None, "auto")
@@ -103,7 +108,7 @@ def run_record(model: str | os.PathLike[str], settings: BatchSettings, fpr: floa
             "per_cell": bool(settings.per_cell),
             "heatmaps": str(Path(heatmaps).resolve()) if heatmaps is not None else None,
             "heatmap_format": settings.heatmap_format if heatmaps is not None else None,
-            "cells_csv": bool(settings.cells_csv),
+            "cells_csv": bool(settings.cells_csv), "precision": str(precision),
             LABEL_FILES: ({t.csv_path: label_file_id(t.labels) for t in tasks} if folder
                           else {})}
 
