@@ -161,6 +161,30 @@ def test_image_verdict_is_the_worst_cell(cells_detector, test_field, scored):
     assert cells_detector.score(normal.image).score < result.score
 
 
+def test_field_score_is_score_field_without_scoring_again(cells_detector, test_field,
+                                                         scored):
+    result, _ = cells_detector.score_field(test_field.image, test_field.labels, fpr=0.05)
+    field = cells_detector.field_score(scored, 0.05)
+    assert (field.score, field.percentile, field.is_anomaly, field.threshold) == (
+        result.score, result.percentile, result.is_anomaly, result.threshold)
+    assert (field.recon_error, field.log_density) == (result.recon_error, result.log_density)
+    assert field.n_judged == result.n_windows == int((~scored.table["at_border"]).sum())
+    worst = scored.table["score"][field.row]
+    assert worst == scored.table["score"][scored.judged()].max()
+    assert field.score < worst  # adjusted for the cells judged: a higher p-value
+    # Another rate re-thresholds the same adjusted score; the edge rule changes the field.
+    strict = cells_detector.field_score(scored, 0.001)
+    assert strict.score == field.score
+    assert strict.is_anomaly == (field.score > cells_detector.calibration.threshold(0.001))
+    edges = cells_detector.field_score(scored, 0.05, include_border=True)
+    assert edges.n_judged == len(scored) > field.n_judged
+    # Only some rows (one plane of a stack): judged among those alone.
+    some = np.arange(len(scored)) < len(scored) // 2
+    part = cells_detector.field_score(scored, 0.05, rows=some)
+    assert part.n_judged == int((some & scored.judged()).sum()) and some[part.row]
+    assert cells_detector.field_score(scored, rows=np.zeros(len(scored), bool)) is None
+
+
 @pytest.mark.parametrize("bad, message", [
     (np.zeros((100, 100), np.int32), "shape"),
     (np.zeros((384, 384), np.int32), "no cells"),

@@ -98,9 +98,12 @@ def test_cells_layer_table_and_selection_round_trip(make_napari_viewer, qtbot, n
     order = model.labels_in_order()
     by_label = features.set_index("label")["score"]
     assert np.all(np.diff(by_label.loc[order].to_numpy()) <= 0)
-    # The images table shows the field once, with its worst judged cell's score.
+    # The images table shows the field once: its worst judged cell, the score adjusted for
+    # the number of cells judged (the core's field judgement).
     assert score.table.rowCount() == 1
-    assert score.results()[0]["score"] == pytest.approx(by_label.max())
+    field = cells_detector.field_score(score.cell_results.current.cells, 0.05)
+    assert features["score"][field.row] == by_label.max()
+    assert score.results()[0]["score"] == field.score
 
     # Table row -> viewer: the cell is selected and the view centred on it.
     _click_cell_row(qtbot, score.cells_table, 2)
@@ -183,6 +186,34 @@ def test_slider_rethresholds_cells(make_napari_viewer, qtbot, notes,
     top, bottom = score.cells_table.cells_model.labels_in_order()[::len(cells) - 1]
     c_top, c_bottom = layer.colormap.map(np.asarray([top, bottom]))
     assert not np.allclose(c_top, c_bottom)
+    assert not errors(notes)
+
+
+def test_image_row_is_the_fields_row_of_the_command_line(make_napari_viewer, qtbot, notes,
+                                                        cells_detector):
+    # A field of normal cells: at some rates a cell is flagged while the field, judged by its
+    # worst cell adjusted for the number of cells judged, is normal (as in score --csv).
+    field = make_cell_field((256, 256), n_cells=24, anomaly_fraction=0.0, seed=11)
+    viewer, _, _, score = _setup(make_napari_viewer, cells_detector, field)
+    _score(qtbot, score)
+    assert not errors(notes)
+    layer = viewer.layers["field cells"]
+    flagged_but_normal = []
+    for percent in (1.0, 5.0, 10.0, 20.0):
+        score.fpr_slider.setValue(percent)
+        qtbot.waitUntil(lambda p=percent: abs(layer.metadata[KEY]["fpr"] - p / 100) < 1e-9,
+                        timeout=2000)
+        cli, _ = cells_detector.score_field(field.image, field.labels, fpr=percent / 100)
+        row = score.results()[0]
+        assert (row["score"], row["recon_error"], row["log_density"], row["percentile"]) == (
+            cli.score, cli.recon_error, cli.log_density, cli.percentile)
+        verdict = "anomalous" if cli.is_anomaly else "normal"
+        assert row["verdict"] == score.table.item(0, 5).text() == verdict
+        assert score.table.item(0, 1).value == cli.score
+        cells_flagged = int(layer.features["is_anomaly"].sum())
+        if cells_flagged and not cli.is_anomaly:
+            flagged_but_normal.append(percent)
+    assert flagged_but_normal  # the case where the two rules differ was seen
     assert not errors(notes)
 
 

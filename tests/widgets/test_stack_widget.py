@@ -143,6 +143,13 @@ def test_a_stack_is_scored_per_cell_into_one_cells_layer_of_its_shape(
         drawn = cells_layer.data[p].astype(np.int64)
         np.testing.assert_array_equal(drawn > 0, ref.labels > 0)
         assert np.unique(drawn[ref.labels > 0] - ref.labels[ref.labels > 0]).size == 1
+    # The stack's one row in the images table: its worst plane judged as score --csv judges
+    # that plane (worst judged cell, score adjusted for the cells judged in the plane).
+    planes = [cells_detector.score_field(f)[0] for f in fields]
+    worst = max(planes, key=lambda r: r.score)
+    (row,) = score.results()
+    assert (row["score"], row["percentile"], row["verdict"]) == (
+        worst.score, worst.percentile, "anomalous" if worst.is_anomaly else "normal")
     # Every cell of the stack has its own id.
     assert not set(np.unique(cells_layer.data[0])[1:]) & set(np.unique(cells_layer.data[1])[1:])
     # Showing a cell of plane 1 steps the viewer to that plane.

@@ -5,6 +5,7 @@ mode scoring cells as crops)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,10 +31,44 @@ if TYPE_CHECKING:
     from .detector import ScoreResult
 
 
+@dataclass(frozen=True)
+class FieldScore:
+    """A field judged by its worst judged cell (:meth:`CellScoring.field_score`): the numbers
+    of its row in ``score --csv`` and of :meth:`CellScoring.score_field`'s result.
+
+    Attributes
+    ----------
+    row : int
+        The worst judged cell's row in the cells' table.
+    score : float
+        That cell's score adjusted for the number of cells judged
+        (:meth:`~.scoring.Calibration.window_adjusted`), so the rate holds per field.
+    recon_error, log_density : float
+        That cell's own numbers.
+    percentile : float
+        The field's percentile (``100 (1 - adjusted p-value)``).
+    is_anomaly : bool
+        ``score > threshold``: a field with a flagged cell can be normal.
+    threshold : float
+        The combined-score threshold of the false-alarm rate asked for.
+    n_judged : int
+        The cells judged.
+    """
+
+    row: int
+    score: float
+    recon_error: float
+    log_density: float
+    percentile: float
+    is_anomaly: bool
+    threshold: float
+    n_judged: int
+
+
 class CellScoring:
     """Per-cell scoring, mixed into :class:`~.detector.AnomalyDetector` (which provides the
     network, preprocessing, densities, calibration and ``analyse_units`` / ``_finish`` /
-    ``_note_range``)."""
+    ``_image_score`` / ``_note_range``)."""
 
     def score_cells(self, image: np.ndarray, labels: np.ndarray | None = None, *,
                     fpr: float | None = None, name: str = "image",
@@ -189,21 +224,62 @@ class CellScoring:
         fpr = DEFAULT_FPR if fpr is None else fpr
         cells, units, recons, x, clipped = self._cells(image, labels, fpr, name,
                                                        include_border)
-        worst = cells.worst()
-        if worst < 0:
+        field = self.field_score(cells, fpr)
+        if field is None:
             label = "the image" if name == "image" else f"image {name!r}"
             raise ImageError(f"every cell found in {label} touches the image edge, so none "
                              "can be judged")
-        row = {k: v[worst] for k, v in cells.table.items()}
+        row = {k: v[field.row] for k, v in cells.table.items()}
         recon = _paste_cells(recons, units, x.shape[:2], base=x)
         zeros = np.zeros(x.shape[:2], dtype=np.float32)
         shape = row["shape_log_density"] if self.shape is not None else None
         result = self._finish(row["recon_error"], row["log_density"], fpr, cells.error_map,
-                              zeros, recon, n_windows=int(cells.judged().sum()),
-                              shape_logd=shape)
+                              zeros, recon, n_windows=field.n_judged, shape_logd=shape)
         result = self._note_range(result, clipped, np.asarray(image).dtype, name)
         cells.range_warning = result.range_warning
         return result, cells
+
+
+    def field_score(self, cells: CellScores, fpr: float | None = None,
+                    include_border: bool | None = None, rows: np.ndarray | None = None
+                    ) -> FieldScore | None:
+        """Judge a field by its worst judged cell, without scoring again.
+
+        The rule of :meth:`score_field` (and so of a field's row in ``score --csv``), applied
+        to cells already scored: e.g. at another false-alarm rate or edge rule.
+
+        Parameters
+        ----------
+        cells : CellScores
+            The field's cells (:meth:`score_cells`).
+        fpr : float, optional
+            False-alarm rate per field of the verdict (default 5%).
+        include_border : bool, optional
+            Judge the cells cut by the image edge too; None: as ``cells`` were scored.
+        rows : np.ndarray, optional
+            Bool ``(N,)``: only these cells make up the field (e.g. one plane of a stack's
+            merged cells).
+
+        Returns
+        -------
+        FieldScore or None
+            None when no cell is judged.
+        """
+        fpr = DEFAULT_FPR if fpr is None else fpr
+        judged = cells.judged(include_border)
+        if rows is not None:
+            judged = judged & np.asarray(rows, dtype=bool)
+        n = int(judged.sum())
+        if not n:
+            return None
+        t = cells.table
+        worst = int(np.argmax(np.where(judged, t["score"], -np.inf)))
+        err, logd = float(t["recon_error"][worst]), float(t["log_density"][worst])
+        shape = float(t["shape_log_density"][worst]) if self.shape is not None else None
+        score, percentile = self._image_score(err, logd, shape, n)
+        threshold = float(self.calibration.threshold(fpr))
+        return FieldScore(worst, float(score), err, logd, float(percentile),
+                          bool(score > threshold), threshold, n)
 
 
 def _cell_crops(x: np.ndarray, labels: np.ndarray, table: Any, size: int) -> CellUnits:

@@ -494,16 +494,23 @@ class AnomalyDetector(CellScoring):
         for i, image in enumerate(images):
             yield self.score(image, fpr=fpr, name=names[i] if names else f"image {i}")
 
+    def _image_score(self, err: float, logd: float, shape_logd: float | None,
+                     n_windows: int) -> tuple[float, float]:
+        """An image's score and percentile from its worst unit's numbers: the combined
+        score, adjusted for the ``n_windows`` units judged (:meth:`Calibration.window_adjusted`)
+        when there are several."""
+        cal = self.calibration
+        score = float(cal.combine(err, logd, shape_logd))
+        if n_windows > 1:
+            return cal.window_adjusted(score, n_windows)
+        return score, float(cal.percentile(score)[0])
+
     def _finish(self, err: float, logd: float, fpr: float, error_map: np.ndarray,
                 ssim_map: np.ndarray | None, recon: np.ndarray, n_windows: int = 1,
                 region: np.ndarray | None = None, shape_logd: float | None = None
                 ) -> ScoreResult:
         cal = self.calibration
-        score = float(cal.combine(err, logd, shape_logd))
-        if n_windows > 1:
-            score, percentile = cal.window_adjusted(score, n_windows)
-        else:
-            percentile = float(cal.percentile(score)[0])
+        score, percentile = self._image_score(err, logd, shape_logd, n_windows)
         threshold = cal.threshold(fpr)
         return ScoreResult(
             score=score, recon_error=float(err), log_density=float(logd),

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import napari
     import pandas as pd
 
+    from ..core.cellscoring import FieldScore
     from ..core.detector import AnomalyDetector
 
 __all__ = ["CellsRecord", "CellsResults"]
@@ -64,16 +65,14 @@ class CellsRecord:
     others: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     #: The verdicts and colours last written to ``layer`` (None: write them next time).
     shown: tuple[np.ndarray, np.ndarray] | None = None
+    #: The image judged by its worst judged cell at the current rate and edge rule (the
+    #: core's rule, as its row in ``score --csv``; a stack: its worst plane's); None if no
+    #: cell is judged.
+    field: FieldScore | None = None
 
     @property
     def key(self) -> str:
         return layer_key(self.source)
-
-    def worst(self) -> int:
-        """Row of the highest-scoring judged cell (-1 if none is judged)."""
-        if not self.judged.any():
-            return -1
-        return int(np.argmax(np.where(self.judged, self.cells.table["score"], -np.inf)))
 
 
 class CellsResults:
@@ -88,7 +87,9 @@ class CellsResults:
     state : ModelState
         Names the active model in the cells layers' metadata.
     images_table : ImageResultsTable
-        Gets one row per record (its worst judged cell).
+        Gets one row per record: the image judged by its worst judged cell, its score adjusted
+        for the number of cells judged (:meth:`~..core.cellscoring.CellScoring.field_score`,
+        as the command line's ``--csv`` row).
     cells_box : CellsSourceBox
         The edge-cell rule and the colouring.
     fpr : callable
@@ -207,13 +208,27 @@ class CellsResults:
         self.show(record)
 
     def _judge(self, record: CellsRecord) -> float:
-        """Set ``record``'s verdicts at the current false-alarm rate and edge rule; returns
-        the threshold."""
-        threshold = float(record.detector.calibration.threshold(self._fpr()))
+        """Set ``record``'s verdicts (its cells' and its image's) at the current false-alarm
+        rate and edge rule; returns the cells' threshold."""
+        fpr = self._fpr()
+        threshold = float(record.detector.calibration.threshold(fpr))
         include_border = self.cells_box.include_border()
         record.judged = record.cells.judged(include_border)
         record.is_anomaly = record.cells.verdicts(threshold, include_border)
+        record.field = self._field(record, fpr, include_border)
         return threshold
+
+    @staticmethod
+    def _field(record: CellsRecord, fpr: float, include_border: bool) -> FieldScore | None:
+        """The image judged by its worst judged cell (the core's rule); a stack's planes are
+        fields of their own, and the stack is shown as its worst plane (highest score)."""
+        detector, cells = record.detector, record.cells
+        planes = cells.table.get("plane")
+        if planes is None:
+            return detector.field_score(cells, fpr, include_border)
+        fields = (detector.field_score(cells, fpr, include_border, rows=planes == p)
+                  for p in np.unique(planes))
+        return max((f for f in fields if f is not None), key=lambda f: f.score, default=None)
 
     def _colors(self, record: CellsRecord) -> np.ndarray:
         """The cells' colours at their verdicts, in the chosen colouring."""
@@ -246,12 +261,11 @@ class CellsResults:
                 "color_by": self.cells_box.color_mode(),
                 "model": self.state.describe() if record.detector is self.state.detector
                 else "an earlier model"})
-        worst = record.worst()
-        t = cells.table
-        values = ((t["score"][worst], t["recon_error"][worst], t["log_density"][worst],
-                   t["percentile"][worst]) if worst >= 0 else (np.nan,) * 4)
+        f = record.field
+        values = ((f.score, f.recon_error, f.log_density, f.percentile) if f is not None
+                  else (np.nan,) * 4)
         self.images_table.set_result(record.key, record.source.name, values,
-                                     bool(record.is_anomaly.any()))
+                                     f is not None and f.is_anomaly)
         if record is self.current:
             self.table.cells_model.set_verdicts(record.is_anomaly, record.judged)
             self._update_label()
@@ -389,15 +403,16 @@ class CellsResults:
 
     # -- rows and export ----------------------------------------------------------------------
     def summary(self, record: CellsRecord) -> dict[str, Any]:
-        """The images-table row of an image scored per cell: its worst judged cell."""
-        t, worst = record.cells.table, record.worst()
-        value = (lambda name: float(t[name][worst])) if worst >= 0 else (lambda _: np.nan)
-        fpr = self._fpr()
+        """The images-table row of an image scored per cell: the image judged by its worst
+        judged cell, its score adjusted for the number of cells judged (as ``--csv``)."""
+        f, fpr = record.field, self._fpr()
         threshold = record.detector.calibration.threshold(fpr)
-        return {"layer": record.source.name, "score": value("score"),
-                "recon_error": value("recon_error"), "log_density": value("log_density"),
-                "percentile": value("percentile"),
-                "verdict": "anomalous" if record.is_anomaly.any() else "normal",
+        nan = float("nan")
+        return {"layer": record.source.name, "score": f.score if f else nan,
+                "recon_error": f.recon_error if f else nan,
+                "log_density": f.log_density if f else nan,
+                "percentile": f.percentile if f else nan,
+                "verdict": "anomalous" if f is not None and f.is_anomaly else "normal",
                 "fpr": fpr, "threshold": threshold}
 
     def rows(self) -> list[dict[str, Any]]:
