@@ -3,6 +3,11 @@
 One row per scored layer, keyed by the layer's stable id. A new result updates its own row (or
 appends one) and a new false-alarm rate rewrites only the verdict column, so rendering a batch
 of n results costs O(n log n) in all, not a rebuild of the whole table per result.
+
+Numbers show 3 significant digits; their columns widen to the widest number shown (measured
+with the table's font as it is when the number comes), and a column the user narrows cuts its
+numbers at the right ("0.00…"), never in the middle. Layer names are cut in the middle, so a
+stack plane's "[3]" stays visible.
 """
 
 from __future__ import annotations
@@ -13,9 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QModelIndex, Qt
 from qtpy.QtGui import QColor
-from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QTableWidget,
+    QTableWidgetItem,
+)
 
 __all__ = ["ANOMALY_COLOR", "NORMAL_COLOR", "ImageResultsTable", "NumberItem", "write_csv"]
 
@@ -32,6 +45,7 @@ _COLUMN_TIPS = (
     "Verdict at the chosen false-alarm rate",
 )
 _VERDICT = 5
+_NUMBERS = range(1, 5)
 ANOMALY_COLOR = QColor(200, 60, 60, 140)
 NORMAL_COLOR = QColor(60, 150, 90, 110)
 _KEY = Qt.ItemDataRole.UserRole
@@ -49,6 +63,15 @@ class NumberItem(QTableWidgetItem):
         if isinstance(other, NumberItem):
             return self.value < other.value
         return super().__lt__(other)
+
+
+class _NumberDelegate(QStyledItemDelegate):
+    """Draws numbers cut at the right when their column is too narrow (a number cut in the
+    middle, "0....87", reads as another number)."""
+
+    def initStyleOption(self, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        super().initStyleOption(option, index)
+        option.textElideMode = Qt.TextElideMode.ElideRight
 
 
 def _set_verdict(item: QTableWidgetItem, anomalous: bool) -> None:
@@ -76,16 +99,47 @@ class ImageResultsTable(QTableWidget):
         header = self.horizontalHeader()
         header.setMinimumSectionSize(30)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        metrics = self.fontMetrics()
-        for col, sample in enumerate(_COLUMN_SAMPLES, start=1):
+        self._number_delegate = _NumberDelegate(self)
+        for col in _NUMBERS:
+            self.setItemDelegateForColumn(col, self._number_delegate)
+        for col in range(1, len(COLUMNS)):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
-            width = max(metrics.horizontalAdvance(COLUMNS[col]) + 18,
-                        metrics.horizontalAdvance(sample) + 10)
-            header.resizeSection(col, width)
+        self._fit_columns()
         self.setMinimumHeight(110)
         self.setToolTip("Click a row to select that layer. Percentile: share of the "
                         "model's held-out normal images that score lower.")
         self._names: dict[str, QTableWidgetItem] = {}  # key -> the row's first item
+
+    # -- column widths --------------------------------------------------------------------
+    def text_width(self, text: str) -> int:
+        """The width (px) a cell needs to show ``text`` whole, in the table's font now: its
+        advance plus the item view's text margins (and a little room)."""
+        margin = self.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, self)
+        return self.fontMetrics().horizontalAdvance(text) + 2 * (margin + 1) + 6
+
+    def _fit(self, col: int, text: str) -> None:
+        """Widen column ``col`` (never narrow it) so that ``text`` shows whole."""
+        header = self.horizontalHeader()
+        need = self.text_width(text)
+        if header.sectionSize(col) < need:
+            header.resizeSection(col, need)
+
+    def _fit_columns(self) -> None:
+        """Fit the number and verdict columns to their header and samples, and the number
+        columns to every number shown (again after a change of font or style)."""
+        header = self.horizontalHeader()
+        for col, sample in enumerate(_COLUMN_SAMPLES, start=1):
+            header.resizeSection(col, max(self.text_width(COLUMNS[col]) + 12,
+                                          self.text_width(sample)))
+            for row in range(self.rowCount() if col in _NUMBERS else 0):
+                item = self.item(row, col)
+                if item is not None:
+                    self._fit(col, item.text())
+
+    def changeEvent(self, event: QEvent) -> None:
+        super().changeEvent(event)
+        if event.type() in (QEvent.Type.FontChange, QEvent.Type.StyleChange):
+            self._fit_columns()
 
     # -- reading --------------------------------------------------------------------------
     def key_at(self, row: int) -> str | None:
@@ -147,6 +201,8 @@ class ImageResultsTable(QTableWidget):
         first.setToolTip(name)
         for col, item in enumerate([first, *numbers, verdict]):
             self.setItem(row, col, item)
+            if col in _NUMBERS:
+                self._fit(col, item.text())
         self._names[key] = first
         self.setSortingEnabled(sorting)  # sorts once by the current sort column
 
