@@ -431,3 +431,43 @@ def test_other_mode_results_do_not_stay_looking_current(make_napari_viewer, qtbo
     assert snapshot(viewer)[:2] == user_before  # the user's image and labels untouched
     assert user in viewer.layers and image in viewer.layers
     assert not errors(notes)
+
+
+def test_score_dock_scrolls_instead_of_cutting_its_texts(make_napari_viewer, qtbot, notes,
+                                                         cells_detector, test_field):
+    # A short window: the model summary, the threshold text, a per-cell result and the
+    # histogram do not fit; the dock scrolls, every text shows whole and the window keeps
+    # its height.
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1200, 640)
+    image = viewer.add_image(test_field.image, name="field", rgb=True)
+    user = viewer.add_labels(test_field.labels.copy(), name="my cells")
+    score = _score_dock(viewer)
+    qtbot.waitUntil(lambda: score.hist is not None, timeout=SCORE_TIMEOUT)
+    get_state(viewer).set_trained(cells_detector)
+    score.cells_box.setChecked(True)
+    score.cells_box.choose_labels(user)
+    viewer.layers.selection.select_only(image)
+    _score(qtbot, score)
+    assert not errors(notes)
+    qtbot.wait(50)
+    assert score.cells_table.isVisible() and score.cells_label.isVisible()
+    assert window.height() <= 640
+    assert score.scroll.verticalScrollBar().maximum() > 0  # the content scrolls
+    for label in (score.model_label, score.threshold_label, score.cells_label):
+        assert label.text()
+        assert label.height() >= label.heightForWidth(label.width()), label.text()[:60]
+    # Nothing of the content is cut at the right (no horizontal scrolling either).
+    content = score.scroll.widget()
+    assert content.width() >= content.minimumSizeHint().width()
+    assert score.scroll.viewport().width() >= content.width()
+
+    # The histogram's "5.0% false alarms" label lies above every bar.
+    hist = score.hist
+    top = max(float(np.max(c.getData()[1], initial=0))
+              for c in (hist.normals_curve, hist.scored_curve))
+    label = hist.threshold_line.label
+    assert label.isVisible() and label.toPlainText() == "5.0% false alarms"
+    box = hist.getViewBox().mapSceneToView(label.sceneBoundingRect()).boundingRect()
+    assert top > 0 and box.top() > top, (box.top(), top)

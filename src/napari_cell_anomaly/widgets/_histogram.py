@@ -1,4 +1,8 @@
-"""The Score widget's histogram: held-out normals, scored images and the threshold line."""
+"""The Score widget's histogram: held-out normals, scored images and the threshold line.
+
+The counts axis leaves free room above the highest bar (:data:`HEADROOM`); the threshold
+line's label ("5.0% false alarms") and the legend sit there, over no bar.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,14 @@ from qtpy.QtWidgets import QSizePolicy
 
 from ._small_plot import SmallPlot
 
-__all__ = ["ScoreHistogram"]
+__all__ = ["HEADROOM", "LABEL_AT", "ScoreHistogram"]
+
+#: The counts axis runs to this multiple of the highest bar: the room above it holds the
+#: threshold line's label and the legend.
+HEADROOM = 1.6
+#: Where the threshold label sits along the line (0 bottom, 1 top of the plot): above the
+#: highest bar (at 1 / HEADROOM = 0.625).
+LABEL_AT = 0.9
 
 
 class ScoreHistogram(SmallPlot):
@@ -23,12 +34,13 @@ class ScoreHistogram(SmallPlot):
 
     def __init__(self, unit: str = "images / cells") -> None:
         super().__init__(background=None)
-        self.setMinimumHeight(150)
+        self.setMinimumHeight(170)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setLabel("bottom", "anomaly score")
         self.setLabel("left", unit)
         self.addLegend(offset=(-8, 8))
         self.setMouseEnabled(x=True, y=False)
+        self.enableAutoRange(y=False)  # set with headroom by show_scores
         self.normals_curve = self.plot([], [], stepMode="center", fillLevel=0,
                                        brush=(160, 160, 160, 90),
                                        pen=pg.mkPen((190, 190, 190), width=1),
@@ -40,7 +52,7 @@ class ScoreHistogram(SmallPlot):
         self.threshold_line = pg.InfiniteLine(
             angle=90, movable=False, pen=pg.mkPen((230, 60, 60), width=2,
                                                   style=Qt.PenStyle.DashLine),
-            label="threshold", labelOpts={"position": 0.9, "color": (230, 90, 90)})
+            label="threshold", labelOpts={"position": LABEL_AT, "color": (230, 90, 90)})
         self.addItem(self.threshold_line)
         #: The normals, scored items and bin range last drawn (None: nothing drawn yet).
         self._shown: tuple[np.ndarray, np.ndarray, tuple[float, float]] | None = None
@@ -83,11 +95,14 @@ class ScoreHistogram(SmallPlot):
         edges = np.linspace(lo, hi + 1e-9 * abs(hi), 41)
         counts, _ = np.histogram(normals, edges)
         self.normals_curve.setData(edges, counts.astype(float))
+        top = int(counts.max(initial=0))
         if scored.size:
             counts, _ = np.histogram(scored, edges)
             self.scored_curve.setData(edges, counts.astype(float))
+            top = max(top, int(counts.max(initial=0)))
         else:
             self.scored_curve.setData([], [])
+        self.setYRange(0, HEADROOM * max(top, 1), padding=0)
         self._shown = (normals, scored, (lo, hi))
         self._set_threshold(threshold, fpr)
 

@@ -39,12 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 from napari.layers import Layer
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -95,6 +97,40 @@ def _scoring_finished(widget: weakref.ref[ScoreWidget], state: ModelState) -> No
     state.set_status(Status.IDLE)
 
 
+class VerticalScroll(QScrollArea):
+    """A scroll area that scrolls its widget up and down only: it asks for its widget's width
+    (plus the scroll bar), so that a dock is never narrower than its content, and follows the
+    widget's size hints as they change."""
+
+    def __init__(self, widget: QWidget) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(widget)
+        widget.installEventFilter(self)
+
+    def _with_width(self, hint: QSize, width: int) -> QSize:
+        bar = self.verticalScrollBar().sizeHint().width()
+        return QSize(width + bar + 2 * self.frameWidth(), hint.height())
+
+    def minimumSizeHint(self) -> QSize:
+        widget = self.widget()
+        hint = super().minimumSizeHint()
+        return hint if widget is None else self._with_width(
+            hint, widget.minimumSizeHint().width())
+
+    def sizeHint(self) -> QSize:
+        widget = self.widget()
+        hint = super().sizeHint()
+        return hint if widget is None else self._with_width(hint, widget.sizeHint().width())
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # the content's hints changed: so do ours
+        return super().eventFilter(watched, event)
+
+
 class ScoreWidget(QWidget):
     """Score image layers with an anomaly model and show where they look abnormal.
 
@@ -110,7 +146,15 @@ class ScoreWidget(QWidget):
         self.state: ModelState = get_state(napari_viewer)
         self._jobs = JobSlot()
 
-        layout = QVBoxLayout(self)
+        # The content scrolls: with a model summary, a per-cell result and the histogram it is
+        # taller than many screens, and a dock cannot shrink below its content (it would grow
+        # the window past the screen and squeeze the wrapped texts, cutting them mid-line).
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        content = QWidget()
+        self.scroll = VerticalScroll(content)
+        outer.addWidget(self.scroll)
+        layout = self._content = QVBoxLayout(content)
         layout.setContentsMargins(6, 6, 6, 6)
 
         # -- model --------------------------------------------------------------------------
@@ -242,7 +286,7 @@ class ScoreWidget(QWidget):
     def _add_histogram(self) -> None:
         self.hist = self.fpr_panel.build_histogram()
         self._threshold_line = self.hist.threshold_line
-        self.layout().addWidget(self.hist, 1)
+        self._content.addWidget(self.hist, 1)
         self._update_histogram()
         self._later(self._read_default_model)
 
