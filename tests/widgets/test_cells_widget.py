@@ -14,6 +14,7 @@ import pytest
 from napari.layers import Labels
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QStyleOptionHeader
 
 from conftest import KEY, PLUGIN, SCORE_TIMEOUT, errors, snapshot
 from napari_cell_anomaly.core.cellscores import CELL_COLUMNS
@@ -214,6 +215,18 @@ def test_image_row_is_the_fields_row_of_the_command_line(make_napari_viewer, qtb
         if cells_flagged and not cli.is_anomaly:
             flagged_but_normal.append(percent)
     assert flagged_but_normal  # the case where the two rules differ was seen
+    # The cells table: highest score first under a down arrow; numbers shown whole.
+    cells_table = score.cells_table
+    header = cells_table.horizontalHeader()
+    option = QStyleOptionHeader()
+    header.initStyleOptionForIndex(option, 1)
+    assert header.sortIndicatorOrder() == Qt.SortOrder.DescendingOrder
+    assert option.sortIndicator == QStyleOptionHeader.SortIndicator.SortDown
+    metrics = cells_table.fontMetrics()
+    for col in range(1, 6):
+        texts = cells_table.cells_model.column_texts(col)
+        assert len(texts) == cells_table.cells_model.rowCount()
+        assert header.sectionSize(col) >= max(map(metrics.horizontalAdvance, texts)) + 6
     assert not errors(notes)
 
 

@@ -1,15 +1,16 @@
 """GUI tests of the Score widget's images table: numbers are shown whole (3 significant
 digits, columns as wide as the widest number, cut at the right if the user narrows a column,
-never in the middle) and rows follow the header's sort indicator. A real viewer under Xvfb,
-the real dock (napari's style sheet applied)."""
+never in the middle) and rows follow the header's sort arrow (up: ascending). A real viewer
+under Xvfb, the real dock (napari's style sheet applied)."""
 
 from __future__ import annotations
 
 import pytest
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QStyle, QStyleOptionViewItem
+from qtpy.QtWidgets import QStyle, QStyleOptionHeader, QStyleOptionViewItem
 
 from conftest import PLUGIN
+from napari_cell_anomaly.widgets._results_table import natural_key
 
 # Numbers of every shape: many digits after the point, negative, large, an exponent.
 ROWS = {
@@ -65,3 +66,29 @@ def test_a_larger_font_widens_the_number_columns(table):
     assert text == "-1.23e+03"
     assert header.sectionSize(3) > before
     assert header.sectionSize(3) >= table.fontMetrics().horizontalAdvance(text)
+
+
+def _arrow(header, section: int):
+    option = QStyleOptionHeader()
+    header.initStyleOptionForIndex(option, section)
+    return option.sortIndicator
+
+
+def test_rows_follow_the_sort_arrow(table):
+    # Planes of a stack come in any order; rows start sorted by name, ascending, as read.
+    for plane in (3, 10, 2, 1, 0):
+        table.set_result(f"s[{plane}]", f"stack [{plane}]", (1.0, 0.1, -1.0, 50.0), False)
+    names = [table.item(r, 0).text() for r in range(table.rowCount())]
+    planes = [n for n in names if n.startswith("stack")]
+    assert planes == ["stack [0]", "stack [1]", "stack [2]", "stack [3]", "stack [10]"]
+    assert names == sorted(names, key=natural_key)
+    header = table.horizontalHeader()
+    assert header.sortIndicatorSection() == 0
+    assert header.sortIndicatorOrder() == Qt.SortOrder.AscendingOrder
+    up, down = QStyleOptionHeader.SortIndicator.SortUp, QStyleOptionHeader.SortIndicator.SortDown
+    assert _arrow(header, 0) == up  # ascending: the arrow points up
+    # The user sorts by score, highest first: the arrow points down.
+    table.sortByColumn(1, Qt.SortOrder.DescendingOrder)
+    scores = [table.item(r, 1).value for r in range(table.rowCount())]
+    assert scores == sorted(scores, reverse=True)
+    assert _arrow(header, 1) == down and _arrow(header, 0) == QStyleOptionHeader.SortIndicator.None_

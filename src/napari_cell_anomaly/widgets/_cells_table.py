@@ -3,6 +3,8 @@
 Backed by the :class:`~..core.cellscores.CellScores` arrays through a
 :class:`~qtpy.QtCore.QAbstractTableModel`, so showing 1,000 cells creates no item objects,
 sorting is a numpy ``argsort`` and a new false-alarm rate only repaints the verdict column.
+Number columns widen to their widest number when cells are shown and cut at the right when
+narrowed (never in the middle); the sort arrow points up for ascending, as in the images table.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 
 from ..core.cellscores import CellScores
-from ._results_table import ANOMALY_COLOR, NORMAL_COLOR
+from ._results_table import (
+    ANOMALY_COLOR,
+    NORMAL_COLOR,
+    NumberDelegate,
+    SortHeader,
+    cell_text_width,
+)
 
 __all__ = ["CellsTable", "CellsTableModel"]
 
@@ -98,6 +106,16 @@ class CellsTableModel(QAbstractTableModel):
         if self._cells is None:
             return []
         return self._cells.table["label"][self._order].tolist()
+
+    def column_texts(self, col: int) -> list[str]:
+        """The texts of number column ``col`` for every cell shown (any order)."""
+        if self._cells is None or col == VERDICT_COLUMN:
+            return []
+        _, name, fmt, _ = _COLUMNS[col]
+        values = self._cells.table[name]
+        if fmt == "{:d}":
+            return [fmt.format(int(v)) for v in values.tolist()]
+        return [fmt.format(float(v)) for v in values.tolist()]
 
     def verdict_texts(self) -> np.ndarray:
         """Per cell (table order of ``CellScores``): "anomalous", "normal" or "edge"."""
@@ -182,6 +200,11 @@ class CellsTable(QTableView):
         super().__init__()
         self.cells_model = CellsTableModel()
         self.setModel(self.cells_model)
+        if hasattr(QHeaderView, "initStyleOptionForIndex"):  # Qt 6: arrows that read right
+            self.setHorizontalHeader(SortHeader(Qt.Orientation.Horizontal, self))
+        self._number_delegate = NumberDelegate(self)
+        for col in range(1, VERDICT_COLUMN):
+            self.setItemDelegateForColumn(col, self._number_delegate)
         self.setSortingEnabled(True)
         self.sortByColumn(1, Qt.SortOrder.DescendingOrder)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -201,10 +224,23 @@ class CellsTable(QTableView):
             width = max(metrics.horizontalAdvance(_COLUMNS[col][0]) + 18,
                         metrics.horizontalAdvance(sample) + 10)
             header.resizeSection(col, width)
+        self.cells_model.modelReset.connect(self.fit_columns)
         self.setMinimumHeight(120)
         self.setToolTip("Click a row to centre the view on that cell and select it; click a "
                         "cell in the viewer to find its row.")
         self.clicked.connect(self._on_clicked)
+
+    def fit_columns(self) -> None:
+        """Widen each number column (never narrow it) to its widest text."""
+        header = self.horizontalHeader()
+        metrics = self.fontMetrics()
+        for col in range(VERDICT_COLUMN):
+            texts = self.cells_model.column_texts(col)
+            if texts:
+                widest = max(texts, key=metrics.horizontalAdvance)
+                need = cell_text_width(self, widest)
+                if header.sectionSize(col) < need:
+                    header.resizeSection(col, need)
 
     def _on_clicked(self, index: QModelIndex) -> None:
         label = self.cells_model.label_at(index.row())

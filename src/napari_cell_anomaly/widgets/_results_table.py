@@ -8,11 +8,16 @@ Numbers show 3 significant digits; their columns widen to the widest number show
 with the table's font as it is when the number comes), and a column the user narrows cuts its
 numbers at the right ("0.00…"), never in the middle. Layer names are cut in the middle, so a
 stack plane's "[3]" stays visible.
+
+Rows start sorted by layer name, ascending, names compared as people read them (``[2]``
+before ``[10]``); the header's sort arrow points up for ascending and down for descending
+(Qt's own style draws them the other way round).
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,12 +30,14 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QStyle,
     QStyledItemDelegate,
+    QStyleOptionHeader,
     QStyleOptionViewItem,
     QTableWidget,
     QTableWidgetItem,
 )
 
-__all__ = ["ANOMALY_COLOR", "NORMAL_COLOR", "ImageResultsTable", "NumberItem", "write_csv"]
+__all__ = ["ANOMALY_COLOR", "NORMAL_COLOR", "ImageResultsTable", "NameItem", "NumberDelegate",
+           "NumberItem", "SortHeader", "cell_text_width", "write_csv"]
 
 COLUMNS = ("Layer", "Score", "Error", "Log-dens.", "Pctl.", "Verdict")
 _COLUMN_SAMPLES = ("-0.000", "0.0000", "-0.000", "100", "anomalous")
@@ -65,7 +72,38 @@ class NumberItem(QTableWidgetItem):
         return super().__lt__(other)
 
 
-class _NumberDelegate(QStyledItemDelegate):
+def cell_text_width(view: QAbstractItemView, text: str) -> int:
+    """The width (px) a cell of ``view`` needs to show ``text`` whole, in its font now: the
+    text's advance plus the item view's text margins (and a little room)."""
+    margin = view.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, view)
+    return view.fontMetrics().horizontalAdvance(text) + 2 * (margin + 1) + 6
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key of a name as people read it: runs of digits compare as numbers
+    (``"stack [2]"`` before ``"stack [10]"``), the rest case-insensitively."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.casefold())
+                 for part in re.split(r"(\d+)", text) if part)
+
+
+class NameItem(QTableWidgetItem):
+    """A layer-name cell sorting by :func:`natural_key`."""
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        return natural_key(self.text()) < natural_key(other.text())
+
+
+class SortHeader(QHeaderView):
+    """A header whose sort arrow points up for ascending order (Qt draws a down arrow)."""
+
+    def initStyleOptionForIndex(self, option: QStyleOptionHeader, logical_index: int) -> None:
+        super().initStyleOptionForIndex(option, logical_index)
+        swap = {QStyleOptionHeader.SortIndicator.SortUp: QStyleOptionHeader.SortIndicator.SortDown,
+                QStyleOptionHeader.SortIndicator.SortDown: QStyleOptionHeader.SortIndicator.SortUp}
+        option.sortIndicator = swap.get(option.sortIndicator, option.sortIndicator)
+
+
+class NumberDelegate(QStyledItemDelegate):
     """Draws numbers cut at the right when their column is too narrow (a number cut in the
     middle, "0....87", reads as another number)."""
 
@@ -84,10 +122,13 @@ class ImageResultsTable(QTableWidget):
 
     def __init__(self) -> None:
         super().__init__(0, len(COLUMNS))
+        if hasattr(QHeaderView, "initStyleOptionForIndex"):  # Qt 6: arrows that read right
+            self.setHorizontalHeader(SortHeader(Qt.Orientation.Horizontal, self))
         self.setHorizontalHeaderLabels(list(COLUMNS))
         for col, tip in enumerate(_COLUMN_TIPS):
             self.horizontalHeaderItem(col).setToolTip(tip)
         self.setSortingEnabled(True)
+        self.sortByColumn(0, Qt.SortOrder.AscendingOrder)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -99,7 +140,7 @@ class ImageResultsTable(QTableWidget):
         header = self.horizontalHeader()
         header.setMinimumSectionSize(30)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        self._number_delegate = _NumberDelegate(self)
+        self._number_delegate = NumberDelegate(self)
         for col in _NUMBERS:
             self.setItemDelegateForColumn(col, self._number_delegate)
         for col in range(1, len(COLUMNS)):
@@ -112,10 +153,8 @@ class ImageResultsTable(QTableWidget):
 
     # -- column widths --------------------------------------------------------------------
     def text_width(self, text: str) -> int:
-        """The width (px) a cell needs to show ``text`` whole, in the table's font now: its
-        advance plus the item view's text margins (and a little room)."""
-        margin = self.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, self)
-        return self.fontMetrics().horizontalAdvance(text) + 2 * (margin + 1) + 6
+        """The width (px) a cell needs to show ``text`` whole (:func:`cell_text_width`)."""
+        return cell_text_width(self, text)
 
     def _fit(self, col: int, text: str) -> None:
         """Widen column ``col`` (never narrow it) so that ``text`` shows whole."""
@@ -196,7 +235,7 @@ class ImageResultsTable(QTableWidget):
         if row < 0:
             row = self.rowCount()
             self.insertRow(row)
-        first = QTableWidgetItem(name)
+        first = NameItem(name)
         first.setData(_KEY, key)
         first.setToolTip(name)
         for col, item in enumerate([first, *numbers, verdict]):
