@@ -625,3 +625,36 @@ def test_threshold_label_states_the_calibration_behind_the_rate(make_napari_view
         # A small calibration sample is flagged next to the rate, not left for the reader.
         assert ("Warning:" in text) == (cal.size < MIN_CALIBRATION)
         assert "Anomalous if score &gt;" in text
+
+
+def test_train_pressed_while_pytorch_loads_starts_once_it_has_loaded(make_napari_viewer,
+                                                                     qtbot, notes):
+    viewer = make_napari_viewer()
+    _open_samples(viewer)
+    train, _ = _docks(viewer)
+    train.select_matching("normal")
+    # This test process has imported the core already, so the dock is put back into its
+    # state before the loader's callback (settings not filled, not ready); the loader's
+    # callback (_on_core_ready) is then run as the loader runs it.
+    train._ready = False
+    train.settings.set_enabled(False)
+    train._update_buttons()
+    assert train.train_button.isEnabled()  # a press is taken, not lost
+    qtbot.mouseClick(train.train_button, Qt.MouseButton.LeftButton)
+    assert train.state.status is Status.IDLE and not train.train_button.isEnabled()
+    assert train.status_label.text() == ("PyTorch is still loading: training starts as soon "
+                                         "as it has loaded (Stop cancels).")
+    # Stop cancels the queued start; a new press queues it again.
+    qtbot.mouseClick(train.stop_button, Qt.MouseButton.LeftButton)
+    assert train.train_button.isEnabled() and not train.stop_button.isEnabled()
+    assert train.status_label.text() == "Loading PyTorch…"
+    qtbot.mouseClick(train.train_button, Qt.MouseButton.LeftButton)
+    train._on_core_ready()  # PyTorch has loaded: training starts without another press
+    assert train.state.status is Status.TRAINING
+    qtbot.waitUntil(lambda: train.plot is not None and len(train.plot.train_x) >= 1,
+                    timeout=TRAIN_TIMEOUT)
+    train.stop_training()
+    _wait_idle(qtbot, train.state, TRAIN_TIMEOUT)
+    assert train.state.trained is not None
+    assert not _errors(notes)
+    assert not [str(n.message) for n in notes() if "press Train again" in str(n.message)]

@@ -131,6 +131,7 @@ class TrainWidget(QWidget):
         self.state: ModelState = get_state(napari_viewer)
         self._jobs = JobSlot()
         self._ready = False  # until the core's defaults fill the settings
+        self._queued = False  # Train pressed before that: start once they are
         self._last_event: TrainProgress | None = None
 
         layout = QVBoxLayout(self)
@@ -226,6 +227,12 @@ class TrainWidget(QWidget):
         self._ready = True
         self.status_label.setText("Pick normal images, then press Train.")
         self._update_buttons()
+        if self._queued:  # Train was pressed while PyTorch loaded
+            self._queued = False
+            self._update_buttons()
+            self.status_label.setText("PyTorch has loaded: starting the training.")
+            if not self.start_training():  # said why in a notification
+                self.status_label.setText("Pick normal images, then press Train.")
 
     def _ensure_plot(self) -> LossPlot:
         """The loss plot, built (pyqtgraph) if it is not yet."""
@@ -272,13 +279,16 @@ class TrainWidget(QWidget):
     # ------------------------------------------------------------------------------------
     def _update_buttons(self, *_: Any) -> None:
         status = self.state.status
-        self.train_button.setEnabled(status is Status.IDLE and self._ready)
-        self.stop_button.setEnabled(status is Status.TRAINING)
+        self.train_button.setEnabled(status is Status.IDLE and not self._queued)
+        self.stop_button.setEnabled(status is Status.TRAINING or self._queued)
         self.save_button.setEnabled(status is Status.IDLE and self.state.trained is not None)
         self.train_button.setText("Training…" if status in (Status.TRAINING, Status.STOPPING)
                                   else "Train")
         if status is Status.SCORING:
             self.train_button.setToolTip("Scoring is running; train when it has finished.")
+        elif not self._ready:
+            self.train_button.setToolTip("PyTorch is loading: pressed now, training starts "
+                                         "as soon as it has loaded.")
         else:
             self.train_button.setToolTip("")
         trained = self.state.trained
@@ -287,10 +297,21 @@ class TrainWidget(QWidget):
                 "\n", "<br>") + "</small>" if trained is not None else "")
 
     def start_training(self) -> bool:
-        """Start training from the current choices; False (with a notification) if not."""
+        """Start training from the current choices; False (with a notification) if not.
+
+        Before PyTorch has loaded, the start is queued instead (said in the status line;
+        Stop cancels it): training starts once it has loaded, from the choices then, and
+        this returns True.
+        """
         if not self._ready:
-            show_warning("PyTorch is still loading: press Train again in a moment.")
-            return False
+            if self.state.status is not Status.IDLE:
+                show_warning("Scoring is running: train when it has finished.")
+                return False
+            self._queued = True
+            self._update_buttons()
+            self.status_label.setText("PyTorch is still loading: training starts as soon as "
+                                      "it has loaded (Stop cancels).")
+            return True
         if self.state.status in (Status.TRAINING, Status.STOPPING):
             show_warning("Training is already running: wait for it or press Stop.")
             return False
@@ -375,7 +396,13 @@ class TrainWidget(QWidget):
         return True
 
     def stop_training(self) -> None:
-        """End training at the next step; the best model so far is kept and published."""
+        """End training at the next step; the best model so far is kept and published. A
+        start queued while PyTorch loads is cancelled."""
+        if self._queued:
+            self._queued = False
+            self._update_buttons()
+            self.status_label.setText("Loading PyTorch…")
+            return
         if self.state.status is not Status.TRAINING:
             return
         self._jobs.current.stop.set()
