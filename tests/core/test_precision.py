@@ -231,3 +231,35 @@ def test_cli_takes_precision(cell_detector, cells, tmp_path: Path,
               "--precision", "fp64"])
     assert bad.value.code == 2
     assert "invalid choice: 'fp64'" in capsys.readouterr().err
+
+
+def test_auto_is_fp32_for_cells_mode_models(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A cells-mode model's per-cell KDE is too sensitive to reduced-precision codes: auto
+    runs it (and its training's calibration) in fp32 on every device; bf16 asked for
+    explicitly is honoured; the CLI says and records what runs."""
+    from skimage.io import imsave
+
+    from napari_cell_anomaly.core.batchrecord import record_path
+    from napari_cell_anomaly.core.sample import make_cell_field
+
+    assert resolve_precision("auto", "cpu", "cells") == "fp32"
+    assert resolve_precision("bf16", "cpu", "cells") == "bf16"
+    assert resolve_precision("auto", "cpu", "patch") == resolve_precision("auto", "cpu")
+    fields = [make_cell_field((192, 192), n_cells=14, seed=s, radius=(9.0, 12.0))
+              for s in range(3)]
+    det = run_training([f.image for f in fields], TrainConfig(max_steps=2, epochs=10),
+                       labels=[f.labels for f in fields], precision="auto")
+    assert det.mode == "cells" and det.run_precision == "fp32"
+    assert det.provenance["calibration_precision"] == "fp32"
+    model = tmp_path / "cells.safetensors"
+    det.save(model)
+    assert AnomalyDetector.load(model, device="cpu").run_precision == "fp32"
+    assert AnomalyDetector.load(model, device="cpu", precision="bf16").run_precision == "bf16"
+    image = tmp_path / "field.png"
+    imsave(image, fields[0].image, check_contrast=False)
+    out = tmp_path / "s.csv"
+    assert main(["score", str(model), str(image), "--csv", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert "running on cpu in fp32" in capsys.readouterr().err
+    assert json.loads(record_path(out).read_text())["precision"] == "fp32"

@@ -42,6 +42,17 @@ def _core_loaded(qapp: Any) -> None:
     qapp.processEvents()
 
 
+@pytest.fixture(autouse=True)
+def _user_pauses_after_each_test() -> Any:
+    """After each test, the full garbage collection a scoring job postponed runs, as it does
+    once the user pauses: no hold of the collector outlives the test that took it."""
+    yield
+    from napari_cell_anomaly.widgets import _gc_hold
+
+    if _gc_hold._idle is not None and _gc_hold._idle.pending:
+        _gc_hold._idle.collect()
+
+
 @pytest.fixture
 def notes() -> Callable[[], list[Notification]]:
     """Return a function listing the notifications shown since the test started.

@@ -92,7 +92,7 @@ def test_postponed_full_pass_waits_for_the_users_pause(qtbot, monkeypatch):
     gc.callbacks.append(count)
     try:
         assert _gc_hold.hold_full_collections()  # a batch renders, making objects enough
-        made = _made_until_a_full_pass_is_due()
+        made = _made_until_a_full_pass_is_due(before[2])
         assert _gc_hold.collect_when_idle()  # ... and ends
         _gc_hold.release_full_collections()
         assert gc.get_threshold()[2] > 1000 * before[2]  # still held until the pause
@@ -113,11 +113,11 @@ def test_postponed_full_pass_waits_for_the_users_pause(qtbot, monkeypatch):
         gc.set_threshold(*before)
 
 
-def _made_until_a_full_pass_is_due() -> list[list[int]]:
+def _made_until_a_full_pass_is_due(threshold: int) -> list[list[int]]:
     """Make (and return, alive) tracked objects until Python's collector, were it not held,
-    would have run a full pass: more generation-1 passes than its third threshold."""
+    would have run a full pass: more generation-1 passes than its third ``threshold``."""
     made: list[list[int]] = []
-    while gc.get_count()[2] <= gc.get_threshold()[2] and len(made) < 10_000_000:
+    while gc.get_count()[2] <= threshold and len(made) < 10_000_000:
         made.extend([i] for i in range(10_000))
     return made
 

@@ -158,12 +158,13 @@ def pick_device(spec: str) -> torch.device:
     return resolve_device(spec)
 
 
-def pick_precision(spec: str, device: torch.device) -> str:
-    """``--precision`` on ``device``, checked before any work: a PrecisionError (one line,
-    exit 2) when the device cannot run it; the resolved precision otherwise."""
+def pick_precision(spec: str, device: torch.device, mode: str | None = None) -> str:
+    """``--precision`` on ``device`` for a model of ``mode`` (when known), checked before any
+    work: a PrecisionError (one line, exit 2) when the device cannot run it; the resolved
+    precision otherwise."""
     from ..core.device import resolve_precision
 
-    return resolve_precision(spec, device)
+    return resolve_precision(spec, device, mode)
 
 
 def load_detector(path: str, device: torch.device | str = "auto",

@@ -47,8 +47,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     # With --scheduler the network runs on the workers; this process only reads the model.
     device = pick_device("cpu" if args.scheduler else args.device)
-    precision = "auto" if args.scheduler else pick_precision(args.precision, device)
-    detector = load_detector(args.model, device, precision)
+    if not args.scheduler:
+        pick_precision(args.precision, device)  # checked before the model is read
+    detector = load_detector(args.model, device, "auto" if args.scheduler else args.precision)
+    # resolved for the model's mode (auto is fp32 in cells mode); each worker of a remote
+    # cluster resolves "auto" itself
+    precision = "auto" if args.scheduler else detector.run_precision
     paths = find_images(args.inputs)
     sources = label_source(args.labels, paths)
     per_cell = (sources is not None or cells_path is not None or detector.mode == "cells")

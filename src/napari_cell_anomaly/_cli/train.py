@@ -69,6 +69,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             config.mode = "cells"
     note_replacing([out] + ([Path(args.rejected_csv)] if args.rejected_csv else []),
                    "file(s)", " when training ends")
+    if config.mode == "cells":  # per-cell codes: auto is fp32 (core.device.FP32_AUTO_MODES)
+        precision = pick_precision(args.precision, device, "cells")
     say(f"training on {len(images)} images on {device} in {precision}")
     gen = train(images, config, labels=labels, names=names, device=device,
                 precision=precision)

@@ -205,13 +205,13 @@ class AnomalyDetector(CellScoring):
     def run_precision(self) -> str:
         """The precision the network runs in on its device now: ``"fp32"``, ``"bf16"`` or
         ``"fp16"`` (:attr:`precision` resolved by :func:`.device.resolve_precision`)."""
-        return resolve_precision(self.precision, self.device)
+        return resolve_precision(self.precision, self.device, self.mode)
 
     def autocast(self) -> Any:
         """The context the network's forward runs in (:func:`.device.autocast` with
         :attr:`run_precision`); cast its outputs to float32 before measuring them."""
         device = self.device
-        return autocast(device, resolve_precision(self.precision, device))
+        return autocast(device, resolve_precision(self.precision, device, self.mode))
 
     def to(self, device: str | torch.device, precision: str | None = None
            ) -> AnomalyDetector:

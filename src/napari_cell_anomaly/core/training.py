@@ -245,6 +245,8 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     mcfg = ModelConfig.from_preset(cfg.preset, in_channels=in_ch)
     net = build_model(mcfg)
     data = prepare(images, cfg, prep, names, rng, labels, net.align)
+    run_precision = resolve_precision(precision, dev, data.mode)  # auto: fp32 in cells mode
+    step_precision = _step_precision(run_precision)
     net.init_output_bias(_dark_or_bright_start(_channel_means(data.train)))
     net.to(dev)
 
