@@ -10,11 +10,13 @@ from sklearn.neighbors import KernelDensity
 from napari_cell_anomaly.core.density import (
     BANDWIDTH_GRID,
     LOCAL_BANDWIDTH_GRID,
+    SCALE_FLOOR_ULPS,
     LatentDensity,
     LocalLatentDensity,
     LocalLatentKDE,
     density_from_arrays,
     fit_density,
+    scale_floor,
 )
 
 
@@ -109,7 +111,9 @@ def test_constant_columns_and_tiny_sets_are_handled() -> None:
     codes = _codes(30, seed=6)
     codes[:, 3] = 7.0  # a dead latent unit
     d = LatentDensity.fit(codes, n_components=16)
-    assert d.scale[3] == 1.0
+    assert d.scale[3] == scale_floor(codes) > 0.0
+    zeros = LatentDensity.fit(np.zeros((5, 3)))  # no magnitude at all: left unscaled
+    np.testing.assert_array_equal(zeros.scale, 1.0)
     assert np.all(np.isfinite(d.log_density(codes)))
     # Two codes: components capped at N - 1 = 1.
     d2 = LatentDensity.fit(_codes(2, seed=7))
@@ -316,3 +320,34 @@ def test_kde_image_log_density_is_exactly_the_least_likely_position(
     assert exact.min() < -1000.0 and np.ptp(exact[-1]) == 0.0
     np.testing.assert_allclose(local_kde.log_density(maps), exact.min(axis=1), rtol=1e-12,
                                atol=1e-12)
+
+
+def _codes_with_quiet_dims(n: int, seed: int) -> np.ndarray:
+    """Cells-mode-like codes: values up to ~10, and some dimensions (window pixels that are
+    always background) whose spread over the cells is down to 1e-7."""
+    codes = _codes(n, seed, dim=40) / 10.0
+    quiet = np.random.default_rng(seed + 1000).normal(size=(n, 8))
+    codes[:, :8] = 2.0 + quiet * np.geomspace(1e-7, 1e-4, 8)
+    return codes
+
+
+def test_float32_rounding_of_the_codes_barely_moves_the_log_density() -> None:
+    # Codes come from a float32 network: their rounding (a few units in the last place,
+    # depending on the number of CPU threads) must not move a score more than rounding does.
+    train = _codes_with_quiet_dims(120, seed=11)
+    d = LatentDensity.fit(train, n_components=8)
+    rng = np.random.default_rng(12)
+    test = _codes_with_quiet_dims(40, seed=13)
+    test[:10] *= 1.5  # some unusual codes: the KDE's tail, where its slope is steepest
+    ulp = np.spacing(np.abs(test).astype(np.float32)).astype(np.float64)
+    moved = test + rng.integers(-3, 4, size=test.shape) * ulp  # +-3 float32 units
+    before, after = d.log_density(test), d.log_density(moved)
+    assert np.isfinite(before).all()
+    change = np.abs(after - before) / np.abs(before)
+    assert change.max() < 1e-4, change.max()
+    # The floor is float32's resolution of the codes' magnitude times SCALE_FLOOR_ULPS.
+    floor = SCALE_FLOOR_ULPS * np.finfo(np.float32).eps * np.abs(train).max()
+    assert scale_floor(train) == pytest.approx(floor)
+    np.testing.assert_array_equal(d.scale[:8], np.full(8, scale_floor(train)))
+    np.testing.assert_allclose(d.scale, np.maximum(train.std(0), floor))
+

@@ -40,6 +40,33 @@ from .scoring import DENSITY_KINDS
 BANDWIDTH_GRID = np.geomspace(0.05, 3.0, 24)
 
 
+#: :func:`scale_floor` in float32 units in the last place of the codes' largest magnitude:
+#: thread-dependent rounding of float32 codes (a few such units; 2.9e-6 on codes up to 11,
+#: about 2 units, on a dsb2018-fluo cells model) then moves a standardized code by about 1e-3
+#: at most.
+SCALE_FLOOR_ULPS = 4096
+
+
+def scale_floor(codes: np.ndarray) -> float:
+    """Smallest per-dimension scale :meth:`LatentDensity.fit` standardizes codes by.
+
+    ``SCALE_FLOOR_ULPS * eps32 * max|codes|`` (4.9e-4 of the largest code magnitude), where
+    ``eps32`` is float32's machine epsilon: the float32 resolution of the codes' magnitude,
+    times a margin, so that no dimension amplifies rounding noise.
+
+    Parameters
+    ----------
+    codes : np.ndarray
+        ``(N, D)`` latent codes.
+
+    Returns
+    -------
+    float
+    """
+    magnitude = float(np.abs(np.asarray(codes, dtype=np.float64)).max(initial=0.0))
+    return SCALE_FLOOR_ULPS * float(np.finfo(np.float32).eps) * magnitude
+
+
 @dataclass
 class LatentDensity:
     """Density kind ``"kde-flat"``: a Gaussian KDE over whole flattened, reduced code maps.
@@ -85,6 +112,19 @@ class LatentDensity:
         Returns
         -------
         LatentDensity
+
+        Notes
+        -----
+        Each code dimension is standardized by its standard deviation, but by no less than
+        :func:`scale_floor` (:data:`SCALE_FLOOR_ULPS` float32 units in the last place of the
+        codes' largest magnitude). Codes come from a float32 network whose rounding depends on
+        the number of CPU threads (a few units in the last place); a dimension that barely
+        varies over the training codes (in cells mode, window pixels that are always
+        background: standard deviations down to 1e-7 on codes up to 11) would turn that
+        rounding into several standard deviations and make scores depend on the thread count.
+        With the floor, rounding moves a standardized code by about 1e-3 at most. A model file
+        stores the fitted ``scale``, so models fitted before the floor score exactly as before
+        (and keep their thread dependence until retrained).
         """
         from sklearn.decomposition import PCA
         from sklearn.model_selection import GridSearchCV, KFold
@@ -94,8 +134,8 @@ class LatentDensity:
         if codes.ndim != 2 or codes.shape[0] < 2:
             raise ValueError(f"need at least 2 latent codes of shape (N, D), got {codes.shape}")
         mean = codes.mean(0)
-        scale = codes.std(0)
-        scale = np.where(scale > 1e-8 * max(scale.max(), 1e-12), scale, 1.0)
+        scale = np.maximum(codes.std(0), scale_floor(codes))
+        scale = np.where(scale > 0.0, scale, 1.0)  # all codes zero
         z = (codes - mean) / scale
         k = int(max(1, min(n_components, codes.shape[0] - 1, codes.shape[1])))
         pca = PCA(n_components=k, whiten=True, random_state=seed).fit(z)
