@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -123,3 +124,24 @@ def test_8_bit_image_to_16_bit_model_warns_by_dtype():
     # a float copy of the model's own kind of image is not a bit-depth change
     assert prep.range_warning(0.0, np.float32) is None
     assert prep.range_warning(CLIPPED_WARN_FRACTION + 0.01, None) is not None
+
+
+@pytest.mark.parametrize("shape", [(37, 53, 3), (2, 19, 23, 2), (41, 29, 4)])
+def test_per_channel_scaling_is_the_plain_formula_bit_for_bit(shape) -> None:
+    """The row-wise fast path of Preprocessing.scale gives exactly (x - low) / (high - low)
+    per channel, for contiguous and non-contiguous arrays alike."""
+
+    rng = np.random.default_rng(len(shape))
+    c = shape[-1]
+    low = tuple(float(v) for v in rng.uniform(0, 50, c))
+    high = tuple(lo + float(v) for lo, v in zip(low, rng.uniform(10, 200, c), strict=True))
+    prep = Preprocessing.fit([rng.uniform(0, 255, shape[-3:]).astype(np.float32)],
+                             channels="multi")
+    prep = dataclasses.replace(prep, low=low, high=high)
+    x = rng.uniform(-10, 300, shape).astype(np.float32)
+    span = (np.asarray(high, np.float64) - np.asarray(low, np.float64)).astype(np.float32)
+    expected = x - np.asarray(low, np.float32)
+    expected /= span
+    np.testing.assert_array_equal(prep.scale(x), expected)
+    flipped = x[..., ::-1, :]  # not C-contiguous: the plain path
+    np.testing.assert_array_equal(prep.scale(flipped), expected[..., ::-1, :])
