@@ -145,3 +145,17 @@ def test_per_channel_scaling_is_the_plain_formula_bit_for_bit(shape) -> None:
     np.testing.assert_array_equal(prep.scale(x), expected)
     flipped = x[..., ::-1, :]  # not C-contiguous: the plain path
     np.testing.assert_array_equal(prep.scale(flipped), expected[..., ::-1, :])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_transform_never_changes_the_callers_array(dtype) -> None:
+    """transform scales its own float32 copy in place, never the caller's array (a float32
+    input is the case where a copy is not made by the conversion)."""
+    rng = np.random.default_rng(3)
+    raw = (rng.uniform(0, 200, (24, 31, 3))).astype(dtype)
+    prep = Preprocessing.fit([raw], channels="multi")
+    before = raw.copy()
+    x, _ = prep.transform(raw)
+    np.testing.assert_array_equal(raw, before)
+    expected = prep.scale(raw.astype(np.float32))
+    np.testing.assert_array_equal(x, np.clip(expected, 0.0, 1.0))

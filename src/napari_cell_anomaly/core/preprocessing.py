@@ -282,9 +282,11 @@ class Preprocessing:
         low, high = _percentile_range(values)
         return cls(channels, low, high, names_t, dtypes)
 
-    def scale(self, image: np.ndarray) -> np.ndarray:
+    def scale(self, image: np.ndarray, *, in_place: bool = False) -> np.ndarray:
         """Map the raw intensities of a channel-matched ``(..., C)`` float32 array to the
-        model's ``[0, 1]`` range, unclipped (``(x - low) / (high - low)`` per channel)."""
+        model's ``[0, 1]`` range, unclipped (``(x - low) / (high - low)`` per channel); with
+        ``in_place``, into ``image`` itself (which the caller owns), saving an image-sized
+        buffer."""
         if isinstance(self.low, tuple):
             low = np.asarray(self.low, dtype=np.float32)
             span = (np.asarray(self.high, dtype=np.float64)
@@ -296,9 +298,17 @@ class Preprocessing:
             # C (3) values at a time; repeated along a whole row they run over W * C (the
             # same operations, about 4x faster on a 2048 x 2048 RGB field).
             rows = image.reshape(*image.shape[:-2], image.shape[-2] * image.shape[-1])
-            out = rows - np.tile(low, image.shape[-2])
+            if in_place:
+                rows -= np.tile(low, image.shape[-2])
+                out = rows
+            else:
+                out = rows - np.tile(low, image.shape[-2])
             out /= np.tile(span, image.shape[-2])
             return out.reshape(image.shape)
+        if in_place:
+            image -= low
+            image /= span
+            return image
         out = image - low
         out /= span  # in place: one image-sized temporary fewer
         return out
@@ -333,7 +343,11 @@ class Preprocessing:
         """
         img = _match_channels(as_float_image(image, name=name, channel_axis=channel_axis),
                               self, _label(name))
-        out = self.scale(img)
+        # a float32 copy made here is scaled where it lies (no second image-sized buffer);
+        # the caller's own array never is
+        own = (isinstance(image, np.ndarray) and img.dtype == np.float32
+               and not np.may_share_memory(img, image))
+        out = self.scale(img, in_place=own)
         clipped = np.count_nonzero(out < 0.0) + np.count_nonzero(out > 1.0)
         np.clip(out, 0.0, 1.0, out=out)
         return out.astype(np.float32, copy=False), float(clipped / max(out.size, 1))
