@@ -569,3 +569,12 @@ def test_load_images_missing_file_is_a_failure(tmp_path):
     assert result.paths == []
     assert len(result.failures) == 1
     assert result.failures[0][0] == tmp_path / "gone.png"
+
+
+def test_an_image_constant_but_for_one_inner_pixel_is_not_constant():
+    """The constancy check looks at the whole image, not only its first row and column."""
+    img = np.full((40, 50, 3), 9, np.uint8)
+    img[20, 30, 1] = 10
+    assert as_float_image(img).shape == (40, 50, 3)
+    with pytest.raises(ImageError, match="constant"):
+        as_float_image(np.full((40, 50, 3), 9, np.uint8))
