@@ -78,39 +78,47 @@ def test_full_collections_are_held_while_rendering_then_restored(monkeypatch):
         gc.set_threshold(*before)
 
 
-def test_postponed_full_pass_waits_for_the_users_pause(qtbot, monkeypatch):
+@pytest.fixture
+def full_passes(monkeypatch):
+    """The collector's full passes run while the test runs (a list, one entry per pass); the
+    plugin may touch the collector; its thresholds are restored afterwards."""
     monkeypatch.delenv(KEEP_GC_ENV, raising=False)
     before = gc.get_threshold()
-    full = []
+    full: list[dict] = []
 
     def count(phase, info):
         if phase == "stop" and info["generation"] == 2:
             full.append(info)
 
-    widget = QWidget()
-    qtbot.addWidget(widget)
     gc.callbacks.append(count)
     try:
-        assert _gc_hold.hold_full_collections()  # a batch renders, making objects enough
-        made = _made_until_a_full_pass_is_due(before[2])
-        assert _gc_hold.collect_when_idle()  # ... and ends
-        _gc_hold.release_full_collections()
-        assert gc.get_threshold()[2] > 1000 * before[2]  # still held until the pause
-        # The user keeps working: each input restarts the wait.
-        start = time.monotonic()
-        for _ in range(4):
-            qtbot.keyClick(widget, "a")
-            qtbot.wait(50)
-            assert not full and _gc_hold._idle.pending
-        # 4 x 50 ms of input and no pass yet; it runs IDLE_MS after the last key
-        qtbot.waitUntil(lambda: not _gc_hold._idle.pending, timeout=5000)
-        assert time.monotonic() - start >= _gc_hold.IDLE_MS / 1000
-        assert len(full) == 1  # one full pass, once she paused
-        assert gc.get_threshold() == before
-        del made
+        yield full
     finally:
         gc.callbacks.remove(count)
         gc.set_threshold(*before)
+
+
+def test_postponed_full_pass_waits_for_the_users_pause(qtbot, full_passes):
+    before = gc.get_threshold()
+    widget = QWidget()
+    qtbot.addWidget(widget)
+    assert _gc_hold.hold_full_collections()  # a batch renders, making objects enough
+    made = _made_until_a_full_pass_is_due(before[2])
+    assert _gc_hold.collect_when_idle()  # ... and ends
+    _gc_hold.release_full_collections()
+    assert gc.get_threshold()[2] > 1000 * before[2]  # still held until the pause
+    # The user keeps working: each input restarts the wait.
+    start = time.monotonic()
+    for _ in range(4):
+        qtbot.keyClick(widget, "a")
+        qtbot.wait(50)
+        assert not full_passes and _gc_hold._idle.pending
+    # 4 x 50 ms of input and no pass yet; it runs IDLE_MS after the last key
+    qtbot.waitUntil(lambda: not _gc_hold._idle.pending, timeout=5000)
+    assert time.monotonic() - start >= _gc_hold.IDLE_MS / 1000
+    assert len(full_passes) == 1  # one full pass, once she paused
+    assert gc.get_threshold() == before
+    del made
 
 
 def _made_until_a_full_pass_is_due(threshold: int) -> list[list[int]]:
@@ -122,28 +130,17 @@ def _made_until_a_full_pass_is_due(threshold: int) -> list[list[int]]:
     return made
 
 
-def test_postponed_full_pass_is_skipped_when_none_is_due(qtbot, monkeypatch):
+def test_postponed_full_pass_is_skipped_when_none_is_due(qtbot, full_passes):
     """A small job that made few objects: once the user pauses, no full pass is forced."""
-    monkeypatch.delenv(KEEP_GC_ENV, raising=False)
     before = gc.get_threshold()
-    full = []
-
-    def count(phase, info):
-        if phase == "stop" and info["generation"] == 2:
-            full.append(info)
-
     gc.collect()  # nothing pending: the counts start from zero
-    gc.callbacks.append(count)
-    try:
-        assert _gc_hold.hold_full_collections()
-        assert _gc_hold.collect_when_idle()
-        _gc_hold.release_full_collections()
-        assert gc.get_count()[2] <= before[2]
-        qtbot.waitUntil(lambda: not _gc_hold._idle.pending, timeout=5000)
-        assert not full and gc.get_threshold() == before
-    finally:
-        gc.callbacks.remove(count)
-        gc.set_threshold(*before)
+    full_passes.clear()
+    assert _gc_hold.hold_full_collections()
+    assert _gc_hold.collect_when_idle()
+    _gc_hold.release_full_collections()
+    assert gc.get_count()[2] <= before[2]
+    qtbot.waitUntil(lambda: not _gc_hold._idle.pending, timeout=5000)
+    assert not full_passes and gc.get_threshold() == before
 
 
 @pytest.mark.parametrize("shown", [True, False])
