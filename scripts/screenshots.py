@@ -91,7 +91,7 @@ def cells_screenshot(out: Path, width: int, height: int) -> None:
     _process_until(lambda: score.state.status is Status.IDLE, timeout=600)
     _settle()
     record = score.cell_results.current
-    worst = record.worst()
+    worst = record.field.row  # the worst judged cell
     score.show_cell(int(record.cells.table["label"][worst]))
     viewer.reset_view()  # the whole field: every verdict at a glance
     viewer.layers.selection.select_only(viewer.layers["smear cells"])
