@@ -165,7 +165,7 @@ class AnomalyDetector(CellScoring):
     precision : {"auto", "fp32", "bf16", "fp16"}
         The precision the network's forward runs in (a runtime choice like the device, never
         saved; see :func:`.device.resolve_precision` and :attr:`run_precision`): ``"auto"``
-        = bf16 where the device computes it natively, else fp32.
+        = bf16 where the device computes it natively, else fp32 (always fp32 in cells mode).
     """
 
     network: Autoencoder
@@ -210,8 +210,7 @@ class AnomalyDetector(CellScoring):
     def autocast(self) -> Any:
         """The context the network's forward runs in (:func:`.device.autocast` with
         :attr:`run_precision`); cast its outputs to float32 before measuring them."""
-        device = self.device
-        return autocast(device, resolve_precision(self.precision, device, self.mode))
+        return autocast(self.device, self.run_precision)
 
     def to(self, device: str | torch.device, precision: str | None = None
            ) -> AnomalyDetector:
@@ -591,8 +590,9 @@ class AnomalyDetector(CellScoring):
             any model loads on any of them.
         precision : str
             The network's precision there: ``"auto"`` (bf16 where the device computes it
-            natively, else fp32), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA); see
-            :func:`.device.resolve_precision`. Not recorded in the file either.
+            natively, else fp32; fp32 for a cells-mode model), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"`` (CUDA); see :func:`.device.resolve_precision`. Not recorded in the file
+            either.
 
         Raises
         ------

@@ -198,8 +198,9 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     precision : str
         The precision of the network's forward when the trained network measures units:
         robust training's rejections, the latent density's codes and the calibration
-        (``"auto"``: bf16 where the device computes it natively, else fp32; see
-        :func:`.device.resolve_precision`); the returned detector scores in it too. Not
+        (``"auto"``: bf16 where the device computes it natively, else fp32, and fp32 for
+        a cells-mode model; see :func:`.device.resolve_precision`); the returned detector
+        scores in it too. Not
         recorded as a setting in the model; ``provenance["calibration_precision"]`` says
         what the calibration ran in.
 
@@ -224,8 +225,7 @@ def train(images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     """
     cfg = config or TrainConfig()
     dev = resolve_device(device)
-    run_precision = resolve_precision(precision, dev)
-    step_precision = _step_precision(run_precision)
+    resolve_precision(precision, dev)  # a spec the device cannot run fails before any work
     if len(images) == 0:
         raise ImageError("no training images given")
     names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
