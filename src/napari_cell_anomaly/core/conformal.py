@@ -26,6 +26,7 @@ the threshold changes its value, never the rank it was taken at).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -72,6 +73,12 @@ class WeightedConformal:
         self.trimmed_weight = float(trimmed_weight)
         self.n_eff = float(self._above[0]) + self.trimmed_weight
 
+    @functools.cached_property
+    def tail_scale(self) -> float:
+        """The scale ``beta`` of the exponential upper tail fitted to the values
+        (:func:`_tail_model`), beyond the sample maximum; fitted once."""
+        return _tail_model(self.values)[3]
+
     @property
     def floor_p(self) -> float:
         """The p-value just above the sample maximum (the smallest certifiable rate)."""
@@ -97,7 +104,7 @@ class WeightedConformal:
         if i is not None:
             return float(self.values[i])
         v = self.values
-        return float(v[-1]) + _tail_model(v)[3] * float(np.log(self.floor_p / fpr))
+        return float(v[-1]) + self.tail_scale * float(np.log(self.floor_p / fpr))
 
     def p_value(self, x: np.ndarray | float) -> np.ndarray:
         """``(1 + W(>= x)) / (n_eff + 1)`` within the sample; beyond its maximum, the
@@ -114,8 +121,8 @@ class WeightedConformal:
         """Log p-value beyond the sample maximum: ``floor_p`` there, decaying exponentially
         with the tail scale of :func:`_tail_model`."""
         v = self.values
-        beta = _tail_model(v)[3]
-        return float(np.log(self.floor_p)) - (np.asarray(x, dtype=np.float64) - v[-1]) / beta
+        return (float(np.log(self.floor_p))
+                - (np.asarray(x, dtype=np.float64) - v[-1]) / self.tail_scale)
 
     def interval(self, fpr: float, confidence: float = 0.95) -> tuple[float, float]:
         """Interval for the rate :meth:`threshold` realises: the central ``confidence`` mass
@@ -158,7 +165,7 @@ class WeightedConformal:
             log_pi = float(np.log(-np.expm1(n * np.log1p(-p_w))))
         if log_pi < log_floor - 1e-12:
             # Beyond the sample: invert the tail (in the far tail a shift by beta * ln(n)).
-            level = float(v[-1]) + _tail_model(v)[3] * (log_floor - log_pi)
+            level = float(v[-1]) + self.tail_scale * (log_floor - log_pi)
             return level, 100.0 * -float(np.expm1(log_pi))
         # The last position (M: just above the maximum) whose p-value is at least p.
         need = np.exp(log_pi) * (self.n_eff + 1.0) - RANK_SLACK
