@@ -348,25 +348,21 @@ class Calibration:
             parts.append(f"{self.size} calibration normals{worth} cannot certify a rate below "
                          f"{_pct(self.min_certified_rate)}; the threshold for "
                          f"{_pct(fpr)} is extrapolated from their tail")
-        if self.groups is not None:
-            if self._too_few_fields:
-                parts.append(f"the calibration normals come from only {self.n_fields} "
-                             f"field(s) (fewer than {MIN_CALIBRATION_FIELDS}): how much "
-                             f"fields differ cannot be judged, and the rate on other fields "
-                             f"may be far from the stated one; train on more fields")
-            elif self.effective_size < MIN_CALIBRATION and self._fields_differ:
-                parts.append(f"the calibration fields differ, so their {self.size} normals "
-                             f"are worth only about {self.effective_size:.0f} independent "
-                             f"ones (fewer than {MIN_CALIBRATION}): the rate on new fields "
-                             f"may be far from the stated one; train on more fields")
-            elif self.size < MIN_CALIBRATION:
-                parts.append(f"only {self.size} calibration normals (fewer than "
-                             f"{MIN_CALIBRATION}): the true false-alarm rate may be far from "
-                             f"the stated one; train on more fields")
+        if self._too_few_fields:
+            parts.append(f"the calibration normals come from only {self.n_fields} "
+                         f"field(s) (fewer than {MIN_CALIBRATION_FIELDS}): how much "
+                         f"fields differ cannot be judged, and the rate on other fields "
+                         f"may be far from the stated one; train on more fields")
+        elif self.effective_size < MIN_CALIBRATION and self._fields_differ:
+            parts.append(f"the calibration fields differ, so their {self.size} normals "
+                         f"are worth only about {self.effective_size:.0f} independent "
+                         f"ones (fewer than {MIN_CALIBRATION}): the rate on new fields "
+                         f"may be far from the stated one; train on more fields")
         elif self.size < MIN_CALIBRATION:
+            more = "fields" if self.groups is not None else "normal images"
             parts.append(f"only {self.size} calibration normals (fewer than "
                          f"{MIN_CALIBRATION}): the true false-alarm rate may be far from "
-                         f"the stated one; train on more normal images")
+                         f"the stated one; train on more {more}")
         return "; ".join(parts) if parts else None
 
     def describe(self, fpr: float = DEFAULT_FPR, unit: str = "normals") -> str:
