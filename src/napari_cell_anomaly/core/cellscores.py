@@ -57,19 +57,24 @@ class CellScores:
     def __len__(self) -> int:
         return int(self.table["label"].size)
 
-    def judged(self, include_border: bool | None = None) -> np.ndarray:
-        """Bool ``(N,)``: the cells that take part in verdicts."""
+    def judged(self, include_border: bool | None = None, rows: np.ndarray | None = None
+               ) -> np.ndarray:
+        """Bool ``(N,)``: the cells that take part in verdicts (of ``rows`` only, a bool
+        ``(N,)``, when given: e.g. one plane of a stack's merged cells)."""
         border = self.include_border if include_border is None else include_border
-        return np.ones(len(self), dtype=bool) if border else ~self.table["at_border"]
+        judged = np.ones(len(self), dtype=bool) if border else ~self.table["at_border"]
+        return judged if rows is None else judged & np.asarray(rows, dtype=bool)
 
     def verdicts(self, threshold: float, include_border: bool | None = None) -> np.ndarray:
         """Bool ``(N,)`` verdicts at another combined-score threshold (e.g.
         ``detector.calibration.threshold(fpr)``), without rescoring."""
         return (self.table["score"] > threshold) & self.judged(include_border)
 
-    def worst(self) -> int:
-        """Row of the highest-scoring judged cell (-1 when no cell is judged)."""
-        judged = self.judged()
+    def worst(self, include_border: bool | None = None, rows: np.ndarray | None = None
+              ) -> int:
+        """Row of the highest-scoring judged cell (-1 when no cell is judged); ``rows``
+        (bool ``(N,)``) restricts it to those cells."""
+        judged = self.judged(include_border, rows)
         if not judged.any():
             return -1
         scores = np.where(judged, self.table["score"], -np.inf)

@@ -239,7 +239,6 @@ class CellScoring:
         cells.range_warning = result.range_warning
         return result, cells
 
-
     def field_score(self, cells: CellScores, fpr: float | None = None,
                     include_border: bool | None = None, rows: np.ndarray | None = None
                     ) -> FieldScore | None:
@@ -266,14 +265,11 @@ class CellScoring:
             None when no cell is judged.
         """
         fpr = DEFAULT_FPR if fpr is None else fpr
-        judged = cells.judged(include_border)
-        if rows is not None:
-            judged = judged & np.asarray(rows, dtype=bool)
-        n = int(judged.sum())
-        if not n:
+        worst = cells.worst(include_border, rows)
+        if worst < 0:
             return None
+        n = int(cells.judged(include_border, rows).sum())
         t = cells.table
-        worst = int(np.argmax(np.where(judged, t["score"], -np.inf)))
         err, logd = float(t["recon_error"][worst]), float(t["log_density"][worst])
         shape = float(t["shape_log_density"][worst]) if self.shape is not None else None
         score, percentile = self._image_score(err, logd, shape, n)
