@@ -607,3 +607,27 @@ def test_a_stack_gives_one_row_per_plane_on_the_cluster_and_resumes_whole(
     maps = [tifffile.imread(tmp_path / n / "maps" / "z_anomaly_map.tif") for n in runs]
     assert maps[0].shape == (3, 32, 32)
     np.testing.assert_allclose(maps[1], maps[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_rerun_removes_the_temporary_maps_a_killed_run_left(
+        batch: dict[str, Path], tmp_path: Path) -> None:
+    """A run killed while writing a heatmap leaves it under a hidden temporary name (never
+    the final one); the next run that writes that image's map removes it, and leaves other
+    hidden files alone."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sorted(batch["images"].glob("cell_00[0-2].png")):
+        os.link(p, folder / p.name)
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    stale = [maps / ".cell_000_anomaly_map.tif.k3x9q2.tmp", maps / ".cell_001_anomaly_map.tif.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a TIFF")
+    (maps / ".cell_002_anomaly_map.ome.zarr.w8e1.tmp").mkdir()
+    others = [maps / ".someone_else.tmp", maps / ".cell_000_notes.txt"]
+    for p in others:
+        p.write_text("keep")
+    assert main(["score", str(batch["model"]), str(folder), "--csv", str(tmp_path / "s.csv"),
+                 "--heatmaps", str(maps), "--quiet", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in maps.glob(".*")) == sorted(p.name for p in others)
+    assert len(list(maps.glob("*_anomaly_map.tif"))) == 3

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "latent density and calibration stay float32/float64): auto = bf16 on a "
                       "CPU that computes bfloat16 natively (PyTorch's oneDNN check: AVX-512 "
                       "BF16 or AMX) and on a CUDA GPU of compute capability 8.0 or later, "
-                      "else fp32; fp16 on CUDA only; not stored in the model (default: auto; "
+                      "else fp32, and fp32 for a cells-mode model; fp16 on CUDA only; not "
+                      "stored in the model (default: auto; "
                       f"this machine: {AUTO_PRECISION})")
     t = sub.add_parser("train", help="train a model on images of normal cells",
                        formatter_class=HelpFormatter)
@@ -165,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "again, and images whose label file in --labels DIR changed since); "
                         "refused if its rows were scored with another model file, --fpr, "
                         "--labels or --channel-axis, or per cell differently, or written "
-                        "with another --heatmaps folder, --heatmap-format or --cells-csv "
-                        "choice, as recorded in OUT.csv.run.json (or if that record is "
+                        "with another --heatmaps folder, --heatmap-format, --precision or "
+                        "--cells-csv choice, as recorded in OUT.csv.run.json (or if that record is "
                         "missing)")
     s.add_argument("--workers", type=positive_arg, metavar="N",
                    help="score on a dask cluster of N worker processes started on this "

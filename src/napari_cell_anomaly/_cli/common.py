@@ -78,6 +78,28 @@ def check_outputs_apart(outputs: Iterable[tuple[str, Path]], inputs: Sequence[Pa
         seen[key] = what
 
 
+def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> int:
+    """Remove the temporary files (or folders) that a killed run left in ``folder`` while it
+    wrote the outputs ``names`` (``.<name>.tmp`` or ``.<name>.<random>.tmp``: never a final
+    name); returns how many. One listing of the folder, whatever the number of names."""
+    import shutil
+
+    wanted = set(names)
+    removed = 0
+    for entry in folder.iterdir():
+        name = entry.name
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        core = name[1:-len(".tmp")]  # <name> or <name>.<random>
+        if core in wanted or core.rsplit(".", 1)[0] in wanted:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def prepare_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from .common import (
     pick_device,
     pick_precision,
     prepare_dir,
+    remove_stale_temporaries,
     say,
 )
 
@@ -64,10 +65,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     if per_cell and sources is None:
         sources = dict.fromkeys(paths)  # built-in segmentation
     outputs = [("--csv", csv_path)] + ([("--cells-csv", cells_path)] if cells_path else [])
+    # what --heatmaps writes per image (a TIFF map; --heatmap-format ome-zarr: a folder)
+    heat_ends = ("_anomaly_map.tif",) + (("_labels.tif",) if per_cell else ())
     if heat_dir is not None:
         check_unique_stems(paths, heat_dir, "heatmaps")
-        outputs += [("--heatmaps", heat_dir / f"{p.stem}{end}") for p in paths for end in
-                    ("_anomaly_map.tif",) + (("_labels.tif",) if per_cell else ())]
+        outputs += [("--heatmaps", heat_dir / f"{p.stem}{end}") for p in paths
+                    for end in heat_ends]
     check_outputs_apart(outputs, paths)
     fpr = args.fpr or DEFAULT_FPR
     settings = BatchSettings(fpr=args.fpr, per_cell=per_cell, labels_spec=args.labels,
@@ -85,9 +88,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         prepare_dir(heat_dir)
     tasks = [t for t in every if t.csv_path not in out.done]
     if heat_dir is not None:
-        note_replacing([heat_dir / f"{t.path.stem}{end}" for t in tasks for end in
-                        ("_anomaly_map.tif", "_anomaly_map.ome.zarr")
-                        + (("_labels.tif",) if per_cell else ())], "heatmap file(s)")
+        written = [heat_dir / f"{t.path.stem}{end}" for t in tasks
+                   for end in (heat_ends[0], "_anomaly_map.ome.zarr", *heat_ends[1:])]
+        note_replacing(written, "heatmap file(s)")
+        # a killed run's half-written maps of these images (hidden temporary names)
+        remove_stale_temporaries(heat_dir, (p.name for p in written))
     where = (f"on the dask cluster at {args.scheduler} (device {args.device}, precision "
              f"{args.precision} on each worker)" if args.scheduler
              else f"on {device} in {precision}" + (f", {args.workers} local dask workers"

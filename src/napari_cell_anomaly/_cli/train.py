@@ -31,7 +31,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_writable_file(out)
     device = pick_device(args.device)
-    precision = pick_precision(args.precision, device)
+    pick_precision(args.precision, device)  # checked before the images are read
     if args.rejected_csv:
         check_writable_file(Path(args.rejected_csv))
     config = TrainConfig(
@@ -69,8 +69,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             config.mode = "cells"
     note_replacing([out] + ([Path(args.rejected_csv)] if args.rejected_csv else []),
                    "file(s)", " when training ends")
-    if config.mode == "cells":  # per-cell codes: auto is fp32 (core.device.FP32_AUTO_MODES)
-        precision = pick_precision(args.precision, device, "cells")
+    # for the mode known now (auto is fp32 in cells mode: core.device.FP32_AUTO_MODES)
+    precision = pick_precision(args.precision, device, config.mode)
     say(f"training on {len(images)} images on {device} in {precision}")
     gen = train(images, config, labels=labels, names=names, device=device,
                 precision=precision)
